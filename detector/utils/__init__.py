@@ -1,0 +1,1 @@
+"""Small, named utilities: box operations, distributed helpers, checkpoints."""

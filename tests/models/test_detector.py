@@ -1,0 +1,117 @@
+"""The whole model: contracts, a training step for every attention choice, overfitting, postprocessing."""
+import pytest
+import torch
+
+from detector.config import ConfigError
+from detector.models import build_model
+from detector.structures import ImageBatch
+
+
+def batch(sizes=((96, 128), (128, 80)), support=64):
+    query = ImageBatch.from_tensors([torch.rand(3, h, w) for h, w in sizes])
+    supp = ImageBatch.from_tensors([torch.rand(3, support, support), torch.rand(3, support // 2, support)][: len(sizes)],
+                                   size_divisibility=support)
+    return query, supp
+
+
+TARGETS = [
+    {"boxes": torch.tensor([[0.3, 0.4, 0.2, 0.3], [0.7, 0.6, 0.3, 0.2]]), "labels": torch.zeros(2, dtype=torch.long)},
+    {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)},  # an image with no targets
+]
+
+
+@pytest.mark.parametrize("attention", ["indirect", "misaligned", "double_cross"])
+@pytest.mark.parametrize("layout", ["resize", "pad"])
+def test_training_step_every_attention_choice(tiny_cfg, attention, layout):
+    cfg = tiny_cfg(f"model.attention={attention}", f"model.support_layout={layout}", "model.num_queries_one2many=12")
+    model, criterion, _ = build_model(cfg)
+    model.train()
+    query, support = batch()
+    out = model(query, support)
+    assert out["pred_logits"].shape == (2, 6, 1) and out["pred_boxes"].shape == (2, 6, 4)
+    assert out["one2many"]["pred_logits"].shape == (2, 12, 1)
+    assert len(out["aux_outputs"]) == cfg.model.num_decoder_layers - 1
+    assert ((out["pred_boxes"] >= 0) & (out["pred_boxes"] <= 1)).all()
+    losses = criterion(out, TARGETS)
+    assert torch.isfinite(losses["loss"])
+    assert {"loss_class", "loss_bbox", "loss_giou", "loss_class_enc", "loss_class_o2m"} <= set(losses)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt.zero_grad()
+    losses["loss"].backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    assert all(torch.isfinite(g).all() for g in grads.values() if g is not None)
+    opt.step()
+    changed = [n for n, p in model.named_parameters() if not torch.equal(before[n], p)]
+    assert any(n.startswith("decoder.layers.0.cross_attn") for n in changed)
+    if attention != "misaligned":
+        assert any(n.startswith("decoder.biases.") for n in changed), "the box-bias MLPs must train"
+    else:
+        assert model.decoder.biases is None
+
+
+def test_one2many_queries_only_in_training(tiny_cfg):
+    model, _, _ = build_model(tiny_cfg("model.num_queries_one2many=12"))
+    model.eval()
+    query, support = batch()
+    with torch.no_grad():
+        out = model(query, support)
+    assert "one2many" not in out and out["pred_logits"].shape == (2, 6, 1)
+
+
+def test_overfitting_one_batch_lowers_the_loss(tiny_cfg):
+    model, criterion, _ = build_model(tiny_cfg("model.num_queries_one2many=0"))
+    query, support = batch()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(40):
+        loss = criterion(model(query, support), TARGETS)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses[::8]
+
+
+def test_the_support_changes_the_prediction(tiny_cfg):
+    model, _, _ = build_model(tiny_cfg())
+    model.eval()
+    query, support = batch()
+    other = ImageBatch.from_tensors([torch.rand(3, 64, 64), torch.rand(3, 64, 64)], size_divisibility=64)
+    with torch.no_grad():
+        a, b = model(query, support), model(query, other)
+    assert (a["pred_logits"] - b["pred_logits"]).abs().max() > 1e-4
+
+
+def test_padding_does_not_change_the_prediction(tiny_cfg):
+    """The same image alone and padded inside a batch with a larger one gives the same output."""
+    model, _, _ = build_model(tiny_cfg("model.two_stage=false"))
+    model.eval()
+    img, big = torch.rand(3, 64, 64), torch.rand(3, 128, 128)
+    sup = torch.rand(3, 64, 64)
+    with torch.no_grad():
+        alone = model(ImageBatch.from_tensors([img]), ImageBatch.from_tensors([sup], 64))
+        padded = model(ImageBatch.from_tensors([img, big]), ImageBatch.from_tensors([sup, sup], 64))
+    # Backbone convolutions see the zero padding at the image border, so equality is approximate.
+    torch.testing.assert_close(alone["pred_boxes"][0], padded["pred_boxes"][0], atol=0.05, rtol=0)
+
+
+def test_postprocess_returns_absolute_boxes_of_the_original_image(tiny_cfg):
+    _, _, post = build_model(tiny_cfg())
+    outputs = {"pred_logits": torch.tensor([[[2.0], [-1.0]]]), "pred_boxes": torch.tensor([[[0.5, 0.5, 0.5, 0.5], [0.1, 0.1, 0.4, 0.4]]])}
+    res = post(outputs, torch.tensor([[400, 600]]))[0]
+    torch.testing.assert_close(res["boxes"][0], torch.tensor([150.0, 100.0, 450.0, 300.0]))
+    torch.testing.assert_close(res["boxes"][1], torch.tensor([0.0, 0.0, 180.0, 120.0]))  # clipped at 0
+    assert res["scores"][0] > res["scores"][1]
+
+
+def test_too_many_queries_for_the_feature_map_is_a_clear_error(tiny_cfg):
+    model, _, _ = build_model(tiny_cfg("model.num_queries=500", "model.proposal_sizes=[0.1]"))
+    model.eval()
+    with pytest.raises(ValueError, match="object queries but only"):
+        model(*batch())
+
+
+def test_invalid_attention_choice_is_rejected(tiny_cfg):
+    with pytest.raises(ConfigError, match="model.attention"):
+        tiny_cfg("model.attention=direct")
