@@ -84,6 +84,7 @@ class DataConfig:
     augment: bool = True  # training augmentations
     exemplar_file: str = ""  # optional user-supplied evaluation exemplar list (JSON)
     num_workers: int = 2  # data loader workers
+    synthetic_seed: int = 0  # generation seed of the synthetic benchmark (part of its identity in meta.json)
 
 
 @dataclass
@@ -111,6 +112,7 @@ class TrainConfig:
     time_budget_min: float = 0.0  # stop training after this many minutes of wall time if > 0 (not resume-exact)
     eval_runs: int = 0  # evaluation runs during training (0: eval.runs); the final evaluation uses eval.runs
     init_checkpoint: str = ""  # start from these model weights (e.g. the stage-1 pretraining run)
+    num_threads: int = 0  # torch CPU threads (0: torch's default; 1 is faster on a busy machine)
 
 
 @dataclass
@@ -119,6 +121,7 @@ class EvalConfig:
     batch_size: int = 4
     absent_class: bool = False  # also run the "absent class" protocol (reported separately)
     max_detections: int = 100  # detections kept per item
+    absent_per_image: int = 1  # "absent class" protocol: absent categories queried per image
 
 
 @dataclass
@@ -215,6 +218,11 @@ def load_config(path: Optional[str] = None, overrides: Iterable[str] = ()) -> Co
     if path:
         for source, data in _read_yaml(path):
             _merge(cfg, data, source)
+    return apply_overrides(cfg, overrides)
+
+
+def apply_overrides(cfg: Config, overrides: Iterable[str]) -> Config:
+    """Apply dotted ``key=value`` overrides to ``cfg`` in place, validate, and return it."""
     for text in overrides:
         keys, value = parse_override(text)
         nested: Any = value

@@ -1,0 +1,147 @@
+"""Convert Pascal VOC XML annotations to COCO JSON for the one-shot VOC benchmark.
+
+    python datasets/prepare_voc.py --devkit datasets/voc/VOCdevkit --out datasets/voc
+
+Reads ``VOC2007`` and ``VOC2012`` under ``--devkit`` (``Annotations/*.xml``,
+``ImageSets/Main/{trainval,test}.txt``, ``JPEGImages/``) and writes
+
+* ``<out>/annotations/voc_trainval0712.json``: VOC2007 trainval + VOC2012 trainval,
+* ``<out>/annotations/voc_test2007.json``: VOC2007 test,
+* ``<out>/JPEGImages/``: symbolic links to both years' images (their names do not collide),
+
+which is what ``configs/voc.yaml`` reads. Categories are the 20 VOC classes numbered 1..20 in
+alphabetical order. Boxes: VOC's 1-based inclusive corners become COCO ``[xmin - 1, ymin - 1,
+xmax - xmin + 1, ymax - ymin + 1]``. ``difficult`` is kept as a 0/1 flag on each annotation; the
+one-shot datasets treat difficult objects as ignore regions (never targets or exemplars, and
+neither true nor false positives in the evaluation), as VOC's own evaluation does.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import xml.etree.ElementTree as ET
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from detector.data.splits import VOC_CLASSES  # noqa: E402
+
+SETS = {"voc_trainval0712.json": [("VOC2007", "trainval"), ("VOC2012", "trainval")],
+        "voc_test2007.json": [("VOC2007", "test")]}
+
+
+def _text(node, path: str, tag: str) -> str:
+    child = node.find(tag)
+    if child is None or child.text is None or not child.text.strip():
+        raise ValueError(f"{path}: missing <{tag}>")
+    return child.text.strip()
+
+
+def _number(node, path: str, tag: str) -> float:
+    text = _text(node, path, tag)
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{path}: <{tag}> is not a number: {text!r}") from None
+
+
+def parse_voc_xml(path: str) -> dict:
+    """One VOC annotation file -> ``{"file_name", "width", "height", "objects": [{"name", "bbox"
+    (COCO xywh), "difficult"}]}``. ``ValueError`` naming the file for malformed XML, a missing
+    field, an unknown class or an inverted box."""
+    try:
+        root = ET.parse(path).getroot()
+    except ET.ParseError as e:
+        raise ValueError(f"{path}: not valid XML ({e})") from None
+    size = root.find("size")
+    if size is None:
+        raise ValueError(f"{path}: missing <size>")
+    out = {"file_name": _text(root, path, "filename"), "width": int(_number(size, path, "width")),
+           "height": int(_number(size, path, "height")), "objects": []}
+    for obj in root.findall("object"):
+        name = _text(obj, path, "name")
+        if name not in VOC_CLASSES:
+            raise ValueError(f"{path}: unknown VOC class {name!r}")
+        box = obj.find("bndbox")
+        if box is None:
+            raise ValueError(f"{path}: object {name!r} has no <bndbox>")
+        x0, y0, x1, y1 = (_number(box, path, t) for t in ("xmin", "ymin", "xmax", "ymax"))
+        if x1 < x0 or y1 < y0:
+            raise ValueError(f"{path}: object {name!r} has an inverted box {[x0, y0, x1, y1]}")
+        difficult = obj.find("difficult")
+        flag = int(difficult.text.strip()) if difficult is not None and difficult.text and difficult.text.strip() else 0
+        out["objects"].append({"name": name, "bbox": [x0 - 1.0, y0 - 1.0, x1 - x0 + 1.0, y1 - y0 + 1.0],
+                               "difficult": 1 if flag else 0})
+    return out
+
+
+def _read_ids(devkit: str, year: str, image_set: str) -> list[str]:
+    path = os.path.join(devkit, year, "ImageSets", "Main", f"{image_set}.txt")
+    if not os.path.isfile(path):
+        raise ValueError(f"image set list not found: {path}")
+    with open(path, "r", encoding="utf-8") as f:
+        return [line.strip() for line in f if line.strip()]
+
+
+def convert(devkit: str, sets: list[tuple[str, str]]) -> tuple[dict, dict[str, str]]:
+    """COCO dict of the listed (year, image set) pairs, and file name -> source image path."""
+    categories = [{"id": i + 1, "name": n, "supercategory": "voc"} for i, n in enumerate(VOC_CLASSES)]
+    cat_ids = {n: i + 1 for i, n in enumerate(VOC_CLASSES)}
+    images, annotations, sources = [], [], {}
+    for year, image_set in sets:
+        for stem in _read_ids(devkit, year, image_set):
+            parsed = parse_voc_xml(os.path.join(devkit, year, "Annotations", f"{stem}.xml"))
+            file_name = f"{stem}.jpg"
+            if file_name in sources:
+                raise ValueError(f"{year}/{stem}: image name {file_name} occurs twice (another year or set)")
+            sources[file_name] = os.path.join(devkit, year, "JPEGImages", file_name)
+            image_id = len(images) + 1
+            images.append({"id": image_id, "file_name": file_name, "width": parsed["width"], "height": parsed["height"],
+                           "voc_year": year})
+            for obj in parsed["objects"]:
+                w, h = obj["bbox"][2], obj["bbox"][3]
+                annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": cat_ids[obj["name"]],
+                                    "bbox": obj["bbox"], "area": w * h, "iscrowd": 0, "difficult": obj["difficult"]})
+    return {"images": images, "annotations": annotations, "categories": categories}, sources
+
+
+def link_images(sources: dict[str, str], image_dir: str) -> int:
+    """Symlink each source image into ``image_dir`` (existing links are kept); returns how many
+    source files are missing."""
+    os.makedirs(image_dir, exist_ok=True)
+    missing = 0
+    for name, src in sources.items():
+        if not os.path.isfile(src):
+            missing += 1
+            continue
+        dst = os.path.join(image_dir, name)
+        if not os.path.lexists(dst):
+            os.symlink(os.path.abspath(src), dst)
+    return missing
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--devkit", default="datasets/voc/VOCdevkit", help="folder holding VOC2007/ and VOC2012/")
+    p.add_argument("--out", default="datasets/voc", help="output root (annotations/ and JPEGImages/)")
+    p.add_argument("--no-link", action="store_true", help="do not create the JPEGImages/ links")
+    args = p.parse_args(argv)
+    os.makedirs(os.path.join(args.out, "annotations"), exist_ok=True)
+    missing = 0
+    for out_name, sets in SETS.items():
+        data, sources = convert(args.devkit, sets)
+        with open(os.path.join(args.out, "annotations", out_name), "w", encoding="utf-8") as f:
+            json.dump(data, f)
+        n_difficult = sum(a["difficult"] for a in data["annotations"])
+        print(f"{out_name}: {len(data['images'])} images, {len(data['annotations'])} boxes ({n_difficult} difficult)")
+        if not args.no_link:
+            missing += link_images(sources, os.path.join(args.out, "JPEGImages"))
+    if missing:
+        print(f"warning: {missing} image files listed in the image sets were not found")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

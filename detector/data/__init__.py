@@ -1,0 +1,66 @@
+"""One-shot data: splits, COCO-format datasets, exemplars, transforms and the synthetic benchmark.
+
+The composition root is :func:`build_datasets`; the model side needs only
+:func:`collate_oneshot` and the item dict documented in :mod:`detector.data.coco_oneshot`.
+"""
+from __future__ import annotations
+
+import os
+
+from .coco_index import Annotation, CocoIndex, ImageRecord
+from .coco_oneshot import EvalItem, OneShotDataset, OneShotEvalDataset, collate_oneshot
+from .image_io import ImageReadError, read_image
+from .splits import Split, coco_split, custom_split, resolve_split, synthetic_split, voc_split
+from .support import Exemplar, ExemplarPool, crop_support, read_exemplar_file
+from .synthetic import build_synthetic, generate_synthetic
+from .transforms import QueryTransform, SupportTransform
+
+__all__ = [
+    "Annotation", "CocoIndex", "EvalItem", "Exemplar", "ExemplarPool", "ImageReadError", "ImageRecord",
+    "OneShotDataset", "OneShotEvalDataset", "QueryTransform", "Split", "SupportTransform", "build_datasets",
+    "build_synthetic", "coco_split", "collate_oneshot", "crop_support", "custom_split", "generate_synthetic",
+    "read_exemplar_file", "read_image", "resolve_split", "synthetic_split", "voc_split",
+]
+
+
+def _under(root: str, path: str) -> str:
+    return path if os.path.isabs(path) else os.path.join(root, path)
+
+
+def build_datasets(cfg) -> tuple[OneShotDataset, OneShotEvalDataset, dict]:
+    """``(train_dataset, val_dataset, split_info)`` for ``cfg.data.dataset`` in
+    synthetic / coco / voc / custom.
+
+    * synthetic: the benchmark of ``cfg.data.synthetic_size`` is generated into ``cfg.data.root``
+      first if it is not there (a minute for ``small``).
+    * The split comes from the training file's categories (:func:`resolve_split`); the validation
+      file must have the same categories.
+    * Training queries seen categories only (``cfg.train.seed`` seeds the sampling,
+      ``cfg.train.stage="pretrain"`` uses random patches as exemplars); evaluation covers seen and
+      unseen, with ``cfg.eval.absent_per_image`` "absent class" items per image when
+      ``cfg.eval.absent_class`` is set.
+
+    ``split_info``: see :meth:`Split.to_info` (``seen_ids``, ``unseen_ids``, names).
+    """
+    d = cfg.data
+    if d.dataset == "synthetic":
+        build_synthetic(d.root, d.synthetic_size, d.synthetic_seed, workers=max(1, min(2, os.cpu_count() or 1)))
+    train_images, val_images = _under(d.root, d.train_images), _under(d.root, d.val_images)
+    train_index = CocoIndex(_under(d.root, d.train_annotations), train_images)
+    val_index = CocoIndex(_under(d.root, d.val_annotations), val_images)
+    if train_index.categories != val_index.categories:
+        raise ValueError(f"{train_index.path} and {val_index.path} have different categories; "
+                         f"the split needs one category list")
+    split = resolve_split(d.dataset, train_index.categories, d.split, d.split_file)
+    query_transform = QueryTransform(train=True, augment=d.augment, shorter_sides=tuple(d.query_min_size),
+                                     max_size=d.query_max_size)
+    train = OneShotDataset(train_index, train_images, split.seen_ids, support_size=cfg.model.support_size,
+                           query_transform=query_transform, support_margin=d.support_margin,
+                           min_exemplar_area=d.min_exemplar_area, augment_support=d.augment,
+                           class_balanced=d.class_balanced, seed=cfg.train.seed, stage=cfg.train.stage)
+    val = OneShotEvalDataset(val_index, val_images, split.seen_ids + split.unseen_ids,
+                             support_size=cfg.model.support_size, eval_size=d.eval_size,
+                             support_margin=d.support_margin, min_exemplar_area=d.min_exemplar_area,
+                             exemplar_file=d.exemplar_file,
+                             absent_per_image=cfg.eval.absent_per_image if cfg.eval.absent_class else 0)
+    return train, val, split.to_info()

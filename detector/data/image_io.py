@@ -1,0 +1,108 @@
+"""Robust image reading: every image becomes an RGB ``uint8`` array, or a clear error.
+
+Rules (tested in ``tests/data/test_robustness.py``):
+
+* EXIF orientation is applied. When the annotation gives the image size and only the *raw*
+  (un-rotated) pixels match it, the raw pixels are used: the boxes were drawn on them.
+* Grayscale, palette, CMYK, ... are converted to RGB; images with alpha (RGBA, LA, P with
+  transparency) are composited onto white.
+* 16-bit and 32-bit integer images are scaled to 8 bit by their type's range
+  (``v * 255 / 65535``), never clipped; float images are read as ``[0, 1]`` if their maximum is at
+  most 1, else as ``[0, 255]``.
+* A missing, unreadable, corrupt or truncated file raises :class:`ImageReadError` naming the file.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+
+class ImageReadError(ValueError):
+    """An image file that cannot be used; the message names the file and the problem."""
+
+
+def _to_rgb_uint8(im: Image.Image) -> np.ndarray:
+    mode = im.mode
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        arr = np.asarray(im)
+        if mode == "F":
+            arr = arr.astype(np.float64)
+            arr = arr * 255.0 if np.nanmax(arr) <= 1.0 else arr
+        elif mode == "I":
+            arr = arr.astype(np.float64)
+            top = float(arr.max()) if arr.size else 0.0
+            # 32-bit containers usually hold 16-bit data (PNG, TIFF): scale by the smallest range that fits.
+            scale = 255.0 if top <= 255 else (65535.0 if top <= 65535 else float(2 ** 32 - 1))
+            arr = arr * (255.0 / scale)
+        else:
+            arr = arr.astype(np.float64) * (255.0 / 65535.0)
+        gray = np.clip(np.nan_to_num(arr), 0, 255).round().astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
+    if mode != "RGB":
+        im = im.convert("RGB")
+    return np.asarray(im)
+
+
+def read_image(path: str, expected_hw: Optional[tuple[int, int]] = None) -> np.ndarray:
+    """Read ``path`` as an RGB image.
+
+    Args:
+        path: image file.
+        expected_hw: ``(height, width)`` recorded in the annotation file, or ``None``. Decides
+            between the EXIF-rotated and the raw pixels (module docstring) and is checked.
+
+    Returns:
+        ``[H, W, 3]`` ``uint8`` array (C-contiguous).
+
+    Raises:
+        ImageReadError: missing, unreadable, corrupt or truncated file, or a size that matches
+            neither the annotation's nor its transpose.
+    """
+    if not os.path.isfile(path):
+        raise ImageReadError(f"{path}: image file not found")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            try:
+                oriented = ImageOps.exif_transpose(im)
+            except Exception as e:  # noqa: BLE001 - a broken EXIF block should not lose the image
+                raise ImageReadError(f"{path}: cannot apply its EXIF orientation ({e})") from None
+            if expected_hw is not None and (oriented.height, oriented.width) != tuple(expected_hw):
+                if (im.height, im.width) == tuple(expected_hw):
+                    oriented = im  # the annotation was made on the raw (un-rotated) pixels
+                else:
+                    raise ImageReadError(
+                        f"{path}: image is {oriented.height}x{oriented.width} (h x w) after EXIF orientation "
+                        f"({im.height}x{im.width} raw) but the annotation file says {expected_hw[0]}x{expected_hw[1]}")
+            arr = _to_rgb_uint8(oriented)
+    except ImageReadError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageReadError(f"{path}: not a recognised image format (corrupt file or not an image)") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageReadError(f"{path}: corrupt or truncated image ({e})") from None
+    if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ImageReadError(f"{path}: unusable image of shape {arr.shape}")
+    return np.array(arr, dtype=np.uint8, order="C", copy=True)  # writable, so torch can wrap it
+
+
+def image_size(path: str) -> tuple[int, int]:
+    """``(height, width)`` of an image file after EXIF orientation, reading only its header."""
+    if not os.path.isfile(path):
+        raise ImageReadError(f"{path}: image file not found")
+    try:
+        with Image.open(path) as im:
+            orientation = im.getexif().get(0x0112, 1)
+            h, w = im.height, im.width
+    except UnidentifiedImageError:
+        raise ImageReadError(f"{path}: not a recognised image format (corrupt file or not an image)") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageReadError(f"{path}: cannot read the image header ({e})") from None
+    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)

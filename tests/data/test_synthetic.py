@@ -1,0 +1,107 @@
+"""The synthetic benchmark: determinism, content, and that it needs the support (oracle test)."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from detector.data import CocoIndex, OneShotEvalDataset, build_synthetic, generate_synthetic, synthetic_split
+from detector.data.synthetic import VERSION, render_image
+from detector.evaluation import evaluate_oneshot
+
+SPLIT = synthetic_split()
+
+
+def _load(root, split):
+    with open(os.path.join(root, "annotations", f"{split}.json")) as f:
+        return json.load(f)
+
+
+def test_generation_is_deterministic_and_worker_independent(tmp_path):
+    a, b, c = (str(tmp_path / n) for n in "abc")
+    generate_synthetic(a, "tiny", seed=5, workers=1, num_train=70, num_val=2, image_size=64)
+    generate_synthetic(b, "tiny", seed=5, workers=2, num_train=70, num_val=2, image_size=64)
+    generate_synthetic(c, "tiny", seed=6, workers=1, num_train=70, num_val=2, image_size=64)
+    assert _load(a, "train")["annotations"] == _load(b, "train")["annotations"]
+    for name in ("000001.jpg", "000070.jpg"):
+        with open(os.path.join(a, "images", "train", name), "rb") as f1, open(os.path.join(b, "images", "train", name), "rb") as f2:
+            assert f1.read() == f2.read()
+    assert _load(a, "train")["annotations"] != _load(c, "train")["annotations"]
+
+
+def test_tiny_benchmark_content(tiny_root):
+    train, val = CocoIndex(f"{tiny_root}/annotations/train.json"), CocoIndex(f"{tiny_root}/annotations/val.json")
+    assert len(train.categories) == 64 and train.num_dropped_boxes == 0
+    assert {a.category_id for a in train.annotations} <= set(SPLIT.seen_ids)  # unseen never shown in training
+    assert {a.category_id for a in val.annotations} & set(SPLIT.unseen_ids)
+    sides = []
+    for index in (train, val):
+        for image_id, anns in index.by_image.items():
+            cats = {a.category_id for a in anns}
+            assert 2 <= len(cats) <= 4  # several instances of 2 to 4 categories
+            assert len(anns) >= 2
+            for a in anns:
+                x0, y0, x1, y1 = a.box_xyxy
+                assert 0 <= x0 < x1 <= 128 and 0 <= y0 < y1 <= 128
+                sides.append(max(x1 - x0, y1 - y0))
+    assert max(sides) / min(sides) >= 4.0  # scale range of at least 4x
+    overlapping = 0  # partial occlusion: instances drawn over each other
+    for anns in train.by_image.values():
+        boxes = torch.tensor([a.box_xyxy for a in anns])
+        lt, rb = torch.max(boxes[:, None, :2], boxes[None, :, :2]), torch.min(boxes[:, None, 2:], boxes[None, :, 2:])
+        inter = (rb - lt).clamp(min=0).prod(-1)
+        overlapping += int((inter.triu(1) > 0).any())
+    assert overlapping >= len(train.by_image) // 4
+
+
+def test_identity_is_not_a_colour():
+    rng = np.random.default_rng(0)
+    colours = []
+    for _ in range(30):
+        image, anns = render_image(rng, 128, [1, 2])  # circle-solid and circle-stripes
+        for a in [a for a in anns if a["category_id"] == 1]:
+            x, y, w, h = a["bbox"]
+            colours.append(image[y + h // 2, x + w // 2].astype(float))
+    assert len(colours) >= 20
+    assert np.std(np.stack(colours), axis=0).min() > 30  # the same category in many colours
+
+
+def test_build_synthetic_checks_what_is_there(tmp_path):
+    root = str(tmp_path / "bench")
+    generate_synthetic(root, "tiny", seed=0, workers=1, num_train=4, num_val=4, image_size=64)
+    assert build_synthetic(root, "tiny", 0, verbose=False) == root  # same size and seed: kept
+    with pytest.raises(ValueError, match="size=tiny seed=0.*not size=small seed=0"):
+        build_synthetic(root, "small", 0, verbose=False)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not a synthetic benchmark"):
+        build_synthetic(str(other), "tiny", 0, verbose=False)
+    with open(os.path.join(root, "meta.json")) as f:
+        assert json.load(f)["version"] == VERSION
+
+
+def _oracle(dataset, correct_category_only):
+    def predict(query, support, targets):
+        out = []
+        for t in targets:
+            anns = [a for a in dataset.index.by_image[t["image_id"]]
+                    if not correct_category_only or a.category_id == t["category_id"]]
+            boxes = torch.tensor([a.box_xyxy for a in anns], dtype=torch.float32).reshape(-1, 4)
+            out.append({"scores": torch.ones(len(boxes)), "boxes": boxes})
+        return out
+    return predict
+
+
+def test_class_agnostic_oracle_cannot_pass_without_the_support(tmp_path):
+    root = str(tmp_path / "oracle")
+    generate_synthetic(root, "tiny", seed=1, workers=1, num_train=2, num_val=160, image_size=96)
+    ds = OneShotEvalDataset(f"{root}/annotations/val.json", f"{root}/images/val", SPLIT.seen_ids + SPLIT.unseen_ids,
+                            support_size=32, eval_size=96, min_exemplar_area=64)
+    kwargs = dict(runs=1, seen_ids=SPLIT.seen_ids, unseen_ids=SPLIT.unseen_ids, batch_size=32)
+    assert len([it for it in ds.items if it.category_id in SPLIT.unseen_ids]) >= 60
+    blind = evaluate_oneshot(_oracle(ds, correct_category_only=False), ds, **kwargs)
+    assert blind["unseen_ap50"] <= 0.5 and blind["seen_ap50"] <= 0.5
+    perfect = evaluate_oneshot(_oracle(ds, correct_category_only=True), ds, **kwargs)
+    assert perfect["unseen_ap50"] == pytest.approx(1.0) and perfect["seen_ap"] == pytest.approx(1.0)
