@@ -2,3 +2,14 @@
 whose values come from the image searched)."""
 
 __version__ = "0.1.0"
+
+__all__ = ["OneShotDetector"]
+
+
+def __getattr__(name: str):
+    # Lazy: ``import detector`` stays light; ``from detector import OneShotDetector`` loads torch.
+    if name == "OneShotDetector":
+        from .inference import OneShotDetector
+
+        return OneShotDetector
+    raise AttributeError(f"module 'detector' has no attribute {name!r}")

@@ -1,0 +1,360 @@
+"""The training loop and the evaluation wrapper.
+
+``train(cfg)`` runs one training job into ``cfg.train.output_dir``: the resolved config and git
+revision, ``metrics.jsonl`` (one JSON line per logging step and per evaluation), rotating
+checkpoints, a training-curve PNG, and at the end ``metrics.json`` / ``metrics.md`` of the final
+evaluation. ``resume=`` continues a run exactly (model, optimiser, scheduler, scaler, epoch,
+iteration, RNG states; the sampler restarts at the next batch of the interrupted epoch).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Callable, Iterator, Optional
+
+import torch
+import yaml
+from torch.utils.data import DataLoader, Sampler
+
+from .config import Config, to_dict
+from .features import FeatureCache
+from .models import build_model
+from .optim import build_optimizer, build_scheduler
+from .utils import dist as du
+from .utils.checkpoint import (checkpoint_state, git_revision, load_checkpoint, rng_state, save_rotating,
+                               set_rng_state)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN/inf loss; the last good checkpoint is kept."""
+
+
+class ShardedSampler(Sampler):
+    """Epoch-seeded shuffling, sharded over processes, restartable mid-epoch.
+
+    Each epoch's order is a permutation drawn from ``seed + epoch`` (identical on every process),
+    padded to a multiple of ``num_replicas`` and split ``rank::num_replicas``. ``start`` skips the
+    first indices of this process's shard (resume inside an epoch) without loading them.
+    """
+
+    def __init__(self, size: int, num_replicas: int = 1, rank: int = 0, seed: int = 0, shuffle: bool = True):
+        if size <= 0:
+            raise ValueError("cannot sample from an empty dataset")
+        self.size, self.num_replicas, self.rank = size, num_replicas, rank
+        self.seed, self.shuffle = seed, shuffle
+        self.epoch = 0
+        self.start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Select the epoch's order and the first index of this shard to yield."""
+        self.epoch, self.start = epoch, start
+
+    def shard(self) -> list[int]:
+        """This process's full index list for the current epoch."""
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.size, generator=g).tolist()
+        else:
+            order = list(range(self.size))
+        total = math.ceil(self.size / self.num_replicas) * self.num_replicas
+        order += order[: total - self.size]
+        return order[self.rank::self.num_replicas]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.shard()[self.start:])
+
+    def __len__(self) -> int:
+        return max(math.ceil(self.size / self.num_replicas) - self.start, 0)
+
+
+def select_device(requested: str = "") -> torch.device:
+    """``cuda`` (this process's local rank) when available, else the CPU."""
+    if requested:
+        return torch.device(requested)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def amp_dtype(device: torch.device, enabled: bool) -> Optional[torch.dtype]:
+    """Mixed-precision dtype: bf16 on CUDA where supported, else fp16; ``None`` (off) on the CPU."""
+    if not enabled or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def move_targets(targets: list[dict], device: torch.device) -> list[dict]:
+    """Tensors of each target dict moved to ``device``."""
+    return [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
+
+
+def make_predict(model: torch.nn.Module, postprocessor: Callable, device: torch.device,
+                 cache: Optional[FeatureCache] = None, amp: Optional[torch.dtype] = None,
+                 support_size: int = 32, record: Optional[list] = None) -> Callable:
+    """The ``predict(query, support, targets)`` callable of the evaluation protocol: boxes (xyxy,
+    absolute pixels of the original image) and scores per item, from ``targets[i]["orig_size"]``.
+    With a ``cache``, exemplar crops are encoded padded to ``support_size`` as the collate pads them.
+    With ``record``, each item's ``(image_id, category_id, result)`` is appended to it."""
+
+    @torch.no_grad()
+    def predict(query, support, targets):
+        model.eval()
+        if cache is not None:
+            query, support = cache(query), cache(support, support_size)
+        sizes = torch.stack([torch.as_tensor(t["orig_size"]) for t in targets]).to(device)
+        with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+            outputs = model(query.to(device), support.to(device))
+        results = [{k: v.float().cpu() for k, v in r.items()} for r in postprocessor(outputs, sizes)]
+        if record is not None:
+            record.extend((int(t["image_id"]), int(t["category_id"]), r) for t, r in zip(targets, results))
+        return results
+
+    return predict
+
+
+def run_evaluation(model, postprocessor, dataset, split_info, cfg: Config, device: torch.device, runs: int,
+                   cache: Optional[FeatureCache] = None, record: Optional[list] = None, progress: bool = False) -> dict:
+    """The data issue's protocol (:func:`detector.evaluation.evaluate_oneshot`) on ``dataset`` with
+    ``runs`` exemplar runs; ``record`` collects the raw per-item detections (see :func:`make_predict`)."""
+    from .evaluation import evaluate_oneshot
+
+    predict = make_predict(model, postprocessor, device, cache, amp_dtype(device, cfg.train.amp),
+                           support_size=cfg.model.support_size, record=record)
+    return evaluate_oneshot(predict, dataset, runs=runs, seen_ids=split_info["seen_ids"],
+                            unseen_ids=split_info["unseen_ids"], batch_size=cfg.eval.batch_size,
+                            num_workers=cfg.data.num_workers, max_detections=cfg.eval.max_detections,
+                            progress=progress)
+
+
+def write_evaluation(metrics: dict, folder: str) -> tuple[str, str]:
+    """``metrics.json`` and ``metrics.md`` (the markdown tables) in ``folder``; returns both paths."""
+    from .evaluation import format_metrics_table, write_metrics
+
+    json_path = write_metrics(metrics, folder)
+    md_path = os.path.join(folder, "metrics.md")
+    with open(md_path, "w", encoding="utf-8") as f:
+        f.write(format_metrics_table(metrics) + "\n")
+    return json_path, md_path
+
+
+class MetricsLog:
+    """``metrics.jsonl``: one JSON object per line, appended (rank 0 only)."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def truncate_after(self, iteration: int) -> None:
+        """Drop records past ``iteration`` (written by a run killed after its last checkpoint)."""
+        if not os.path.isfile(self.path):
+            return
+        with open(self.path, "r", encoding="utf-8") as f:
+            kept = [line for line in f if line.strip() and json.loads(line).get("iter", 0) <= iteration]
+        with open(self.path, "w", encoding="utf-8") as f:
+            f.writelines(kept)
+
+    def write(self, record: dict) -> None:
+        if du.is_main_process():
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def _scalar_metrics(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _write_run_info(cfg: Config, out: str) -> None:
+    with open(os.path.join(out, "config.yaml"), "w", encoding="utf-8") as f:
+        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+    with open(os.path.join(out, "git_revision.txt"), "w", encoding="utf-8") as f:
+        f.write(git_revision() + "\n")
+
+
+def train(cfg: Config, resume: Optional[str] = None, device: Optional[torch.device] = None,
+          datasets: Optional[tuple] = None, final_eval: bool = True, progress: bool = True,
+          collate_fn: Optional[Callable] = None) -> dict:
+    """Train the model of ``cfg``; returns ``{"output_dir", "checkpoint", "iteration", "metrics"}``.
+
+    Args:
+        cfg: the resolved config.
+        resume: a checkpoint path to continue from (exactly).
+        device: defaults to :func:`select_device`.
+        datasets: ``(train, val, split_info)`` instead of ``build_datasets(cfg)``.
+        final_eval: evaluate (``cfg.eval.runs`` runs) after the last iteration.
+        progress: show a tqdm bar on rank 0.
+        collate_fn: defaults to :func:`detector.data.collate_oneshot`.
+
+    Raises:
+        NonFiniteLossError: on a NaN/inf loss (no checkpoint is written after it).
+    """
+    from tqdm import tqdm
+
+    t = cfg.train
+    device = device or select_device()
+    distributed = du.is_distributed()
+    world, rank = du.get_world_size(), du.get_rank()
+    out = t.output_dir
+    if du.is_main_process():
+        os.makedirs(out, exist_ok=True)
+        _write_run_info(cfg, out)
+    du.barrier()
+    if t.num_threads > 0:
+        torch.set_num_threads(t.num_threads)
+    torch.manual_seed(t.seed)
+    if datasets is None:
+        from .data import build_datasets
+        datasets = build_datasets(cfg)
+    train_set, val_set, split_info = datasets
+
+    model, criterion, postprocessor = build_model(cfg)
+    if t.init_checkpoint:
+        model.load_state_dict(load_checkpoint(t.init_checkpoint)["model"])
+    model.to(device)
+    cache = FeatureCache(model.backbone) if t.cache_features else None
+    optimizer = build_optimizer(model, t)
+    batch = t.batch_size
+    sampler = ShardedSampler(len(train_set), world, rank, seed=t.seed, shuffle=True)
+    iters_per_epoch = len(sampler) // batch
+    if iters_per_epoch == 0:
+        raise ValueError(f"the training set ({len(train_set)} items over {world} processes) is smaller "
+                         f"than one batch of {batch}")
+    total_iters = t.epochs * iters_per_epoch
+    if t.max_iters > 0:
+        total_iters = min(total_iters, t.max_iters)
+    scheduler = build_scheduler(optimizer, iters_per_epoch, total_iters, t)
+    amp = amp_dtype(device, t.amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
+
+    iteration = 0
+    if resume:
+        state = load_checkpoint(resume)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        iteration = int(state["iteration"])
+        rngs = state["rng"]
+        set_rng_state(rngs[rank] if rank < len(rngs) else rngs[0])
+    train_model = model
+    if distributed:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    if collate_fn is None:
+        from .data import collate_oneshot as collate_fn
+    loader_kwargs = dict(batch_size=batch, sampler=sampler, collate_fn=collate_fn, drop_last=True,
+                         num_workers=cfg.data.num_workers, persistent_workers=False)
+    log = MetricsLog(os.path.join(out, "metrics.jsonl"))
+    if resume and du.is_main_process():
+        log.truncate_after(iteration)
+    last_ckpt = None
+    metrics: dict = {}
+
+    def checkpoint(epoch_done: int) -> str:
+        rngs = du.all_gather_objects(rng_state()) if distributed else [rng_state()]
+        state = checkpoint_state(model, to_dict(cfg), optimizer=optimizer.state_dict(),
+                                 scheduler=scheduler.state_dict(),
+                                 scaler=scaler.state_dict() if scaler.is_enabled() else {},
+                                 epoch=epoch_done, iteration=iteration, rng=rngs)
+        path = ""
+        if du.is_main_process():
+            path = save_rotating(out, iteration, state, t.keep_checkpoints)
+        du.barrier()
+        return path
+
+    def evaluate(runs: int, epoch: int, final: bool) -> dict:
+        result: dict = {}
+        if du.is_main_process():
+            # The evaluation's data loader draws from the global RNG: fork it so that training after an
+            # evaluation continues exactly as after a resume.
+            with torch.random.fork_rng(devices=[]):
+                result = run_evaluation(model, postprocessor, val_set, split_info, cfg, device, runs, cache)
+                log.write({"type": "eval", "epoch": epoch, "iter": iteration, "final": final, **_scalar_metrics(result)})
+        du.barrier()
+        return result
+
+    start_time = time.time()
+    bar = tqdm(total=total_iters, initial=iteration, disable=not (progress and du.is_main_process()),
+               dynamic_ncols=True, mininterval=1.0, desc="train")
+    window: dict = {}
+    window_n, window_start, window_images = 0, time.time(), 0
+    stop = iteration >= total_iters
+    epoch = iteration // iters_per_epoch
+    while not stop:
+        offset = (iteration - epoch * iters_per_epoch) * batch
+        sampler.set_epoch(epoch, start=offset)
+        if hasattr(train_set, "set_epoch"):
+            train_set.set_epoch(epoch)
+        train_model.train()
+        # A per-epoch generator: the loader's worker seeds do not consume the global RNG, so a loader
+        # created mid-epoch on resume leaves it where the uninterrupted run has it.
+        generator = torch.Generator().manual_seed(t.seed * 1000 + epoch)
+        for query, support, targets in DataLoader(train_set, generator=generator, **loader_kwargs):
+            if cache is not None:
+                query, support = cache(query), cache(support, cfg.model.support_size)
+            query, support, targets = query.to(device), support.to(device), move_targets(targets, device)
+            with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+                outputs = train_model(query, support)
+                losses = criterion(outputs, targets)
+            loss = losses["loss"]
+            finite = torch.isfinite(loss.detach()).float()
+            if distributed:
+                finite = du.all_reduce_mean(finite)
+            if finite.item() < 1.0:
+                bar.close()
+                raise NonFiniteLossError(
+                    f"non-finite loss ({loss.item()}) at iteration {iteration}, epoch {epoch}; training stopped. "
+                    f"The last good checkpoint is {last_ckpt or 'none (none was written yet)'}. "
+                    f"Try a lower train.lr, a smaller train.clip_max_norm, or train.amp=false.")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if t.clip_max_norm > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), t.clip_max_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            iteration += 1
+            window_n += 1
+            window_images += len(query) * world
+            for k, v in losses.items():
+                window[k] = window.get(k, 0.0) + float(v.detach())
+            bar.update(1)
+            if iteration % t.log_every == 0 or iteration == total_iters:
+                reduced = du.reduce_dict_mean({k: v / window_n for k, v in window.items()})
+                speed = window_images / max(time.time() - window_start, 1e-9)
+                log.write({"type": "train", "epoch": epoch, "iter": iteration, "lr": optimizer.param_groups[-1]["lr"],
+                           "images_per_s": speed, "time_s": time.time() - start_time, **reduced})
+                bar.set_postfix(loss=f"{reduced['loss']:.3f}", img_s=f"{speed:.1f}")
+                window, window_n, window_start, window_images = {}, 0, time.time(), 0
+            budget_over = t.time_budget_min > 0 and (time.time() - start_time) > 60 * t.time_budget_min
+            if distributed and t.time_budget_min > 0:
+                budget_over = du.all_reduce_mean(torch.tensor(float(budget_over))).item() > 0
+            stop = iteration >= total_iters or budget_over
+            if t.checkpoint_every_iters > 0 and iteration % t.checkpoint_every_iters == 0 and not stop:
+                last_ckpt = checkpoint(epoch)
+            if stop or iteration % iters_per_epoch == 0:
+                break
+        epoch_done = iteration % iters_per_epoch == 0
+        epoch = iteration // iters_per_epoch
+        if stop or (epoch_done and t.checkpoint_every > 0 and epoch % t.checkpoint_every == 0):
+            last_ckpt = checkpoint(epoch)
+        if not stop and epoch_done and t.eval_every > 0 and epoch % t.eval_every == 0:
+            metrics = evaluate(t.eval_runs or cfg.eval.runs, epoch, final=False)
+    bar.close()
+    if last_ckpt is None:
+        last_ckpt = checkpoint(epoch)
+    if final_eval:
+        metrics = evaluate(cfg.eval.runs, epoch, final=True)
+        if du.is_main_process():
+            write_evaluation(metrics, out)
+    if du.is_main_process():
+        try:
+            from .visualize import plot_training_curves
+            plot_training_curves(os.path.join(out, "metrics.jsonl"), os.path.join(out, "training_curves.png"))
+        except Exception as e:  # noqa: BLE001 - a plotting failure must not lose a finished run
+            print(f"warning: could not draw the training curves: {e}")
+    return {"output_dir": out, "checkpoint": last_ckpt, "iteration": iteration, "metrics": metrics,
+            "cache": {"items": len(cache), "hits": cache.hits, "misses": cache.misses} if cache else None}

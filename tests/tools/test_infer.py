@@ -1,0 +1,133 @@
+"""tools/infer.py and the OneShotDetector API: the results.json contract and clear errors on bad input."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from detector import OneShotDetector
+from detector.config import load_config, to_dict
+from detector.inference import CheckpointError, InputError
+from detector.models import build_model
+from detector.utils.checkpoint import checkpoint_state, save_checkpoint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TINY = os.path.join(ROOT, "configs", "tiny.yaml")
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A random-weight tiny checkpoint and a few images of different sizes."""
+    d = tmp_path_factory.mktemp("infer")
+    torch.manual_seed(0)
+    cfg = load_config(TINY, ["eval.max_detections=6"])
+    model, _, _ = build_model(cfg)
+    ckpt = save_checkpoint(str(d / "tiny.pth"), checkpoint_state(model, to_dict(cfg), iteration=0))
+    rng = np.random.default_rng(0)
+    queries = d / "queries"
+    queries.mkdir()
+    for name, (h, w) in {"a.png": (60, 80), "b.jpg": (90, 50)}.items():
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(queries / name)
+    (queries / "notes.txt").write_text("not an image")
+    support = d / "support.png"
+    Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(support)
+    return {"dir": d, "ckpt": ckpt, "queries": queries, "support": support}
+
+
+def run_infer(*args):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "tools", "infer.py"), *args], capture_output=True,
+                          text=True, timeout=120, cwd=ROOT)
+
+
+def test_cli_writes_one_entry_per_query_image_and_pictures(files):
+    out = files["dir"] / "results.json"
+    vis = files["dir"] / "vis"
+    r = run_infer("--checkpoint", files["ckpt"], "--query", str(files["queries"]), "--support", str(files["support"]),
+                  "--support-box", "5,5,30,20", "--output", str(out), "--visualize", str(vis),
+                  "--score-threshold", "0")
+    assert r.returncode == 0, r.stderr
+    results = json.loads(out.read_text())
+    assert [os.path.basename(e["image"]) for e in results] == ["a.png", "b.jpg"]
+    assert [(e["width"], e["height"]) for e in results] == [(80, 60), (50, 90)]
+    for e in results:
+        assert len(e["detections"]) == 6  # threshold 0 keeps eval.max_detections
+        for det in e["detections"]:
+            x, y, w, h = det["bbox"]
+            assert 0 <= x and 0 <= y and w >= 0 and h >= 0
+            assert x + w <= e["width"] + 1e-3 and y + h <= e["height"] + 1e-3
+            assert 0.0 <= det["score"] <= 1.0
+        scores = [d["score"] for d in e["detections"]]
+        assert scores == sorted(scores, reverse=True)
+    assert sorted(os.listdir(vis)) == ["a.png", "b.png"]
+    assert Image.open(vis / "a.png").size[0] > 80  # exemplar panel beside the query
+
+
+def test_api_matches_cli_and_accepts_arrays(files):
+    det = OneShotDetector.from_checkpoint(files["ckpt"], device="cpu")
+    path = str(files["queries"] / "a.png")
+    from_path = det.predict(path, str(files["support"]), support_box=(5, 5, 30, 20), score_threshold=0.0)
+    array = np.asarray(Image.open(path).convert("RGB"))
+    from_array = det.predict(array, Image.open(files["support"]), support_box=(5, 5, 30, 20), score_threshold=0.0)
+    assert from_path["image"] == path and from_array["image"] is None
+    assert (from_path["width"], from_path["height"]) == (80, 60)
+    assert from_path["detections"] == from_array["detections"]
+    # Batched = one at a time.
+    batch = det.predict_batch([path, str(files["queries"] / "b.jpg")], str(files["support"]), (5, 5, 30, 20), 0.0)
+    assert batch[0]["detections"] == from_path["detections"]
+
+
+@pytest.mark.parametrize("box, message", [
+    ((100, 100, 10, 10), "outside the support image"),
+    ((5, 5, 0, 10), "zero area"),
+    ((-50, 5, 20, 10), "outside the support image"),
+])
+def test_bad_support_boxes(files, box, message):
+    det = OneShotDetector.from_checkpoint(files["ckpt"])
+    with pytest.raises(InputError, match=message):
+        det.predict(str(files["queries"] / "a.png"), str(files["support"]), support_box=box)
+
+
+def test_bad_images_and_checkpoints_get_clear_errors(files, tmp_path):
+    det = OneShotDetector.from_checkpoint(files["ckpt"])
+    with pytest.raises(InputError, match="cannot read"):
+        det.predict(str(files["queries"] / "notes.txt"), str(files["support"]))
+    with pytest.raises(InputError, match="not found"):
+        det.predict(str(tmp_path / "missing.png"), str(files["support"]))
+    torch.save({"state_dict": {"conv.weight": torch.zeros(1)}}, tmp_path / "resnet.pth")
+    with pytest.raises(CheckpointError, match="not a checkpoint of this project"):
+        OneShotDetector.from_checkpoint(str(tmp_path / "resnet.pth"))
+    # Same format, different architecture: the stored config rebuilds another shape.
+    state = torch.load(files["ckpt"], weights_only=True)
+    state["model"] = {k: v for k, v in state["model"].items() if not k.startswith("decoder.layers.1.")}
+    torch.save(state, tmp_path / "partial.pth")
+    with pytest.raises(CheckpointError, match="do not fit"):
+        OneShotDetector.from_checkpoint(str(tmp_path / "partial.pth"))
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--support-box", "500,500,10,10"], "outside the support image"),
+    (["--support-box", "1,2,3"], "x,y,w,h"),
+    (["--query", "/nonexistent/q.png"], "not found"),
+])
+def test_cli_bad_inputs_exit_with_a_message_not_a_traceback(files, extra, message):
+    args = ["--checkpoint", files["ckpt"], "--query", str(files["queries"] / "a.png"), "--support",
+            str(files["support"]), "--output", str(files["dir"] / "bad.json")]
+    for i in range(0, len(extra), 2):
+        if extra[i] in args:
+            args[args.index(extra[i]) + 1] = extra[i + 1]
+        else:
+            args += extra[i:i + 2]
+    r = run_infer(*args)
+    assert r.returncode != 0
+    assert message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_rejects_a_foreign_checkpoint(files, tmp_path):
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pth")
+    r = run_infer("--checkpoint", str(tmp_path / "foreign.pth"), "--query", str(files["queries"] / "a.png"),
+                  "--support", str(files["support"]), "--output", str(tmp_path / "r.json"))
+    assert r.returncode == 2 and "not a checkpoint of this project" in r.stderr and "Traceback" not in r.stderr
