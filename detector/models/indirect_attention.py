@@ -12,10 +12,17 @@ bias_x[i, col(j)]``, a ``[B, heads, Q, H]`` and a ``[B, heads, Q, W]`` table. A 
 grid ``1 x n`` with ``bias_y = 0``. Two kernels compute the same thing:
 
 * ``reference``: materialises ``bias`` as ``[B, heads, Q, H*W]`` and adds it to the logits: the
-  straightforward form, kept as the ground truth.
+  straightforward form, kept as the ground truth. Its box-bias MLPs keep their ``[B, Q, W, hidden]``
+  activations for the backward pass, as autograd does by default.
 * ``fused``: appends the two tables to the queries and one-hot row/column codes to the keys, so
-  that one ``scaled_dot_product_attention`` call computes ``q.k/sqrt(d) + bias`` exactly without
-  ever forming the bias or the logits in Python.
+  that one ``scaled_dot_product_attention`` call computes ``q.k/sqrt(d) + bias`` exactly. The values
+  are zero-padded to the same head width so that the kernel is the fused (flash) one on the CPU too;
+  neither the bias nor the logits exist at ``[B, heads, Q, H*W]``, forward or backward. Its box-bias
+  MLPs recompute their hidden activations in the backward pass (:class:`RecomputedMLP`), in small
+  row blocks that stay in cache.
+
+``docs/PERFORMANCE.md`` has the measurements behind this choice and ``tools/benchmark.py`` the
+benchmark.
 """
 from __future__ import annotations
 
@@ -25,6 +32,7 @@ from typing import NamedTuple, Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
 from ..utils.box_ops import box_cxcywh_to_xyxy
 
@@ -51,6 +59,84 @@ def _signed_log(x: Tensor) -> Tensor:
     return torch.sign(x) * torch.log2(x.abs() * 8.0 + 1.0) / 3.0
 
 
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype autocast would give a matmul on ``x``'s device (``x.dtype`` when it is off)."""
+    device = x.device.type
+    if device in ("cuda", "cpu") and torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return x.dtype
+
+
+class RecomputedMLP(torch.autograd.Function):
+    """``Linear(c, hidden) -> ReLU -> Linear(hidden, out)`` over the rows of ``x``, without keeping
+    the ``[rows, hidden]`` activations for the backward pass.
+
+    Forward and backward walk over blocks of ``block_rows`` rows; the backward recomputes each
+    block's hidden activations (exact: the same operations on the same inputs). Only the inputs and
+    the weights are saved, so the memory is that of the input and the output. One block buffer is
+    reused by every block, and blocks stay in the CPU caches, which also makes the forward several
+    times faster than the unblocked layers.
+
+    ``apply(x [rows, c], w1 [hidden, c], b1 [hidden], w2 [out, hidden], b2 [out], block_rows)`` ->
+    ``[rows, out]``. Under autocast the matmuls run in the autocast dtype and the gradients come back
+    in the parameters' dtypes.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, block_rows: int) -> Tensor:
+        dtype = _compute_dtype(x)
+        ctx.block_rows = block_rows
+        ctx.dtypes = (x.dtype, w1.dtype, b1.dtype, w2.dtype, b2.dtype)
+        # The first layer's bias rides in the matmul as a ones column: no broadcast copy per block.
+        x1 = torch.cat([x.to(dtype), x.new_ones(x.shape[0], 1, dtype=dtype)], dim=1)
+        w1b1 = torch.cat([w1, b1[:, None]], dim=1).to(dtype)
+        w2, b2 = w2.to(dtype), b2.to(dtype)
+        ctx.save_for_backward(x1, w1b1, w2)
+        out = x1.new_empty(x.shape[0], w2.shape[0])
+        # One block buffer reused by every block: no allocation per block (fresh pages cost page
+        # faults, and many short-lived chunks fragment the heap).
+        hidden = x1.new_empty(min(block_rows, x.shape[0]), w1b1.shape[0])
+        with torch.autocast(x.device.type, enabled=False):
+            for start in range(0, x.shape[0], block_rows):
+                xb = x1[start:start + block_rows]
+                hb = torch.mm(xb, w1b1.t(), out=hidden[: xb.shape[0]]).relu_()
+                torch.addmm(b2, hb, w2.t(), out=out[start:start + block_rows])
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        x1, w1b1, w2 = ctx.saved_tensors
+        grad_out = grad_out.to(x1.dtype)
+        grad_w1b1 = torch.zeros_like(w1b1.t())  # [c + 1, hidden]
+        grad_w2 = torch.zeros_like(w2)
+        grad_x = x1.new_empty(x1.shape[0], x1.shape[1] - 1) if ctx.needs_input_grad[0] else None
+        n = min(ctx.block_rows, x1.shape[0])
+        hidden, grad_hidden = x1.new_empty(n, w1b1.shape[0]), x1.new_empty(n, w1b1.shape[0])
+        with torch.autocast(x1.device.type, enabled=False):
+            for start in range(0, x1.shape[0], ctx.block_rows):
+                rows = slice(start, start + ctx.block_rows)
+                xb, gb = x1[rows], grad_out[rows]
+                hb = torch.mm(xb, w1b1.t(), out=hidden[: xb.shape[0]]).relu_()
+                grad_w2.addmm_(gb.t(), hb)
+                gh = torch.mm(gb, w2, out=grad_hidden[: xb.shape[0]])
+                gh = torch.ops.aten.threshold_backward.grad_input(gh, hb, 0, grad_input=gh)
+                grad_w1b1.addmm_(xb.t(), gh)
+                if grad_x is not None:
+                    torch.mm(gh, w1b1[:, :-1], out=grad_x[rows])
+        grads = (grad_x, grad_w1b1[:-1].t(), grad_w1b1[-1], grad_w2, grad_out.sum(0))
+        cast = tuple(None if g is None else g.to(dt) for g, dt in zip(grads, ctx.dtypes))
+        return cast + (None,)
+
+
+def _block_rows(x: Tensor, hidden_dim: int) -> int:
+    # About 4M hidden activations per block on the CPU (16 MB in float32). On one thread 2K to 8K
+    # rows of 512 run at the same speed (smaller blocks gain nothing from the L2 cache; 32K rows
+    # lose 2x); with two threads on a busy machine every op waits for the slower thread, so fewer,
+    # larger blocks are 3x faster there. On an accelerator, large blocks: few kernel launches.
+    budget = 1 << 22 if x.device.type == "cpu" else 1 << 24
+    return max(1, budget // hidden_dim)
+
+
 class BoxRelativePositionBias(nn.Module):
     """Decomposed box relative-position bias (Plain-DETR's BoxRPB), one value per head.
 
@@ -61,17 +147,30 @@ class BoxRelativePositionBias(nn.Module):
     Args:
         num_heads: attention heads (one bias per head).
         hidden_dim: hidden width of each per-axis MLP (512 in the official code).
+        recompute_hidden: run the MLPs through :class:`RecomputedMLP` (same parameters, same
+            values, no stored ``[B, Q, W, hidden]`` activations) instead of the plain layers.
     """
 
-    def __init__(self, num_heads: int, hidden_dim: int = 512):
+    def __init__(self, num_heads: int, hidden_dim: int = 512, recompute_hidden: bool = False):
         super().__init__()
         self.num_heads = num_heads
+        self.recompute_hidden = recompute_hidden
         self.mlp_x = nn.Sequential(nn.Linear(2, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, num_heads))
         self.mlp_y = nn.Sequential(nn.Linear(2, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, num_heads))
         # Start unbiased: the last layers begin at zero so that training decides how much to steer.
         for mlp in (self.mlp_x, self.mlp_y):
             nn.init.zeros_(mlp[2].weight)
             nn.init.zeros_(mlp[2].bias)
+
+    def _mlp(self, mlp: nn.Sequential, offsets: Tensor) -> Tensor:
+        """``offsets [B, Q, L, 2]`` -> ``[B, heads, Q, L]``."""
+        if not self.recompute_hidden:
+            return mlp(offsets).permute(0, 3, 1, 2)
+        rows = offsets.reshape(-1, offsets.shape[-1])
+        first, last = mlp[0], mlp[2]
+        out = RecomputedMLP.apply(rows, first.weight, first.bias, last.weight, last.bias,
+                                  _block_rows(rows, first.out_features))
+        return out.view(*offsets.shape[:-1], -1).permute(0, 3, 1, 2)
 
     def forward(self, reference_boxes_cxcywh: Tensor, grid_hw: tuple[int, int], valid_hw: Tensor) -> FactoredBias:
         """Bias tables for every object query over a padded value grid.
@@ -93,8 +192,8 @@ class BoxRelativePositionBias(nn.Module):
         cy = (torch.arange(grid_h, device=device, dtype=dtype) + 0.5)[None, :] / valid[:, 0:1]  # [B, H]
         dx = boxes[:, :, None, 0::2] - cx[:, None, :, None]  # [B, Q, W, 2]
         dy = boxes[:, :, None, 1::2] - cy[:, None, :, None]  # [B, Q, H, 2]
-        bias_x = self.mlp_x(_signed_log(dx)).permute(0, 3, 1, 2)  # [B, heads, Q, W]
-        bias_y = self.mlp_y(_signed_log(dy)).permute(0, 3, 1, 2)  # [B, heads, Q, H]
+        bias_x = self._mlp(self.mlp_x, _signed_log(dx))  # [B, heads, Q, W]
+        bias_y = self._mlp(self.mlp_y, _signed_log(dy))  # [B, heads, Q, H]
         return FactoredBias(bias_y=bias_y, bias_x=bias_x)
 
 
@@ -102,17 +201,31 @@ class SequenceRelativeBias(nn.Module):
     """1-D relative-position bias for sequences: the grid ``1 x n`` of :class:`FactoredBias`.
 
     Each object query ``i`` has a (learned or given) reference position ``r_i`` in ``[0, 1]``; the
-    bias to value position ``j`` is ``MLP(r_i - (j + 0.5) / n)``.
+    bias to value position ``j`` is ``MLP(n * r_i - (j + 0.5))``: the offset is measured in positions,
+    so that neighbouring positions differ by 1 at the MLP's input whatever ``n`` is (the sequence
+    counterpart of BoxRPB's rescaled offsets). ``MLP = Linear(1, hidden) -> ReLU -> Linear(hidden,
+    heads)``; like :class:`BoxRelativePositionBias` its last layer starts at zero (no bias at init).
     """
 
     def __init__(self, num_heads: int, hidden_dim: int = 128):
         super().__init__()
+        self.num_heads = num_heads
         self.mlp = nn.Sequential(nn.Linear(1, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, num_heads))
+        nn.init.zeros_(self.mlp[2].weight)
+        nn.init.zeros_(self.mlp[2].bias)
 
     def forward(self, reference_positions: Tensor, length: int) -> FactoredBias:
-        """``reference_positions [B, Q]`` in ``[0, 1]`` -> ``FactoredBias`` over ``1 x length``."""
-        centres = (torch.arange(length, device=reference_positions.device, dtype=reference_positions.dtype) + 0.5) / length
-        offsets = reference_positions[:, :, None, None] - centres[None, None, :, None]  # [B, Q, n, 1]
+        """Bias tables of every object query over a sequence of ``length`` values.
+
+        Args:
+            reference_positions: ``[B, Q]`` in ``[0, 1]`` (position ``j`` has centre ``(j + 0.5) / n``).
+            length: ``n``, the number of value positions.
+
+        Returns:
+            ``FactoredBias`` with ``bias_y [B, heads, Q, 1]`` (zeros) and ``bias_x [B, heads, Q, n]``.
+        """
+        centres = torch.arange(length, device=reference_positions.device, dtype=reference_positions.dtype) + 0.5
+        offsets = reference_positions[:, :, None, None] * length - centres[None, None, :, None]  # [B, Q, n, 1]
         bias_x = self.mlp(offsets).permute(0, 3, 1, 2)  # [B, heads, Q, n]
         bias_y = bias_x.new_zeros(bias_x.shape[:3] + (1,))
         return FactoredBias(bias_y=bias_y, bias_x=bias_x)
@@ -140,29 +253,67 @@ def indirect_attention_reference(q: Tensor, k: Tensor, v: Tensor, bias: Optional
     return torch.matmul(logits.softmax(dim=-1), v)
 
 
+def _row_col_codes(grid_h: int, grid_w: int, width: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """``[H*W, width]``: the one-hot row code, then the one-hot column code, then zeros."""
+    idx = torch.arange(grid_h * grid_w, device=device)
+    codes = torch.zeros(grid_h * grid_w, width, device=device, dtype=dtype)
+    codes[idx, idx // grid_w] = 1
+    codes[idx, grid_h + idx % grid_w] = 1
+    return codes
+
+
 def indirect_attention_fused(q: Tensor, k: Tensor, v: Tensor, bias: Optional[FactoredBias],
                              key_padding_mask: Optional[Tensor]) -> Tensor:
     """The same as :func:`indirect_attention_reference`, through one fused SDPA call.
 
     The bias tables are appended to the queries (``[q * s, bias_y, bias_x]``) and one-hot row and
     column codes to the keys (``[k, e_row(j), e_col(j)]``), with the SDPA scale set to 1, so that
-    the kernel's dot product is exactly ``q.k / sqrt(d_head) + bias_y[row(j)] + bias_x[col(j)]``.
+    the kernel's dot product is exactly ``q.k / sqrt(d_head) + bias_y[row(j)] + bias_x[col(j)]``;
+    the gradient of the appended query columns is the bias gradient. The fused CPU (flash) kernel
+    needs one head width for queries, keys and values, so all three are zero-padded to
+    ``d_head + H + W`` rounded up to a multiple of 8 (the alignment the CUDA kernels want); the
+    zero value columns are dropped from the output.
     """
-    scale = 1.0 / math.sqrt(q.shape[-1])
-    if bias is not None:
-        b, h, n = k.shape[0], k.shape[1], k.shape[2]
-        grid_h, grid_w = bias.bias_y.shape[-1], bias.bias_x.shape[-1]
-        if grid_h * grid_w != n:
-            raise ValueError(f"bias grid {grid_h}x{grid_w} does not match {n} key positions")
-        idx = torch.arange(n, device=k.device)
-        codes = torch.cat([F.one_hot(idx // grid_w, grid_h), F.one_hot(idx % grid_w, grid_w)], dim=-1).to(k.dtype)
-        q = torch.cat([q * scale, bias.bias_y.to(q.dtype), bias.bias_x.to(q.dtype)], dim=-1)
-        k = torch.cat([k, codes.expand(b, h, n, grid_h + grid_w)], dim=-1)
-        scale = 1.0
-    attn_mask = None
-    if key_padding_mask is not None:
-        attn_mask = ~key_padding_mask[:, None, None, :]
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
+    if bias is None:
+        attn_mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+    b, h, n, d_head = k.shape
+    grid_h, grid_w = bias.bias_y.shape[-1], bias.bias_x.shape[-1]
+    if grid_h * grid_w != n:
+        raise ValueError(f"bias grid {grid_h}x{grid_w} does not match {n} key positions")
+    width = -(-(d_head + grid_h + grid_w) // 8) * 8
+    extra = width - d_head - grid_h - grid_w
+    parts = [q * (1.0 / math.sqrt(d_head)), bias.bias_y.to(q.dtype), bias.bias_x.to(q.dtype)]
+    if extra:
+        parts.append(q.new_zeros(q.shape[:-1] + (extra,)))
+    q = torch.cat(parts, dim=-1)
+    codes = _row_col_codes(grid_h, grid_w, width - d_head, k.device, k.dtype)
+    k = torch.cat([k, codes.expand(b, h, n, width - d_head)], dim=-1)
+    v_padded = F.pad(v, (0, width - d_head))
+    attn_mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
+    out = F.scaled_dot_product_attention(q, k, v_padded, attn_mask=attn_mask, scale=1.0)
+    return out[..., :d_head]
+
+
+IMPLS = ("reference", "fused")
+
+# The fused attention kernels of every backend: their outputs are worth keeping when a block is
+# recomputed (they are small, [B, heads, Q, width], and the kernels are the block's costliest ops).
+_ATTENTION_KERNELS = tuple(getattr(torch.ops.aten, name).default for name in (
+    "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention",
+    "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention")
+    if hasattr(torch.ops.aten, name))
+
+
+def _keep_attention_outputs(ctx, op, *args, **kwargs) -> CheckpointPolicy:
+    return CheckpointPolicy.MUST_SAVE if op in _ATTENTION_KERNELS else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def recompute_except_attention():
+    """``context_fn`` for ``torch.utils.checkpoint.checkpoint(..., use_reentrant=False)``: the block
+    is recomputed in backward except its fused attention kernels, whose outputs (and log-sum-exp)
+    are kept from the forward pass."""
+    return create_selective_checkpoint_contexts(_keep_attention_outputs)
 
 
 class IndirectAttention(nn.Module):
@@ -175,15 +326,15 @@ class IndirectAttention(nn.Module):
     Args:
         d_model: model width.
         num_heads: heads; ``d_model`` must be divisible by it.
-        impl: ``"reference"`` or ``"fused"`` (see the module docstring).
+        impl: one of :data:`IMPLS`, ``"reference"`` or ``"fused"`` (see the module docstring).
     """
 
     def __init__(self, d_model: int, num_heads: int, impl: str = "reference"):
         super().__init__()
         if d_model % num_heads != 0:
             raise ValueError(f"d_model={d_model} is not divisible by num_heads={num_heads}")
-        if impl not in ("reference", "fused"):
-            raise ValueError(f"impl must be 'reference' or 'fused', got {impl!r}")
+        if impl not in IMPLS:
+            raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
         self.num_heads = num_heads
         self.impl = impl
         self.q_proj = nn.Linear(d_model, d_model)

@@ -7,9 +7,10 @@ from typing import Optional
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ..utils.box_ops import inverse_sigmoid
-from .indirect_attention import BoxRelativePositionBias, IndirectAttention
+from .indirect_attention import BoxRelativePositionBias, IndirectAttention, recompute_except_attention
 from .position_encoding import box_sine_embedding
 
 
@@ -87,7 +88,9 @@ class Decoder(nn.Module):
         d_model, num_heads, num_layers, dim_feedforward, dropout: usual transformer sizes.
         use_bias: compute a :class:`BoxRelativePositionBias` per layer.
         bias_hidden_dim: hidden width of the bias MLPs.
-        attention_impl: ``"reference"`` or ``"fused"`` indirect attention kernel.
+        attention_impl: ``"reference"`` or ``"fused"`` indirect attention kernel. ``"fused"`` also
+            recomputes in backward what the reference stores: the bias MLPs' hidden activations and,
+            in training, each layer's activations (checkpointing; same values, same gradients).
         look_forward_twice: see above.
     """
 
@@ -99,7 +102,12 @@ class Decoder(nn.Module):
         self.num_layers = num_layers
         layer = DecoderLayer(d_model, num_heads, dim_feedforward, dropout, attention_impl)
         self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
-        self.biases = nn.ModuleList(BoxRelativePositionBias(num_heads, bias_hidden_dim) for _ in range(num_layers)) if use_bias else None
+        # The fast path recomputes in backward instead of storing: the bias MLPs' activations and each
+        # layer's (activation checkpointing). The reference keeps everything, as autograd does.
+        recompute = attention_impl != "reference"
+        self.recompute_layers = recompute
+        self.biases = nn.ModuleList(BoxRelativePositionBias(num_heads, bias_hidden_dim, recompute_hidden=recompute)
+                                    for _ in range(num_layers)) if use_bias else None
         self.norm = nn.LayerNorm(d_model)
         self.ref_point_head = MLP(d_model, d_model, d_model, 2)
         self.bbox_embed = nn.ModuleList(MLP(d_model, d_model, 4, 3) for _ in range(num_layers))
@@ -133,7 +141,11 @@ class Decoder(nn.Module):
         for i, layer in enumerate(self.layers):
             query_pos = self.ref_point_head(box_sine_embedding(ref_in, self.d_model // 4))
             bias = self.biases[i](ref_in, grid_hw, valid_hw) if self.biases is not None else None
-            x = layer(x, query_pos, keys, values, key_padding_mask, bias, self_attn_mask)
+            if self.recompute_layers and torch.is_grad_enabled():
+                x = checkpoint(layer, x, query_pos, keys, values, key_padding_mask, bias, self_attn_mask,
+                               use_reentrant=False, context_fn=recompute_except_attention)
+            else:
+                x = layer(x, query_pos, keys, values, key_padding_mask, bias, self_attn_mask)
             h = self.norm(x)
             base = prev if self.look_forward_twice else ref_in
             new_boxes = (self.bbox_embed[i](h) + inverse_sigmoid(base)).sigmoid()

@@ -1,0 +1,490 @@
+"""Benchmark the indirect-attention decoder and the whole model, reference kernel vs fast kernel.
+
+Every measurement runs in its own Python process (several models timed in one process gave 5-20x
+outliers on the development machine): the parent process only starts workers and prints tables.
+Times are medians over ``--iters`` runs after ``--warmup`` runs. Peak memory is the worker's peak
+resident set size (``resource.getrusage(...).ru_maxrss``) on the CPU, reported whole and as the rise
+over the worker's RSS before its first run (imports, model and inputs already built); on CUDA it is
+``torch.cuda.max_memory_allocated``. Achieved GFLOP/s use the model FLOPs of the straightforward
+computation (:func:`decoder_flops`, backward = 2x forward) for both kernels, against the measured
+peak of one large float32 matmul on the same threads (bf16 under autocast on CUDA).
+
+Suites (``--suite``, comma-separated):
+
+* ``decoder``: the real ``Decoder`` (``build_decoder`` of the default config: 6 layers, d 256,
+  8 heads, bias MLP hidden 512), batch 2, random keys/values ``[2, H*W, 256]`` and reference boxes,
+  a padding mask as the model passes it (the second image is narrower), the hybrid-matching
+  self-attention block mask when there are one-to-many queries. Points: ``train32`` (32x32,
+  300 + 1500 object queries, the paper's training operating point), ``eval32`` (32x32, 300),
+  ``train50`` and ``eval50`` (50x50, an extrapolation).
+* ``model``: ``build_model`` of the default config (mobilenetv2_100, random weights), training
+  images/s (batch 2, 512 px queries, 128 px supports, loss + AdamW step) with the default 300
+  queries and with 300 + 1500 (hybrid matching), and inference latency per query + support pair.
+* ``candidates``: one cross-attention layer at the paper's training scale (B 2, 8 heads, 1800
+  object queries, 32x32 keys, d_head 32) for each kernel considered, and the bias MLP with stored
+  vs recomputed activations.
+
+Usage::
+
+    python -m tools.benchmark                          # decoder + model, reference vs fused
+    python -m tools.benchmark --suite candidates
+    python -m tools.benchmark --suite decoder --points train32,eval32 --iters 3 --warmup 1
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+POINTS = {  # name: (grid side, one-to-one queries, one-to-many queries)
+    "train32": (32, 300, 1500),
+    "eval32": (32, 300, 0),
+    "train50": (50, 300, 1500),
+    "eval50": (50, 300, 0),
+}
+CANDIDATES = ("reference", "sdpa_unpadded", "fused", "chunked", "mlp_stored", "mlp_recomputed")
+
+
+# ---------------------------------------------------------------------------------------------
+# Worker side: one measurement per process.
+# ---------------------------------------------------------------------------------------------
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+
+
+def _timed(step: Callable[[], None], warmup: int, iters: int, device) -> dict:
+    """Run ``step`` ``warmup + iters`` times; times of the timed runs and peak memory."""
+    import torch
+
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    base = _rss_mb()
+    times = []
+    for i in range(warmup + iters):
+        t0 = time.perf_counter()
+        step()
+        if cuda:
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    out = {"times_s": times, "median_s": statistics.median(times), "min_s": min(times),
+           "peak_rss_mb": _rss_mb(), "base_rss_mb": base}
+    if cuda:
+        out["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def decoder_flops(batch: int, queries: int, grid: int, d: int = 256, heads: int = 8, layers: int = 6,
+                  ffn: int = 2048, bias_hidden: int = 512) -> float:
+    """Forward matmul FLOPs of the decoder (2 per multiply-add), as the straightforward math does
+    them: self-attention, cross-attention with ``d_head = d / heads``, FFN, box-bias MLPs, the
+    query-position MLP and the box heads. Elementwise work is not counted."""
+    q, n = batch * queries, batch * grid * grid
+    self_attn = 2 * q * d * d * 4 + 2 * 2 * batch * queries * queries * d
+    cross = 2 * (2 * q * d * d + 2 * n * d * d) + 2 * 2 * batch * queries * grid * grid * d
+    ffn_flops = 2 * 2 * q * d * ffn
+    bias = 2 * 2 * q * grid * (2 * bias_hidden + bias_hidden * heads)
+    heads_flops = 2 * q * (2 * d * d) + 2 * q * (2 * d * d + 4 * d)
+    return float(layers * (self_attn + cross + ffn_flops + bias + heads_flops))
+
+
+def _autocast(device):
+    import torch
+
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def run_decoder(spec: dict, device) -> dict:
+    import torch
+
+    from detector.config import load_config
+    from detector.models.build import build_decoder
+
+    grid, n_one, n_many = POINTS[spec["point"]]
+    num, b = n_one + n_many, 2
+    cfg = load_config(None, ["model.backbone.pretrained=none", f"model.attention_impl={spec['impl']}"])
+    decoder = build_decoder(cfg.model).to(device)
+    d = cfg.model.d_model
+    g = torch.Generator().manual_seed(0)
+    content = torch.randn(b, num, d, generator=g).to(device).requires_grad_(spec["mode"] == "fwdbwd")
+    keys = torch.randn(b, grid * grid, d, generator=g).to(device).requires_grad_(spec["mode"] == "fwdbwd")
+    values = torch.randn(b, grid * grid, d, generator=g).to(device).requires_grad_(spec["mode"] == "fwdbwd")
+    boxes = torch.cat([torch.rand(b, num, 2, generator=g) * 0.8 + 0.1, torch.rand(b, num, 2, generator=g) * 0.3 + 0.02], -1)
+    boxes = boxes.to(device)
+    narrow = grid * 3 // 4  # the second image is narrower: padding on the right, as the model masks it
+    mask = torch.zeros(b, grid, grid, dtype=torch.bool)
+    mask[1, :, narrow:] = True
+    mask = mask.flatten(1).to(device)
+    valid_hw = torch.tensor([[grid, grid], [grid, narrow]], device=device)
+    self_attn_mask = None
+    if n_many:
+        self_attn_mask = torch.zeros(num, num, dtype=torch.bool, device=device)
+        self_attn_mask[:n_one, n_one:] = True
+        self_attn_mask[n_one:, :n_one] = True
+
+    def forward():
+        with _autocast(device):
+            return decoder(content, boxes, keys, values, mask, (grid, grid), valid_hw, self_attn_mask)
+
+    if spec["mode"] == "fwd":
+        decoder.eval()
+
+        def step():
+            with torch.no_grad():
+                forward()
+    else:
+        decoder.train()
+
+        def step():
+            for t in [content, keys, values, *decoder.parameters()]:
+                t.grad = None
+            hidden, out_boxes = forward()
+            loss = sum(h.float().square().mean() for h in hidden) + sum(x.float().mean() for x in out_boxes)
+            loss.backward()
+
+    result = _timed(step, spec["warmup"], spec["iters"], device)
+    fwd = decoder_flops(b, num, grid, d=d, heads=cfg.model.num_heads, layers=cfg.model.num_decoder_layers,
+                        ffn=cfg.model.dim_feedforward, bias_hidden=cfg.model.bias_hidden_dim)
+    result["model_flops"] = fwd if spec["mode"] == "fwd" else 3 * fwd
+    return result
+
+
+def run_model(spec: dict, device) -> dict:
+    import torch
+
+    from detector.config import load_config
+    from detector.models.build import build_model
+    from detector.structures import ImageBatch
+
+    cfg = load_config(None, ["model.backbone.pretrained=none", f"model.attention_impl={spec['impl']}",
+                             f"model.num_queries_one2many={spec.get('one2many', 0)}"])
+    model, criterion, postprocessor = build_model(cfg)
+    model.to(device)
+    g = torch.Generator().manual_seed(0)
+    size, s_size = cfg.data.query_max_size, cfg.model.support_size
+    b = 2 if spec["mode"] == "train" else 1
+    query = ImageBatch.from_tensors([torch.rand(3, size, size, generator=g) for _ in range(b)]).to(device)
+    support = ImageBatch.from_tensors([torch.rand(3, s_size, s_size, generator=g) for _ in range(b)]).to(device)
+    targets = [{"boxes": torch.tensor([[0.3, 0.4, 0.2, 0.3], [0.7, 0.6, 0.25, 0.2]], device=device)} for _ in range(b)]
+    if spec["mode"] == "train":
+        model.train()
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+
+        def step():
+            with _autocast(device):
+                loss = criterion(model(query, support), targets)["loss"]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    else:
+        model.eval()
+
+        def step():
+            with torch.no_grad(), _autocast(device):
+                postprocessor(model(query, support), query.image_sizes)
+
+    result = _timed(step, spec["warmup"], spec["iters"], device)
+    result["batch"] = b
+    return result
+
+
+def run_matmul(spec: dict, device) -> dict:
+    import torch
+
+    n = 4096 if device.type == "cuda" else 2048
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    result = _timed(lambda: torch.mm(a, b), 2, 10 if device.type == "cpu" else 50, device)
+    result["gflops"] = 2 * n**3 / result["min_s"] / 1e9
+    result["dtype"] = str(dtype).replace("torch.", "")
+    return result
+
+
+def _chunked_attention(q, k, v, bias, mask, block: int = 64):
+    """A candidate: exact attention over blocks of object queries with a custom backward that
+    recomputes each block's probabilities from the saved log-sum-exp (memory O(block * N))."""
+    import torch
+
+    class Chunked(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, q, k, v, by, bx):
+            scale = 1.0 / math.sqrt(q.shape[-1])
+            neg = torch.zeros(mask.shape, dtype=q.dtype).masked_fill(mask, float("-inf"))[:, None, None, :]
+            out, lse = torch.empty_like(q), q.new_empty(q.shape[:-1] + (1,))
+            for s in range(0, q.shape[2], block):
+                r = slice(s, s + block)
+                logits = torch.matmul(q[:, :, r], k.transpose(-1, -2)).mul_(scale)
+                logits.view(*logits.shape[:3], by.shape[-1], bx.shape[-1]).add_(by[:, :, r, :, None]).add_(bx[:, :, r, None, :])
+                logits.add_(neg)
+                lse[:, :, r] = torch.logsumexp(logits, -1, keepdim=True)
+                torch.matmul(logits.sub_(lse[:, :, r]).exp_(), v, out=out[:, :, r])
+            ctx.save_for_backward(q, k, v, by, bx, out, lse, neg)
+            return out
+
+        @staticmethod
+        def backward(ctx, grad):
+            q, k, v, by, bx, out, lse, neg = ctx.saved_tensors
+            scale = 1.0 / math.sqrt(q.shape[-1])
+            dq, dk, dv = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
+            dby, dbx = torch.empty_like(by), torch.empty_like(bx)
+            delta = (grad * out).sum(-1, keepdim=True)
+            for s in range(0, q.shape[2], block):
+                r = slice(s, s + block)
+                p = torch.matmul(q[:, :, r], k.transpose(-1, -2)).mul_(scale)
+                p.view(*p.shape[:3], by.shape[-1], bx.shape[-1]).add_(by[:, :, r, :, None]).add_(bx[:, :, r, None, :])
+                p = p.add_(neg).sub_(lse[:, :, r]).exp_()
+                dv.add_(torch.matmul(p.transpose(-1, -2), grad[:, :, r]))
+                ds = torch.matmul(grad[:, :, r], v.transpose(-1, -2)).sub_(delta[:, :, r]).mul_(p)
+                grid = ds.view(*ds.shape[:3], by.shape[-1], bx.shape[-1])
+                dby[:, :, r], dbx[:, :, r] = grid.sum(-1), grid.sum(-2)
+                dq[:, :, r] = torch.matmul(ds, k) * scale
+                dk.add_(torch.matmul(ds.transpose(-1, -2), q[:, :, r]), alpha=scale)
+            return dq, dk, dv, dby, dbx
+
+    return Chunked.apply(q, k, v, bias.bias_y, bias.bias_x)
+
+
+def run_candidate(spec: dict, device) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    from detector.models import indirect_attention as ia
+
+    g = torch.Generator().manual_seed(0)
+    b, h, nq, side, dh = 2, 8, 1800, 32, 32
+    name = spec["impl"]
+    if name.startswith("mlp_"):
+        rpb = ia.BoxRelativePositionBias(h, 512, recompute_hidden=name == "mlp_recomputed").to(device)
+        boxes = (torch.rand(b, nq, 4, generator=g) * 0.5 + 0.2).to(device)
+        valid = torch.tensor([[side, side]] * b, device=device)
+
+        def compute():
+            bias = rpb(boxes, (side, side), valid)
+            return bias.bias_y.sum() + bias.bias_x.sum()
+    else:
+        def leaf(*shape):
+            return torch.randn(*shape, generator=g).to(device).requires_grad_(spec["mode"] == "fwdbwd")
+
+        q, k, v = leaf(b, h, nq, dh), leaf(b, h, side * side, dh), leaf(b, h, side * side, dh)
+        bias = ia.FactoredBias(leaf(b, h, nq, side), leaf(b, h, nq, side))
+        mask = torch.zeros(b, side, side, dtype=torch.bool)
+        mask[1, :, side * 3 // 4:] = True
+        mask = mask.flatten(1).to(device)
+
+        def unpadded(q, k, v, bias, mask):  # the bias folded into q/k, values left at d_head: SDPA's math path
+            codes = ia._row_col_codes(side, side, 2 * side, k.device, k.dtype).expand(b, h, side * side, 2 * side)
+            qe = torch.cat([q / math.sqrt(dh), bias.bias_y, bias.bias_x], -1)
+            return F.scaled_dot_product_attention(qe, torch.cat([k, codes], -1), v, attn_mask=~mask[:, None, None, :], scale=1.0)
+
+        fn = {"reference": ia.indirect_attention_reference, "fused": ia.indirect_attention_fused,
+              "sdpa_unpadded": unpadded, "chunked": _chunked_attention}[name]
+
+        def compute():
+            return fn(q, k, v, bias, mask).square().sum()
+
+    if spec["mode"] == "fwd":
+        def step():
+            with torch.no_grad():
+                compute()
+    else:
+        def step():
+            compute().backward()
+    return _timed(step, spec["warmup"], spec["iters"], device)
+
+
+def worker(spec: dict) -> dict:
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    device = torch.device(spec["device"])
+    run = {"decoder": run_decoder, "model": run_model, "matmul": run_matmul, "candidate": run_candidate}[spec["kind"]]
+    return {**spec, **run(spec, device)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Parent side: start the workers, print the tables.
+# ---------------------------------------------------------------------------------------------
+def launch(spec: dict, timeout: float) -> dict:
+    """One worker process; its last stdout line is the JSON result."""
+    cmd = [sys.executable, "-m", "tools.benchmark", "--worker", json.dumps(spec)]
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {**spec, "error": f"timed out after {timeout:.0f} s"}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        return {**spec, "error": (proc.stderr.strip().splitlines() or ["no output"])[-1]}
+    return json.loads(lines[-1])
+
+
+def merge(results: list[dict], keys: tuple) -> list[dict]:
+    """One result per configuration: the timed runs of all its processes pooled (median over all),
+    the largest peak memory (and rise) of its processes."""
+    groups: dict = {}
+    for r in results:
+        groups.setdefault(tuple(r.get(k) for k in keys), []).append(r)
+    out = []
+    for rs in groups.values():
+        ok = [r for r in rs if "error" not in r]
+        if not ok:
+            out.append(rs[0])
+            continue
+        m = dict(ok[0])
+        m["times_s"] = [t for r in ok for t in r["times_s"]]
+        m["median_s"], m["min_s"] = statistics.median(m["times_s"]), min(m["times_s"])
+        m["rise_mb"] = max(r["peak_rss_mb"] - r["base_rss_mb"] for r in ok)
+        m["peak_rss_mb"] = max(r["peak_rss_mb"] for r in ok)
+        if "cuda_peak_mb" in m:
+            m["cuda_peak_mb"] = max(r["cuda_peak_mb"] for r in ok)
+        m["processes"] = len(ok)
+        out.append(m)
+    return out
+
+
+def _fmt(x, digits=0):
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def _mem(r: dict) -> tuple:
+    if "error" in r:
+        return None, None
+    if "cuda_peak_mb" in r:
+        return r["cuda_peak_mb"], r["cuda_peak_mb"]
+    return r["peak_rss_mb"], r.get("rise_mb", r["peak_rss_mb"] - r["base_rss_mb"])
+
+
+def _ratio(a, b):
+    return None if a is None or b is None or b == 0 else a / b
+
+
+def decoder_table(results: list[dict], peak_gflops: float, fast: str) -> str:
+    lines = ["| point | impl | fwd ms | fwd+bwd ms | fwd+bwd peak MB (rise) | fwd+bwd GFLOP/s (% of matmul peak) |",
+             "|---|---|---|---|---|---|"]
+    ratios = ["", "| point | fast / reference: fwd time | fwd+bwd time | fwd+bwd peak | fwd+bwd rise |", "|---|---|---|---|---|"]
+    by = {(r["point"], r["impl"], r["mode"]): r for r in results}
+    for point in dict.fromkeys(r["point"] for r in results):
+        rows = {}
+        for impl in dict.fromkeys(r["impl"] for r in results if r["point"] == point):
+            f, fb = by.get((point, impl, "fwd"), {}), by.get((point, impl, "fwdbwd"), {})
+            t_f = f.get("median_s") and f["median_s"] * 1e3
+            t_fb = fb.get("median_s") and fb["median_s"] * 1e3
+            peak, rise = _mem(fb) if fb else (None, None)
+            gf = fb["model_flops"] / fb["median_s"] / 1e9 if t_fb else None
+            pct = f"{gf:.0f} ({100 * gf / peak_gflops:.0f}%)" if gf and peak_gflops else _fmt(gf)
+            err = f.get("error") or fb.get("error")
+            lines.append(f"| {point} | {impl} | {_fmt(t_f)} | {_fmt(t_fb)} | {_fmt(peak)} ({_fmt(rise)}) | {pct} |"
+                         + (f" error: {err}" if err else ""))
+            rows[impl] = (t_f, t_fb, peak, rise)
+        if "reference" in rows and fast in rows:
+            r, s = rows["reference"], rows[fast]
+            ratios.append(f"| {point} | " + " | ".join(_fmt(_ratio(a, b), 3) for a, b in zip(s, r)) + " |")
+    return "\n".join(lines + ratios)
+
+
+def model_table(results: list[dict]) -> str:
+    lines = ["| impl | object queries | training images/s (batch 2) | inference ms per pair | peak MB (train) |",
+             "|---|---|---|---|---|"]
+    by = {(r["impl"], r.get("one2many", 0), r["mode"]): r for r in results}
+    for impl, o2m in dict.fromkeys((r["impl"], r.get("one2many", 0)) for r in results):
+        tr, inf = by.get((impl, o2m, "train"), {}), by.get((impl, o2m, "infer"), {})
+        ips = tr["batch"] / tr["median_s"] if tr.get("median_s") else None
+        ms = inf["median_s"] * 1e3 / inf["batch"] if inf.get("median_s") else None
+        err = tr.get("error") or inf.get("error")
+        lines.append(f"| {impl} | 300{f' + {o2m}' if o2m else ''} | {_fmt(ips, 2)} | {_fmt(ms)} | {_fmt(_mem(tr)[0] if tr else None)} |"
+                     + (f" error: {err}" if err else ""))
+    return "\n".join(lines)
+
+
+def candidate_table(results: list[dict]) -> str:
+    lines = ["| candidate | fwd ms | fwd+bwd ms | fwd+bwd peak MB (rise) |", "|---|---|---|---|"]
+    by = {(r["impl"], r["mode"]): r for r in results}
+    for name in dict.fromkeys(r["impl"] for r in results):
+        f, fb = by.get((name, "fwd"), {}), by.get((name, "fwdbwd"), {})
+        peak, rise = _mem(fb) if fb else (None, None)
+        err = f.get("error") or fb.get("error")
+        lines.append(f"| {name} | {_fmt(f.get('median_s') and f['median_s'] * 1e3)} | "
+                     f"{_fmt(fb.get('median_s') and fb['median_s'] * 1e3)} | {_fmt(peak)} ({_fmt(rise)}) |"
+                     + (f" error: {err}" if err else ""))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--suite", default="decoder,model", help="comma-separated: decoder, model, candidates")
+    p.add_argument("--points", default=",".join(POINTS), help=f"decoder points, from {list(POINTS)}")
+    p.add_argument("--impls", default="reference,fused", help="kernels to compare (the first is the baseline)")
+    p.add_argument("--candidates", default=",".join(CANDIDATES), help=f"for --suite candidates, from {CANDIDATES}")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--iters", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=1, help="processes per configuration, interleaved across kernels")
+    p.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", os.cpu_count() or 1)))
+    p.add_argument("--device", default="", help="cpu | cuda (default: cuda when available)")
+    p.add_argument("--timeout", type=float, default=1800.0, help="seconds per worker")
+    p.add_argument("--json", default="", help="also write every worker's result to this JSON file")
+    p.add_argument("--worker", default="", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return
+
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    impls = args.impls.split(",")
+    fast = impls[-1]
+    base = {"device": device, "threads": args.threads, "warmup": args.warmup, "iters": args.iters}
+    suites = args.suite.split(",")
+    everything = []
+
+    def go(spec):
+        r = launch({**base, **spec}, args.timeout)
+        print(f"  {json.dumps({k: r.get(k) for k in ('kind', 'point', 'impl', 'mode', 'one2many', 'median_s', 'peak_rss_mb', 'error') if k in r})}",
+              file=sys.stderr, flush=True)
+        everything.append(r)
+        return r
+
+    name = torch.cuda.get_device_name() if device == "cuda" else f"CPU, {args.threads} threads"
+    print("$ python -m tools.benchmark " + " ".join(argv if argv is not None else sys.argv[1:]))
+    print(f"# torch {torch.__version__}, {name}; {args.repeats} process(es) per configuration, each {args.warmup} "
+          f"warm-up + {args.iters} timed runs; medians over the timed runs\n")
+    peak = go({"kind": "matmul", "warmup": 2, "iters": 10})
+    peak_gflops = peak.get("gflops", 0.0)
+    print(f"matmul peak ({peak.get('dtype')}): {peak_gflops:.0f} GFLOP/s\n")
+    if "decoder" in suites:
+        results = [go({"kind": "decoder", "point": pt, "impl": impl, "mode": mode})
+                   for pt in args.points.split(",") for mode in ("fwd", "fwdbwd")
+                   for _ in range(args.repeats) for impl in impls]
+        results = merge(results, ("point", "impl", "mode"))
+        print("## Decoder (6 layers, d 256, 8 heads, batch 2)\n\n" + decoder_table(results, peak_gflops, fast) + "\n")
+    if "model" in suites:
+        results = [go({"kind": "model", "impl": impl, "one2many": o2m, "mode": mode})
+                   for o2m in (0, 1500) for mode in (("train", "infer") if o2m == 0 else ("train",))
+                   for _ in range(args.repeats) for impl in impls]
+        results = merge(results, ("impl", "one2many", "mode"))
+        print("## Whole model (mobilenetv2_100, 512 px query, 128 px support)\n\n" + model_table(results) + "\n")
+    if "candidates" in suites:
+        results = [go({"kind": "candidate", "impl": c, "mode": mode})
+                   for mode in ("fwd", "fwdbwd") for _ in range(args.repeats) for c in args.candidates.split(",")]
+        results = merge(results, ("impl", "mode"))
+        print("## One cross-attention layer (B 2, 8 heads, 1800 object queries, 32x32 keys, d_head 32)\n\n"
+              + candidate_table(results) + "\n")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(everything, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
