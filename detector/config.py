@@ -38,12 +38,13 @@ class ModelConfig:
     dropout: float = 0.0  # dropout in the decoder (0 in the official code)
     attention: str = "indirect"  # cross step: "indirect" | "misaligned" | "double_cross"
     support_layout: str = "resize"  # how support keys line up with query values: "resize" | "pad" (official)
-    attention_impl: str = "reference"  # indirect attention kernel: "reference" (materialised bias) | "fused"
+    attention_impl: str = "fused"  # indirect attention kernel: "fused" (exact, fast, lean; docs/PERFORMANCE.md) | "reference" (materialised bias)
     bias_hidden_dim: int = 512  # hidden width of the per-axis box-bias MLPs
     num_queries: int = 300  # one-to-one object queries (used at evaluation)
     num_queries_one2many: int = 0  # extra one-to-many object queries for hybrid matching (training only)
-    two_stage: bool = True  # initial reference boxes from top-k support-conditioned proposals on the query map
+    two_stage: bool = True  # initial reference boxes from the top-k proposals on the query map
     proposal_sizes: tuple = (0.05, 0.1, 0.2, 0.4)  # anchor sides (normalised) at each query-map cell for the proposals
+    proposal_conditioning: bool = False  # proposals see the support too (then the cross step barely matters)
     support_conditioning: bool = True  # add the pooled support embedding to object queries and a similarity logit
     look_forward_twice: bool = True  # box loss of layer l also trains layer l-1's refinement (DINO)
     support_size: int = 128  # side of the square support crop in pixels
@@ -84,6 +85,7 @@ class DataConfig:
     augment: bool = True  # training augmentations
     exemplar_file: str = ""  # optional user-supplied evaluation exemplar list (JSON)
     num_workers: int = 2  # data loader workers
+    train_cache_mb: float = 0.0  # decoded training images kept in memory between epochs (per process; 0: none)
     synthetic_seed: int = 0  # generation seed of the synthetic benchmark (part of its identity in meta.json)
 
 

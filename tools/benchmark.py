@@ -41,7 +41,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -85,6 +85,25 @@ def _timed(step: Callable[[], None], warmup: int, iters: int, device) -> dict:
     if cuda:
         out["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return out
+
+
+def _tensor_peak_mb(step: Callable[[], None]) -> Optional[float]:
+    """Peak of the tensor memory allocated (net of frees) during one ``step``, from the torch
+    profiler's memory events: what the computation itself holds, without the allocator's overhead
+    or the process's libraries. ``None`` where the profiler does not expose the events."""
+    from torch.profiler import ProfilerActivity, profile
+
+    try:
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            step()
+        events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    except (AttributeError, RuntimeError):
+        return None
+    live = peak = 0
+    for e in sorted(events, key=lambda e: e.start_ns()):
+        live += e.nbytes()
+        peak = max(peak, live)
+    return peak / 2**20
 
 
 def decoder_flops(batch: int, queries: int, grid: int, d: int = 256, heads: int = 8, layers: int = 6,
@@ -156,6 +175,8 @@ def run_decoder(spec: dict, device) -> dict:
             loss.backward()
 
     result = _timed(step, spec["warmup"], spec["iters"], device)
+    if device.type == "cpu":
+        result["tensor_peak_mb"] = _tensor_peak_mb(step)
     fwd = decoder_flops(b, num, grid, d=d, heads=cfg.model.num_heads, layers=cfg.model.num_decoder_layers,
                         ffn=cfg.model.dim_feedforward, bias_hidden=cfg.model.bias_hidden_dim)
     result["model_flops"] = fwd if spec["mode"] == "fwd" else 3 * fwd
@@ -302,7 +323,10 @@ def run_candidate(spec: dict, device) -> dict:
     else:
         def step():
             compute().backward()
-    return _timed(step, spec["warmup"], spec["iters"], device)
+    result = _timed(step, spec["warmup"], spec["iters"], device)
+    if device.type == "cpu":
+        result["tensor_peak_mb"] = _tensor_peak_mb(step)
+    return result
 
 
 def worker(spec: dict) -> dict:
@@ -332,24 +356,22 @@ def launch(spec: dict, timeout: float) -> dict:
 
 def merge(results: list[dict], keys: tuple) -> list[dict]:
     """One result per configuration: the timed runs of all its processes pooled (median over all),
-    the largest peak memory (and rise) of its processes."""
+    the largest peak memory (whole, rise, tensors) of its processes."""
     groups: dict = {}
     for r in results:
         groups.setdefault(tuple(r.get(k) for k in keys), []).append(r)
     out = []
     for rs in groups.values():
         ok = [r for r in rs if "error" not in r]
-        if not ok:
-            out.append(rs[0])
-            continue
-        m = dict(ok[0])
-        m["times_s"] = [t for r in ok for t in r["times_s"]]
-        m["median_s"], m["min_s"] = statistics.median(m["times_s"]), min(m["times_s"])
-        m["rise_mb"] = max(r["peak_rss_mb"] - r["base_rss_mb"] for r in ok)
-        m["peak_rss_mb"] = max(r["peak_rss_mb"] for r in ok)
-        if "cuda_peak_mb" in m:
-            m["cuda_peak_mb"] = max(r["cuda_peak_mb"] for r in ok)
-        m["processes"] = len(ok)
+        m = dict(ok[0] if ok else rs[0])
+        if ok:
+            m["times_s"] = [t for r in ok for t in r["times_s"]]
+            m["median_s"], m["min_s"] = statistics.median(m["times_s"]), min(m["times_s"])
+            m["rise_mb"] = max(r["peak_rss_mb"] - r["base_rss_mb"] for r in ok)
+            for k in ("peak_rss_mb", "cuda_peak_mb", "tensor_peak_mb"):
+                values = [r[k] for r in ok if r.get(k) is not None]
+                m[k] = max(values) if values else None
+            m["processes"] = len(ok)
         out.append(m)
     return out
 
@@ -358,40 +380,43 @@ def _fmt(x, digits=0):
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
-def _mem(r: dict) -> tuple:
-    if "error" in r:
-        return None, None
-    if "cuda_peak_mb" in r:
-        return r["cuda_peak_mb"], r["cuda_peak_mb"]
-    return r["peak_rss_mb"], r.get("rise_mb", r["peak_rss_mb"] - r["base_rss_mb"])
+def _measures(f: dict, fb: dict) -> dict:
+    """Forward and forward+backward results of one configuration -> the numbers of a table row."""
+    ms = lambda r: r["median_s"] * 1e3 if r.get("median_s") else None  # noqa: E731
+    cuda = fb.get("cuda_peak_mb")
+    return {"fwd ms": ms(f), "fwd+bwd ms": ms(fb),
+            "peak MB": cuda or fb.get("peak_rss_mb"),
+            "rise MB": cuda or fb.get("rise_mb", (fb.get("peak_rss_mb") or 0) - (fb.get("base_rss_mb") or 0) or None),
+            "tensor MB": cuda or fb.get("tensor_peak_mb"),
+            "error": f.get("error") or fb.get("error")}
 
 
-def _ratio(a, b):
-    return None if a is None or b is None or b == 0 else a / b
-
-
-def decoder_table(results: list[dict], peak_gflops: float, fast: str) -> str:
-    lines = ["| point | impl | fwd ms | fwd+bwd ms | fwd+bwd peak MB (rise) | fwd+bwd GFLOP/s (% of matmul peak) |",
-             "|---|---|---|---|---|---|"]
-    ratios = ["", "| point | fast / reference: fwd time | fwd+bwd time | fwd+bwd peak | fwd+bwd rise |", "|---|---|---|---|---|"]
-    by = {(r["point"], r["impl"], r["mode"]): r for r in results}
-    for point in dict.fromkeys(r["point"] for r in results):
+def comparison_table(results: list[dict], group: str, peak_gflops: float, pair: tuple) -> str:
+    """Rows per (``group`` value, kernel), then ``pair[1]`` / ``pair[0]`` ratios per ``group`` value."""
+    by = {(r.get(group), r["impl"], r["mode"]): r for r in results}
+    has_flops = any("model_flops" in r for r in results)
+    head = f"| {group} | impl | fwd ms | fwd+bwd ms | fwd+bwd peak memory MB: whole (rise) | tensors |"
+    lines = [head + (" fwd+bwd GFLOP/s (% of matmul peak) |" if has_flops else ""),
+             "|---" * (7 if has_flops else 6) + "|"]
+    ratios = ["", f"| {group} | {pair[1]} / {pair[0]}: fwd time | fwd+bwd time | peak memory: whole | rise | tensors |",
+              "|---|---|---|---|---|---|"]
+    for key in dict.fromkeys(r.get(group) for r in results):
         rows = {}
-        for impl in dict.fromkeys(r["impl"] for r in results if r["point"] == point):
-            f, fb = by.get((point, impl, "fwd"), {}), by.get((point, impl, "fwdbwd"), {})
-            t_f = f.get("median_s") and f["median_s"] * 1e3
-            t_fb = fb.get("median_s") and fb["median_s"] * 1e3
-            peak, rise = _mem(fb) if fb else (None, None)
-            gf = fb["model_flops"] / fb["median_s"] / 1e9 if t_fb else None
-            pct = f"{gf:.0f} ({100 * gf / peak_gflops:.0f}%)" if gf and peak_gflops else _fmt(gf)
-            err = f.get("error") or fb.get("error")
-            lines.append(f"| {point} | {impl} | {_fmt(t_f)} | {_fmt(t_fb)} | {_fmt(peak)} ({_fmt(rise)}) | {pct} |"
-                         + (f" error: {err}" if err else ""))
-            rows[impl] = (t_f, t_fb, peak, rise)
-        if "reference" in rows and fast in rows:
-            r, s = rows["reference"], rows[fast]
-            ratios.append(f"| {point} | " + " | ".join(_fmt(_ratio(a, b), 3) for a, b in zip(s, r)) + " |")
-    return "\n".join(lines + ratios)
+        for impl in dict.fromkeys(r["impl"] for r in results if r.get(group) == key):
+            fb = by.get((key, impl, "fwdbwd"), {})
+            m = rows[impl] = _measures(by.get((key, impl, "fwd"), {}), fb)
+            line = (f"| {key} | {impl} | {_fmt(m['fwd ms'])} | {_fmt(m['fwd+bwd ms'])} | {_fmt(m['peak MB'])} "
+                    f"({_fmt(m['rise MB'])}) | {_fmt(m['tensor MB'])} |")
+            if has_flops:
+                gf = fb["model_flops"] / fb["median_s"] / 1e9 if m["fwd+bwd ms"] else None
+                line += f" {_fmt(gf)} ({_fmt(gf and 100 * gf / peak_gflops)}%) |"
+            lines.append(line + (f" error: {m['error']}" if m["error"] else ""))
+        if pair[0] in rows and pair[1] in rows:
+            cols = ("fwd ms", "fwd+bwd ms", "peak MB", "rise MB", "tensor MB")
+            r, f = rows[pair[0]], rows[pair[1]]
+            ratios.append(f"| {key} | " + " | ".join(
+                _fmt(f[c] / r[c] if f[c] is not None and r[c] else None, 3) for c in cols) + " |")
+    return "\n".join(lines + (ratios if len(ratios) > 3 else []))
 
 
 def model_table(results: list[dict]) -> str:
@@ -403,20 +428,8 @@ def model_table(results: list[dict]) -> str:
         ips = tr["batch"] / tr["median_s"] if tr.get("median_s") else None
         ms = inf["median_s"] * 1e3 / inf["batch"] if inf.get("median_s") else None
         err = tr.get("error") or inf.get("error")
-        lines.append(f"| {impl} | 300{f' + {o2m}' if o2m else ''} | {_fmt(ips, 2)} | {_fmt(ms)} | {_fmt(_mem(tr)[0] if tr else None)} |"
-                     + (f" error: {err}" if err else ""))
-    return "\n".join(lines)
-
-
-def candidate_table(results: list[dict]) -> str:
-    lines = ["| candidate | fwd ms | fwd+bwd ms | fwd+bwd peak MB (rise) |", "|---|---|---|---|"]
-    by = {(r["impl"], r["mode"]): r for r in results}
-    for name in dict.fromkeys(r["impl"] for r in results):
-        f, fb = by.get((name, "fwd"), {}), by.get((name, "fwdbwd"), {})
-        peak, rise = _mem(fb) if fb else (None, None)
-        err = f.get("error") or fb.get("error")
-        lines.append(f"| {name} | {_fmt(f.get('median_s') and f['median_s'] * 1e3)} | "
-                     f"{_fmt(fb.get('median_s') and fb['median_s'] * 1e3)} | {_fmt(peak)} ({_fmt(rise)}) |"
+        peak = tr.get("cuda_peak_mb") or tr.get("peak_rss_mb")
+        lines.append(f"| {impl} | 300{f' + {o2m}' if o2m else ''} | {_fmt(ips, 2)} | {_fmt(ms)} | {_fmt(peak)} |"
                      + (f" error: {err}" if err else ""))
     return "\n".join(lines)
 
@@ -448,6 +461,7 @@ def main(argv=None) -> None:
     base = {"device": device, "threads": args.threads, "warmup": args.warmup, "iters": args.iters}
     suites = args.suite.split(",")
     everything = []
+    start_load = os.getloadavg()
 
     def go(spec):
         r = launch({**base, **spec}, args.timeout)
@@ -468,7 +482,7 @@ def main(argv=None) -> None:
                    for pt in args.points.split(",") for mode in ("fwd", "fwdbwd")
                    for _ in range(args.repeats) for impl in impls]
         results = merge(results, ("point", "impl", "mode"))
-        print("## Decoder (6 layers, d 256, 8 heads, batch 2)\n\n" + decoder_table(results, peak_gflops, fast) + "\n")
+        print("## Decoder (6 layers, d 256, 8 heads, batch 2)\n\n" + comparison_table(results, "point", peak_gflops, (impls[0], fast)) + "\n")
     if "model" in suites:
         results = [go({"kind": "model", "impl": impl, "one2many": o2m, "mode": mode})
                    for o2m in (0, 1500) for mode in (("train", "infer") if o2m == 0 else ("train",))
@@ -476,11 +490,17 @@ def main(argv=None) -> None:
         results = merge(results, ("impl", "one2many", "mode"))
         print("## Whole model (mobilenetv2_100, 512 px query, 128 px support)\n\n" + model_table(results) + "\n")
     if "candidates" in suites:
-        results = [go({"kind": "candidate", "impl": c, "mode": mode})
+        results = [go({"kind": "candidate", "impl": c, "mode": mode, "part": "bias MLPs" if c.startswith("mlp") else "attention"})
                    for mode in ("fwd", "fwdbwd") for _ in range(args.repeats) for c in args.candidates.split(",")]
         results = merge(results, ("impl", "mode"))
-        print("## One cross-attention layer (B 2, 8 heads, 1800 object queries, 32x32 keys, d_head 32)\n\n"
-              + candidate_table(results) + "\n")
+        attention = comparison_table([r for r in results if r["part"] == "attention"], "part", 0, ("reference", "fused"))
+        mlp = comparison_table([r for r in results if r["part"] != "attention"], "part", 0, ("mlp_stored", "mlp_recomputed"))
+        print("## Candidates: one cross-attention step (B 2, 8 heads, 1800 object queries, 32x32 keys, d_head 32), "
+              "one layer's box-bias MLPs (both axes, hidden 512)\n\n"
+              + attention + "\n\n" + mlp + "\n")
+    loads = [" ".join(f"{x:.1f}" for x in la) for la in (start_load, os.getloadavg())]
+    print(f"load average (1, 5, 15 min): {loads[0]} at the start, {loads[1]} at the end (other processes slow the "
+          "workers down: every op of a multi-threaded run waits for its slowest thread)")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(everything, f, indent=1)

@@ -57,7 +57,8 @@ def build_datasets(cfg) -> tuple[OneShotDataset, OneShotEvalDataset, dict]:
     train = OneShotDataset(train_index, train_images, split.seen_ids, support_size=cfg.model.support_size,
                            query_transform=query_transform, support_margin=d.support_margin,
                            min_exemplar_area=d.min_exemplar_area, augment_support=d.augment,
-                           class_balanced=d.class_balanced, seed=cfg.train.seed, stage=cfg.train.stage)
+                           class_balanced=d.class_balanced, seed=cfg.train.seed, stage=cfg.train.stage,
+                           cache_mb=d.train_cache_mb)
     val = OneShotEvalDataset(val_index, val_images, split.seen_ids + split.unseen_ids,
                              support_size=cfg.model.support_size, eval_size=d.eval_size,
                              support_margin=d.support_margin, min_exemplar_area=d.min_exemplar_area,

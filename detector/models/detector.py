@@ -59,8 +59,13 @@ class OneShotDETR(nn.Module):
             a position is excluded only where both are padding).
         num_queries: one-to-one object queries.
         num_queries_one2many: extra one-to-many queries used in training only (hybrid matching).
-        two_stage: initial boxes from the top-scoring support-conditioned proposals.
+        two_stage: initial boxes from the top-scoring proposals on the query map.
         proposal_sizes: anchor sides (normalised) per query-map cell for the proposals.
+        proposal_conditioning: condition the proposals on the support (FiLM by the pooled support
+            embedding, plus the similarity term). Off (Plain-DETR, the official code): proposals
+            see the query image alone, so deciding which objects match the exemplar is left to the
+            decoder's cross step. On, the proposals already rank the matching objects first and the
+            cross step barely matters (misaligned attention then scores as well as indirect).
         support_conditioning: add the pooled support embedding to the object queries' content and
             a query-support similarity term to every logit.
         fusion_encoder: the double cross-attention baseline's first stage (only for that choice).
@@ -68,8 +73,8 @@ class OneShotDETR(nn.Module):
 
     def __init__(self, backbone: Backbone, decoder: Decoder, attention: str = "indirect",
                  support_layout: str = "resize", num_queries: int = 300, num_queries_one2many: int = 0,
-                 two_stage: bool = True, proposal_sizes: tuple = (0.1,), support_conditioning: bool = True,
-                 fusion_encoder: Optional[SupportFusionEncoder] = None):
+                 two_stage: bool = True, proposal_sizes: tuple = (0.1,), proposal_conditioning: bool = False,
+                 support_conditioning: bool = True, fusion_encoder: Optional[SupportFusionEncoder] = None):
         super().__init__()
         if attention not in ATTENTIONS:
             raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
@@ -86,6 +91,7 @@ class OneShotDETR(nn.Module):
         self.num_queries = num_queries
         self.num_queries_one2many = num_queries_one2many
         self.two_stage = two_stage
+        self.proposal_conditioning = proposal_conditioning
         self.proposal_sizes = tuple(float(s) for s in proposal_sizes)
         self.position_encoding = PositionEmbeddingSine(d // 2)
         total = num_queries + num_queries_one2many
@@ -99,9 +105,11 @@ class OneShotDETR(nn.Module):
         if two_stage:
             a = len(self.proposal_sizes)
             self.enc_proj = nn.Linear(d, d)
-            self.enc_film = nn.Linear(d, 2 * d)
-            nn.init.zeros_(self.enc_film.weight)
-            nn.init.zeros_(self.enc_film.bias)
+            self.enc_film = None
+            if proposal_conditioning:
+                self.enc_film = nn.Linear(d, 2 * d)
+                nn.init.zeros_(self.enc_film.weight)
+                nn.init.zeros_(self.enc_film.bias)
             self.enc_norm = nn.LayerNorm(d)
             self.enc_class = nn.Linear(d, a)
             nn.init.constant_(self.enc_class.bias, prior)
@@ -145,17 +153,20 @@ class OneShotDETR(nn.Module):
 
     # -- proposals ------------------------------------------------------------------------------
     def _proposals(self, memory: Tensor, mask: Tensor, grid_hw, valid_hw: Tensor, support_embedding: Tensor):
-        """Per-cell, per-anchor proposals conditioned on the support.
+        """Per-cell, per-anchor proposals (conditioned on the support with ``proposal_conditioning``).
 
         ``memory [B, N, d]``, ``mask [B, N]`` -> logits ``[B, N*A, 1]``, boxes ``[B, N*A, 4]``
         (cxcywh, normalised), validity ``[B, N*A]``.
         """
         b, n, d = memory.shape
         a = len(self.proposal_sizes)
-        gamma, beta = self.enc_film(support_embedding).chunk(2, dim=-1)
-        enc = self.enc_norm(self.enc_proj(memory) * (1 + gamma[:, None]) + beta[:, None])
+        enc = self.enc_proj(memory)
+        if self.enc_film is not None:
+            gamma, beta = self.enc_film(support_embedding).chunk(2, dim=-1)
+            enc = enc * (1 + gamma[:, None]) + beta[:, None]
+        enc = self.enc_norm(enc)
         logits = self.enc_class(enc)  # [B, N, A]
-        if self.similarity is not None:
+        if self.enc_film is not None and self.similarity is not None:
             logits = logits + self.similarity(enc, support_embedding)
         gh, gw = grid_hw
         valid = valid_hw.to(memory.dtype)

@@ -18,8 +18,9 @@ grid ``1 x n`` with ``bias_y = 0``. Two kernels compute the same thing:
   that one ``scaled_dot_product_attention`` call computes ``q.k/sqrt(d) + bias`` exactly. The values
   are zero-padded to the same head width so that the kernel is the fused (flash) one on the CPU too;
   neither the bias nor the logits exist at ``[B, heads, Q, H*W]``, forward or backward. Its box-bias
-  MLPs recompute their hidden activations in the backward pass (:class:`RecomputedMLP`), in small
-  row blocks that stay in cache.
+  MLPs recompute their hidden activations in the backward pass (:class:`RecomputedMLP`), and the
+  decoder recomputes each layer in backward except its attention kernels
+  (:func:`recompute_except_attention`).
 
 ``docs/PERFORMANCE.md`` has the measurements behind this choice and ``tools/benchmark.py`` the
 benchmark.
@@ -129,11 +130,12 @@ class RecomputedMLP(torch.autograd.Function):
 
 
 def _block_rows(x: Tensor, hidden_dim: int) -> int:
-    # About 4M hidden activations per block on the CPU (16 MB in float32). On one thread 2K to 8K
-    # rows of 512 run at the same speed (smaller blocks gain nothing from the L2 cache; 32K rows
-    # lose 2x); with two threads on a busy machine every op waits for the slower thread, so fewer,
-    # larger blocks are 3x faster there. On an accelerator, large blocks: few kernel launches.
-    budget = 1 << 22 if x.device.type == "cpu" else 1 << 24
+    # About 1M hidden activations per block on the CPU (4 MB in float32: 2 MB per core of a
+    # two-thread run, the L2 size here). Measured on one thread, 2K to 8K rows of 512 train at the
+    # same speed and 2K is 25% faster than 8K in inference; 32K rows are 2x slower. Far smaller
+    # blocks mean many small ops, and on a busy machine every op of a multi-threaded run waits for
+    # its slowest thread. On an accelerator, large blocks: few kernel launches.
+    budget = 1 << 20 if x.device.type == "cpu" else 1 << 24
     return max(1, budget // hidden_dim)
 
 

@@ -40,3 +40,30 @@ def test_cached_training_step_trains_the_projection_only(tiny_cfg):
     loss.backward()
     assert model.backbone.proj[0].weight.grad is not None
     assert all(p.grad is None for p in model.backbone.body.parameters())
+
+
+def test_misses_are_encoded_in_batches_by_padded_shape(tiny_cfg):
+    model, _, _ = build_model(tiny_cfg("model.backbone.freeze=true"))
+    model.eval()
+    images = [torch.rand(3, 64, 64), torch.rand(3, 64, 48), torch.rand(3, 64, 64), torch.rand(3, 40, 60)]
+    batched = FeatureCache(model.backbone, batch_pixels=1 << 18)
+    calls = []
+    original = model.backbone.body_features
+    model.backbone.body_features = lambda batch: calls.append(tuple(batch.tensors.shape)) or original(batch)
+    feats = batched.encode_many(images + [images[0]])
+    # 64x64 twice (one batch of 2), 64x48 -> 64x64 padded too, 40x60 -> 64x64: all one padded shape.
+    assert calls == [(4, 3, 64, 64)]
+    assert (batched.misses, batched.hits) == (4, 1)
+    assert feats[4] is feats[0]
+    # A pixel budget splits the misses of one shape into several batches.
+    capped = FeatureCache(model.backbone, batch_pixels=2 * 64 * 64)
+    calls.clear()
+    capped.encode_many(images)
+    assert calls == [(2, 3, 64, 64), (2, 3, 64, 64)]
+    model.backbone.body_features = original
+    alone = FeatureCache(model.backbone)  # the default: one image per backbone pass
+    for image, f in zip(images, feats):
+        one = alone.encode(image)
+        assert one.shape == f.shape
+        # float rounding of the batched convolutions only (random weights: activations of order 10-100)
+        assert (one - f).abs().max() <= 1e-5 * one.abs().max()

@@ -18,6 +18,20 @@ def test_output_stride_channels_and_mask():
     assert (~mask[1]).sum(0).max() == 4 and (~mask[1]).sum(1).max() == 8
 
 
+def test_stages_after_the_output_stride_are_dropped_without_changing_the_features():
+    torch.manual_seed(0)
+    bb = Backbone("mobilenetv2_100", d_model=32, output_stride=16).eval()
+    full = timm.create_model("mobilenetv2_100", features_only=True, out_indices=(3,)).eval()
+    # The full network holds the stride-32 stages (160 and 320 channels) that output stride 16 never uses.
+    assert len(bb.body.blocks) == 5 and len(full.blocks) == 7
+    missing, unexpected = full.load_state_dict(bb.body.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith(("blocks.5.", "blocks.6.")) for k in missing)
+    timm.layers.freeze_batch_norm_2d(full)
+    x = torch.rand(2, 3, 96, 128)
+    with torch.no_grad():
+        torch.testing.assert_close(bb.body(x)[-1], full(x)[-1])
+
+
 def test_batchnorm_is_frozen_and_freeze_stops_gradients():
     bb = Backbone("mobilenetv2_100", d_model=32, freeze=True)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in bb.body.modules())

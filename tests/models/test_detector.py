@@ -83,6 +83,24 @@ def test_the_support_changes_the_prediction(tiny_cfg):
     assert (a["pred_logits"] - b["pred_logits"]).abs().max() > 1e-4
 
 
+@pytest.mark.parametrize("conditioned", [False, True])
+def test_proposals_see_the_support_only_when_conditioned(tiny_cfg, conditioned):
+    model, _, _ = build_model(tiny_cfg(f"model.proposal_conditioning={str(conditioned).lower()}"))
+    model.eval()
+    with torch.no_grad():  # FiLM starts at identity: give it weights so that the support can matter
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    query, support = batch()
+    other = ImageBatch.from_tensors([torch.rand(3, 64, 64), torch.rand(3, 64, 64)], size_divisibility=64)
+    with torch.no_grad():
+        a, b = model(query, support)["enc_outputs"], model(query, other)["enc_outputs"]
+    change = max((a[k] - b[k]).abs().max().item() for k in ("pred_logits", "pred_boxes"))
+    if conditioned:
+        assert change > 1e-4
+    else:  # Plain-DETR proposals: a function of the query image alone
+        assert change == 0.0
+
+
 def test_padding_does_not_change_the_prediction(tiny_cfg):
     """The same image alone and padded inside a batch with a larger one gives the same output."""
     model, _, _ = build_model(tiny_cfg("model.two_stage=false"))
