@@ -17,7 +17,7 @@ import warnings
 import torch
 
 from .models.backbone import Backbone, FeatureBatch
-from .structures import ImageBatch
+from .structures import ImageBatch, padded_size
 
 
 class FeatureCache:
@@ -66,8 +66,7 @@ class FeatureCache:
         groups: dict = {}
         for i, (k, feats) in enumerate(zip(keys, out)):
             if feats is None:
-                h, w = images[i].shape[-2:]
-                shape = (-(-h // size_divisibility) * size_divisibility, -(-w // size_divisibility) * size_divisibility)
+                shape = padded_size(tuple(images[i].shape[-2:]), size_divisibility)
                 groups.setdefault(shape, {}).setdefault(k, []).append(i)
             else:
                 self.hits += 1

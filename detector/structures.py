@@ -12,6 +12,14 @@ import torch
 from torch import Tensor
 
 
+def padded_size(hw: tuple[int, int], size_divisibility: int) -> tuple[int, int]:
+    """``(h, w)`` rounded up to multiples of ``size_divisibility`` (the padding of :class:`ImageBatch`)."""
+    h, w = int(hw[0]), int(hw[1])
+    if size_divisibility <= 1:
+        return h, w
+    return -(-h // size_divisibility) * size_divisibility, -(-w // size_divisibility) * size_divisibility
+
+
 @dataclass
 class ImageBatch:
     """Images padded to one size.
@@ -36,11 +44,8 @@ class ImageBatch:
         for i, img in enumerate(images):
             if img.dim() != 3 or img.shape[0] != 3:
                 raise ValueError(f"image {i} has shape {tuple(img.shape)}; expected [3, H, W]")
-        max_h = max(int(img.shape[1]) for img in images)
-        max_w = max(int(img.shape[2]) for img in images)
-        if size_divisibility > 1:
-            max_h = -(-max_h // size_divisibility) * size_divisibility
-            max_w = -(-max_w // size_divisibility) * size_divisibility
+        max_h, max_w = padded_size((max(int(img.shape[1]) for img in images),
+                                    max(int(img.shape[2]) for img in images)), size_divisibility)
         ref = images[0]
         tensors = ref.new_zeros((len(images), 3, max_h, max_w))
         mask = torch.ones((len(images), max_h, max_w), dtype=torch.bool, device=ref.device)

@@ -91,7 +91,6 @@ class OneShotDETR(nn.Module):
         self.num_queries = num_queries
         self.num_queries_one2many = num_queries_one2many
         self.two_stage = two_stage
-        self.proposal_conditioning = proposal_conditioning
         self.proposal_sizes = tuple(float(s) for s in proposal_sizes)
         self.position_encoding = PositionEmbeddingSine(d // 2)
         total = num_queries + num_queries_one2many

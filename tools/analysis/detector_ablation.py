@@ -35,6 +35,8 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import yaml
+
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if _REPO not in sys.path:
     sys.path.insert(0, _REPO)
@@ -80,7 +82,6 @@ def read_run(folder: str) -> dict:
     with open(os.path.join(folder, "metrics.json"), encoding="utf-8") as f:
         metrics = json.load(f)
     with open(os.path.join(folder, "config.yaml"), encoding="utf-8") as f:
-        import yaml
         batch = int(yaml.safe_load(f)["train"]["batch_size"])
     train = []
     with open(os.path.join(folder, "metrics.jsonl"), encoding="utf-8") as f:
@@ -208,9 +209,13 @@ def main(argv=None) -> int:
 
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:
         done = list(pool.map(execute, runs))
+    params: dict = {}  # one model build per (variant, layout), whatever the number of seeds
     for r in done:
-        r["params"] = count_parameters(args.config, args.overrides + [f"model.attention={r['variant']}",
-                                                                      f"model.support_layout={r['layout']}"])
+        key = (r["variant"], r["layout"])
+        if key not in params:
+            params[key] = count_parameters(args.config, args.overrides + [f"model.attention={r['variant']}",
+                                                                          f"model.support_layout={r['layout']}"])
+        r["params"] = params[key]
     rows = summarise(done)
     table = markdown_table(rows)
     png = os.path.join(args.out, "ablation.png")
