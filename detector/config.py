@@ -40,12 +40,14 @@ class ModelConfig:
     support_layout: str = "resize"  # how support keys line up with query values: "resize" | "pad" (official)
     attention_impl: str = "fused"  # indirect attention kernel: "fused" (exact, fast, lean; docs/PERFORMANCE.md) | "reference" (materialised bias)
     bias_hidden_dim: int = 512  # hidden width of the per-axis box-bias MLPs
+    bias_box_prior: float = 0.0  # box bias starts as -strength * distance outside the box (0: starts at zero)
     num_queries: int = 300  # one-to-one object queries (used at evaluation)
     num_queries_one2many: int = 0  # extra one-to-many object queries for hybrid matching (training only)
     two_stage: bool = True  # initial reference boxes from the top-k proposals on the query map
     proposal_sizes: tuple = (0.05, 0.1, 0.2, 0.4)  # anchor sides (normalised) at each query-map cell for the proposals
     proposal_conditioning: bool = False  # proposals see the support too (then the cross step barely matters)
     support_conditioning: bool = True  # add the pooled support embedding to object queries and a similarity logit
+    correlation_channels: int = 0  # per-cell exemplar correlation channels added to the values (0: off)
     look_forward_twice: bool = True  # box loss of layer l also trains layer l-1's refinement (DINO)
     support_size: int = 128  # side of the square support crop in pixels
 

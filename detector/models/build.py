@@ -7,6 +7,7 @@ from .criterion import SetCriterion
 from .detector import OneShotDETR
 from .matcher import HungarianMatcher
 from .postprocess import PostProcess
+from .support_correlation import SupportCorrelation
 from .transformer import Decoder, SupportFusionEncoder
 
 
@@ -21,7 +22,8 @@ def build_decoder(cfg: ModelConfig) -> Decoder:
     """Decoder; the box bias exists only for ``attention`` choices that use it."""
     return Decoder(cfg.d_model, cfg.num_heads, cfg.num_decoder_layers, cfg.dim_feedforward, cfg.dropout,
                    use_bias=cfg.attention in ("indirect", "double_cross"), bias_hidden_dim=cfg.bias_hidden_dim,
-                   attention_impl=cfg.attention_impl, look_forward_twice=cfg.look_forward_twice)
+                   attention_impl=cfg.attention_impl, look_forward_twice=cfg.look_forward_twice,
+                   bias_box_prior=cfg.bias_box_prior)
 
 
 def build_criterion(cfg: LossConfig) -> SetCriterion:
@@ -43,5 +45,6 @@ def build_model(cfg: Config) -> tuple[OneShotDETR, SetCriterion, PostProcess]:
                         num_queries=m.num_queries, num_queries_one2many=m.num_queries_one2many,
                         two_stage=m.two_stage, proposal_sizes=m.proposal_sizes,
                         proposal_conditioning=m.proposal_conditioning,
-                        support_conditioning=m.support_conditioning, fusion_encoder=fusion)
+                        support_conditioning=m.support_conditioning, fusion_encoder=fusion,
+                        correlation=SupportCorrelation(m.d_model, m.correlation_channels) if m.correlation_channels else None)
     return model, build_criterion(cfg.loss), PostProcess(cfg.eval.max_detections)

@@ -12,6 +12,7 @@ from ..structures import ImageBatch
 from ..utils.box_ops import inverse_sigmoid
 from .backbone import Backbone, FeatureBatch
 from .position_encoding import PositionEmbeddingSine
+from .support_correlation import SupportCorrelation
 from .transformer import MLP, Decoder, SupportFusionEncoder
 
 ATTENTIONS = ("indirect", "misaligned", "double_cross")
@@ -69,12 +70,16 @@ class OneShotDETR(nn.Module):
         support_conditioning: add the pooled support embedding to the object queries' content and
             a query-support similarity term to every logit.
         fusion_encoder: the double cross-attention baseline's first stage (only for that choice).
+        correlation: optional :class:`SupportCorrelation`; its per-cell match with the exemplar is
+            added to the values (the keys stay the support's), so that what a box reads says how
+            much it looks like the exemplar. Proposals do not see it.
     """
 
     def __init__(self, backbone: Backbone, decoder: Decoder, attention: str = "indirect",
                  support_layout: str = "resize", num_queries: int = 300, num_queries_one2many: int = 0,
                  two_stage: bool = True, proposal_sizes: tuple = (0.1,), proposal_conditioning: bool = False,
-                 support_conditioning: bool = True, fusion_encoder: Optional[SupportFusionEncoder] = None):
+                 support_conditioning: bool = True, fusion_encoder: Optional[SupportFusionEncoder] = None,
+                 correlation: Optional[SupportCorrelation] = None):
         super().__init__()
         if attention not in ATTENTIONS:
             raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
@@ -86,6 +91,7 @@ class OneShotDETR(nn.Module):
         self.backbone = backbone
         self.decoder = decoder
         self.fusion_encoder = fusion_encoder
+        self.correlation = correlation
         self.attention = attention
         self.support_layout = support_layout
         self.num_queries = num_queries
@@ -211,6 +217,12 @@ class OneShotDETR(nn.Module):
             pos = q_pos.flatten(2).transpose(1, 2)
             memory = self.fusion_encoder(memory, pos, s_feat.flatten(2).transpose(1, 2), s_pos, s_mask.flatten(1))
             keys = values = memory + pos
+        if self.correlation is not None:
+            match = self.correlation(q_feat.flatten(2).transpose(1, 2), s_feat.flatten(2).transpose(1, 2),
+                                     s_mask.flatten(1))
+            values = values + match
+            if self.fusion_encoder is not None:
+                keys = values
 
         num = self.num_queries + (self.num_queries_one2many if self.training else 0)
         b = len(query)

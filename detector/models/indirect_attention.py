@@ -139,6 +139,24 @@ def _block_rows(x: Tensor, hidden_dim: int) -> int:
     return max(1, budget // hidden_dim)
 
 
+def init_box_prior(mlp: nn.Sequential, strength: float) -> None:
+    """Make a per-axis bias MLP ``Linear(2, hidden) -> ReLU -> Linear(hidden, heads)`` output
+    ``-s_h * (relu(u0) + relu(-u1))`` for its inputs ``(u0, u1) = (signed offset to the box's low
+    edge, to its high edge)``: zero inside the box, falling with the (log-spaced) distance outside.
+    Uses hidden units 0 and 1 and leaves the others as they are; ``s_h`` runs geometrically from
+    ``strength / 4`` (head 0) to ``strength`` (last head)."""
+    first, last = mlp[0], mlp[2]
+    if first.out_features < 2 or first.in_features != 2:
+        raise ValueError("the box prior needs a Linear(2, hidden >= 2) first layer")
+    heads = last.out_features
+    strengths = strength * torch.logspace(-2, 0, heads, base=2.0) if heads > 1 else torch.tensor([strength])
+    with torch.no_grad():
+        first.weight[0] = torch.tensor([1.0, 0.0])  # relu(u0): how far the cell lies before the low edge
+        first.weight[1] = torch.tensor([0.0, -1.0])  # relu(-u1): how far it lies past the high edge
+        first.bias[:2] = 0.0
+        last.weight[:, :2] = -strengths.to(last.weight.dtype)[:, None]
+
+
 class BoxRelativePositionBias(nn.Module):
     """Decomposed box relative-position bias (Plain-DETR's BoxRPB), one value per head.
 
@@ -151,18 +169,29 @@ class BoxRelativePositionBias(nn.Module):
         hidden_dim: hidden width of each per-axis MLP (512 in the official code).
         recompute_hidden: run the MLPs through :class:`RecomputedMLP` (same parameters, same
             values, no stored ``[B, Q, W, hidden]`` activations) instead of the plain layers.
+        box_prior: 0: the bias starts at zero everywhere (the official code starts near zero),
+            so the object queries begin by reading the whole image and must learn where their box
+            is. > 0: the bias starts as ``-s_h * (distance outside the box along the axis)``
+            (log-spaced offsets, see :func:`init_box_prior`), strengths ``s_h`` spread over the
+            heads from ``box_prior / 4`` to ``box_prior``: every head starts reading around its box,
+            the narrow ones mostly inside it. Still a learned MLP; only its starting point changes.
     """
 
-    def __init__(self, num_heads: int, hidden_dim: int = 512, recompute_hidden: bool = False):
+    def __init__(self, num_heads: int, hidden_dim: int = 512, recompute_hidden: bool = False, box_prior: float = 0.0):
         super().__init__()
+        if box_prior < 0:
+            raise ValueError(f"box_prior must be >= 0, got {box_prior}")
         self.num_heads = num_heads
         self.recompute_hidden = recompute_hidden
         self.mlp_x = nn.Sequential(nn.Linear(2, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, num_heads))
         self.mlp_y = nn.Sequential(nn.Linear(2, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, num_heads))
-        # Start unbiased: the last layers begin at zero so that training decides how much to steer.
+        # The last layers begin at zero (no bias) and, with ``box_prior`` > 0, two hidden units per
+        # axis start as the distance outside the box, so that every head starts reading inside its box.
         for mlp in (self.mlp_x, self.mlp_y):
             nn.init.zeros_(mlp[2].weight)
             nn.init.zeros_(mlp[2].bias)
+            if box_prior > 0:
+                init_box_prior(mlp, box_prior)
 
     def _mlp(self, mlp: nn.Sequential, offsets: Tensor) -> Tensor:
         """``offsets [B, Q, L, 2]`` -> ``[B, heads, Q, L]``."""

@@ -88,6 +88,8 @@ class Decoder(nn.Module):
         d_model, num_heads, num_layers, dim_feedforward, dropout: usual transformer sizes.
         use_bias: compute a :class:`BoxRelativePositionBias` per layer.
         bias_hidden_dim: hidden width of the bias MLPs.
+        bias_box_prior: starting strength of the box prior of the bias (see
+            :class:`BoxRelativePositionBias`; 0 = start at zero).
         attention_impl: ``"reference"`` or ``"fused"`` indirect attention kernel. ``"fused"`` also
             recomputes in backward what the reference stores: the bias MLPs' hidden activations and,
             in training, each layer's activations (checkpointing; same values, same gradients).
@@ -96,7 +98,7 @@ class Decoder(nn.Module):
 
     def __init__(self, d_model: int, num_heads: int, num_layers: int, dim_feedforward: int, dropout: float,
                  use_bias: bool, bias_hidden_dim: int = 512, attention_impl: str = "reference",
-                 look_forward_twice: bool = True):
+                 look_forward_twice: bool = True, bias_box_prior: float = 0.0):
         super().__init__()
         self.d_model = d_model
         self.num_layers = num_layers
@@ -106,7 +108,8 @@ class Decoder(nn.Module):
         # layer's (activation checkpointing). The reference keeps everything, as autograd does.
         recompute = attention_impl != "reference"
         self.recompute_layers = recompute
-        self.biases = nn.ModuleList(BoxRelativePositionBias(num_heads, bias_hidden_dim, recompute_hidden=recompute)
+        self.biases = nn.ModuleList(BoxRelativePositionBias(num_heads, bias_hidden_dim, recompute_hidden=recompute,
+                                                           box_prior=bias_box_prior)
                                     for _ in range(num_layers)) if use_bias else None
         self.norm = nn.LayerNorm(d_model)
         self.ref_point_head = MLP(d_model, d_model, d_model, 2)

@@ -160,3 +160,38 @@ def test_keys_and_values_must_line_up():
     module = IndirectAttention(16, 4)
     with pytest.raises(ValueError, match="line up"):
         module(torch.randn(1, 2, 16), torch.randn(1, 5, 16), torch.randn(1, 6, 16))
+
+
+def test_box_prior_starts_at_zero_inside_the_box_and_falls_outside():
+    rpb = BoxRelativePositionBias(num_heads=4, hidden_dim=16, box_prior=8.0)
+    boxes = torch.tensor([[[0.5, 0.5, 0.25, 0.25]]])  # x and y from 0.375 to 0.625
+    bias = rpb(boxes, (16, 16), torch.tensor([[16, 16]]))
+    centres = (torch.arange(16) + 0.5) / 16
+    inside = (centres > 0.375) & (centres < 0.625)
+    for table in (bias.bias_x[0, :, 0], bias.bias_y[0, :, 0]):  # [heads, 16]
+        assert torch.equal(table[:, inside], torch.zeros(4, int(inside.sum())))
+        assert (table[:, ~inside] < 0).all()
+        left = table[:, :6]  # cells before the box: the further away, the lower
+        assert (left[:, :-1] < left[:, 1:]).all()
+        # head strengths run geometrically from box_prior / 4 to box_prior
+        torch.testing.assert_close(table[:, 0] / table[-1, 0], torch.tensor([0.25, 0.25 * 4 ** (1 / 3), 0.25 * 4 ** (2 / 3), 1.0]))
+    # without a prior the bias starts at zero everywhere
+    plain = BoxRelativePositionBias(num_heads=4, hidden_dim=16)(boxes, (16, 16), torch.tensor([[16, 16]]))
+    assert not plain.bias_x.any() and not plain.bias_y.any()
+
+
+def test_box_prior_concentrates_attention_in_the_box_from_the_start():
+    """With the prior, the first step already reads mostly inside the box; at zero it reads everywhere."""
+    hgt = wid = 16
+    boxes = torch.tensor([[[0.5, 0.5, 0.25, 0.25]]])
+    centres = (torch.arange(16) + 0.5) / 16
+    inside_1d = (centres > 0.375) & (centres < 0.625)
+    inside = (inside_1d[:, None] & inside_1d[None, :]).flatten()
+    masses = []
+    for prior in (0.0, 16.0):
+        bias = BoxRelativePositionBias(num_heads=1, hidden_dim=8, box_prior=prior)(boxes, (hgt, wid),
+                                                                                  torch.tensor([[hgt, wid]]))
+        logits = bias.materialise()[0, 0, 0]  # q . k = 0: the bias alone decides
+        masses.append(logits.softmax(-1)[inside].sum().item())
+    assert masses[0] == pytest.approx(16 / 256)
+    assert masses[1] > 0.6

@@ -1,0 +1,53 @@
+"""Per-cell correlation of the query image with the exemplar, added to the decoder's values.
+
+Indirect attention lets the support choose *where* an object query reads (through the keys) but the
+values it reads describe the query image only, and the softmax normalises the keys' overall match
+away: nothing in the values says "this cell looks like the exemplar". Classic one-shot detectors
+(SiamFC, OSCD, CoAE) compute exactly that as a correlation map. :class:`SupportCorrelation` is a
+small, multi-channel version of it: for each of ``channels`` learned projections, the best cosine
+similarity between a query-map cell and any valid support cell. The result is projected to
+``d_model`` and added to the values, so what a box reads (through the box bias, when the
+attention has one) includes how much its cells look like the exemplar. The keys are unchanged.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class SupportCorrelation(nn.Module):
+    """``channels`` cosine-similarity maps between query cells and their best-matching support cell.
+
+    Args:
+        d_model: width of the query and support features.
+        channels: number of correlation channels (learned projection pairs).
+        channel_dim: width of each projection.
+    """
+
+    def __init__(self, d_model: int, channels: int = 16, channel_dim: int = 32):
+        super().__init__()
+        if channels < 1 or channel_dim < 1:
+            raise ValueError(f"channels and channel_dim must be positive, got {channels}, {channel_dim}")
+        self.channels = channels
+        self.channel_dim = channel_dim
+        self.proj_query = nn.Linear(d_model, channels * channel_dim)
+        self.proj_support = nn.Linear(d_model, channels * channel_dim)
+        self.out = nn.Linear(channels, d_model)
+
+    def similarity(self, query_feats: Tensor, support_feats: Tensor, support_padding_mask: Tensor) -> Tensor:
+        """``query_feats [B, N, d]``, ``support_feats [B, M, d]``, ``support_padding_mask [B, M]``
+        (True = padding) -> best cosine similarity per channel ``[B, N, channels]`` in ``[-1, 1]``."""
+        b, n, _ = query_feats.shape
+        m = support_feats.shape[1]
+        if bool(support_padding_mask.all(dim=1).any()):
+            raise ValueError("a support has no valid cell: its mask is padding everywhere")
+        a = F.normalize(self.proj_query(query_feats).view(b, n, self.channels, self.channel_dim), dim=-1)
+        s = F.normalize(self.proj_support(support_feats).view(b, m, self.channels, self.channel_dim), dim=-1)
+        sim = torch.einsum("bncx,bmcx->bcnm", a, s)  # [B, C, N, M]
+        sim = sim.masked_fill(support_padding_mask[:, None, None, :], -2.0)
+        return sim.amax(dim=-1).transpose(1, 2)
+
+    def forward(self, query_feats: Tensor, support_feats: Tensor, support_padding_mask: Tensor) -> Tensor:
+        """Same inputs as :meth:`similarity` -> ``[B, N, d_model]`` to add to the values."""
+        return self.out(self.similarity(query_feats, support_feats, support_padding_mask))

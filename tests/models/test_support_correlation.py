@@ -1,0 +1,72 @@
+"""SupportCorrelation: known values, the support mask, and its place in the detector (values only)."""
+import pytest
+import torch
+
+from detector.models import build_model
+from detector.models.support_correlation import SupportCorrelation
+from detector.structures import ImageBatch
+
+
+def shared_projection(d=8, channels=2, channel_dim=4):
+    corr = SupportCorrelation(d, channels, channel_dim)
+    with torch.no_grad():
+        corr.proj_support.load_state_dict(corr.proj_query.state_dict())
+    return corr
+
+
+def test_a_cell_equal_to_a_support_cell_scores_one_and_the_rest_less():
+    corr = shared_projection()
+    support = torch.randn(1, 5, 8)
+    query = torch.cat([support[:, 3:4], torch.randn(1, 2, 8)], dim=1)  # cell 0 is support cell 3
+    sim = corr.similarity(query, support, torch.zeros(1, 5, dtype=torch.bool))
+    assert sim.shape == (1, 3, 2)
+    torch.testing.assert_close(sim[0, 0], torch.ones(2))
+    assert (sim <= 1 + 1e-6).all() and (sim >= -1 - 1e-6).all()
+
+
+def test_it_is_the_maximum_over_support_cells_of_the_cosine_similarity():
+    corr = SupportCorrelation(6, channels=3, channel_dim=2)
+    query, support = torch.randn(2, 4, 6), torch.randn(2, 7, 6)
+    sim = corr.similarity(query, support, torch.zeros(2, 7, dtype=torch.bool))
+    a = corr.proj_query(query).view(2, 4, 3, 2)
+    s = corr.proj_support(support).view(2, 7, 3, 2)
+    for b in range(2):
+        for n in range(4):
+            for c in range(3):
+                cos = torch.nn.functional.cosine_similarity(a[b, n, c][None], s[b, :, c], dim=-1)
+                torch.testing.assert_close(sim[b, n, c], cos.max())
+
+
+def test_padded_support_cells_are_ignored():
+    corr = shared_projection()
+    query, support = torch.randn(1, 4, 8), torch.randn(1, 6, 8)
+    mask = torch.tensor([[False, False, False, True, True, True]])
+    changed = support.clone()
+    changed[:, 3:] = query[:, :3]  # padding that would match perfectly if it were counted
+    torch.testing.assert_close(corr(query, support, mask), corr(query, changed, mask))
+    assert not torch.allclose(corr(query, support, torch.zeros_like(mask)), corr(query, changed, torch.zeros_like(mask)))
+
+
+def test_an_all_padding_support_is_a_clear_error():
+    corr = SupportCorrelation(8, 2, 4)
+    with pytest.raises(ValueError, match="no valid cell"):
+        corr(torch.randn(1, 3, 8), torch.randn(1, 2, 8), torch.ones(1, 2, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("attention", ["indirect", "misaligned"])
+def test_in_the_detector_it_changes_what_is_read_but_not_the_proposals(tiny_cfg, attention):
+    """Plain-DETR proposals stay a function of the query image; the decoder's outputs follow the support."""
+    model, _, _ = build_model(tiny_cfg(f"model.attention={attention}", "model.correlation_channels=4",
+                                       "model.support_conditioning=false", "model.support_layout=pad"))
+    model.eval()
+    query = ImageBatch.from_tensors([torch.rand(3, 96, 128)])
+    support = ImageBatch.from_tensors([torch.rand(3, 64, 64)], size_divisibility=64)
+    other = ImageBatch.from_tensors([torch.rand(3, 64, 64)], size_divisibility=64)
+    with torch.no_grad():
+        a, b = model(query, support), model(query, other)
+        model.correlation.out.weight.zero_()
+        model.correlation.out.bias.zero_()
+        c = model(query, other)
+    assert torch.equal(a["enc_outputs"]["pred_logits"], b["enc_outputs"]["pred_logits"])
+    assert (a["pred_logits"] - b["pred_logits"]).abs().max() > 1e-4
+    assert (b["pred_logits"] - c["pred_logits"]).abs().max() > 1e-4  # the correlation reaches the output

@@ -1,0 +1,180 @@
+"""Where do the object queries read? The share of each head's attention that falls inside its box.
+
+``python tools/analysis/attention_locality.py --checkpoint CKPT [--images 16] [--top 10]``
+
+For validation images of the checkpoint's dataset, with an exemplar of a category present in the
+image (another image's largest instance of it, as the demo picks one), it runs the model and, for
+every decoder layer and head, measures the attention mass that the ``--top`` highest-scoring object
+queries put on value cells inside their reference box (the box the layer's bias was computed from).
+It prints a table: mass inside the box per head, the box's share of the image (what uniform
+attention would give), and the spread of the bias and of ``q . k`` over the cells (logits).
+
+A box bias that has learned to steer gives masses far above the box share; a mass equal to the box
+share means the object queries read the whole image (what happens when the bias stays near zero).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from typing import Optional
+
+import torch
+
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, _REPO)
+
+from detector.models.detector import OneShotDETR  # noqa: E402
+from detector.models.transformer import Decoder  # noqa: E402
+from detector.structures import ImageBatch  # noqa: E402
+from detector.utils.box_ops import box_cxcywh_to_xyxy  # noqa: E402
+
+
+def _cell_centres(grid_hw, valid_hw: torch.Tensor):
+    """``[B, H]`` and ``[B, W]`` cell centres in the boxes' normalised coordinates."""
+    gh, gw = grid_hw
+    valid = valid_hw.float()
+    cy = (torch.arange(gh, dtype=torch.float32) + 0.5)[None] / valid[:, 0:1]
+    cx = (torch.arange(gw, dtype=torch.float32) + 0.5)[None] / valid[:, 1:2]
+    return cy, cx
+
+
+@torch.no_grad()
+def attention_locality(model: OneShotDETR, query: ImageBatch, support: ImageBatch, top: Optional[int] = None) -> dict:
+    """Attention statistics of every decoder layer for one batch.
+
+    Returns ``mass [L, heads]`` (mean attention mass inside the reference box over the selected
+    object queries and images), ``box_share [L]`` (mean fraction of valid cells inside those boxes),
+    ``bias_std [L, heads]`` and ``qk_std [L, heads]`` (mean over queries of the std over cells, in
+    logits; ``bias_std`` is zero without a bias). ``top``: only the ``top`` highest-scoring object
+    queries of the last layer per image (all when ``None``).
+    """
+    decoder: Decoder = model.decoder
+    captured: dict = {"layers": []}
+
+    def decoder_pre(_module, args, kwargs):
+        names = ["object_queries", "reference_boxes", "keys", "values", "key_padding_mask", "grid_hw", "valid_hw"]
+        captured.update(dict(zip(names, args)), **{k: v for k, v in kwargs.items() if k in names})
+
+    def layer_pre(module, args, kwargs):
+        captured["layers"].append({"queries": args[0], "keys": args[1], "values": args[2],
+                                   "bias": kwargs.get("bias", args[3] if len(args) > 3 else None),
+                                   "mask": kwargs.get("key_padding_mask", args[4] if len(args) > 4 else None)})
+
+    def decoder_post(_module, _args, output):
+        captured["boxes"] = output[1]
+
+    handles = [decoder.register_forward_pre_hook(decoder_pre, with_kwargs=True),
+               decoder.register_forward_hook(decoder_post)]
+    handles += [layer.cross_attn.register_forward_pre_hook(layer_pre, with_kwargs=True) for layer in decoder.layers]
+    recompute = decoder.recompute_layers
+    decoder.recompute_layers = False  # the hooks must see each layer once
+    try:
+        model.eval()
+        out = model(query, support)
+    finally:
+        decoder.recompute_layers = recompute
+        for h in handles:
+            h.remove()
+
+    b, nq = out["pred_logits"].shape[:2]
+    order = out["pred_logits"][..., 0].argsort(dim=1, descending=True)
+    chosen = order[:, : (top or nq)]  # [B, T]
+    cy, cx = _cell_centres(captured["grid_hw"], captured["valid_hw"])
+    gh, gw = captured["grid_hw"]
+    masses, shares, bias_stds, qk_stds = [], [], [], []
+    for i, rec in enumerate(captured["layers"]):
+        ref = captured["reference_boxes"] if i == 0 else captured["boxes"][i - 1]
+        ref = torch.gather(ref[:, :nq], 1, chosen[..., None].expand(-1, -1, 4)).float()
+        attn = decoder.layers[i].cross_attn
+        q = attn._split(attn.q_proj(torch.gather(rec["queries"][:, :nq], 1, chosen[..., None].expand(-1, -1, rec["queries"].shape[-1]))))
+        k = attn._split(attn.k_proj(rec["keys"]))
+        qk = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # [B, h, T, N]
+        logits = qk
+        bias = rec["bias"]
+        if bias is not None:
+            full = bias.materialise()  # [B, h, Q, N]
+            full = torch.gather(full[:, :, :nq], 2, chosen[:, None, :, None].expand(-1, full.shape[1], -1, full.shape[-1]))
+            logits = logits + full
+            bias_stds.append(full.std(-1).mean(dim=(0, 2)))
+        else:
+            bias_stds.append(torch.zeros(qk.shape[1]))
+        valid = torch.ones(b, gh * gw, dtype=torch.bool) if rec["mask"] is None else ~rec["mask"]
+        logits = logits.masked_fill(~valid[:, None, None, :], float("-inf"))
+        weights = logits.softmax(-1)
+        xyxy = box_cxcywh_to_xyxy(ref)  # [B, T, 4]
+        in_x = (cx[:, None, :] >= xyxy[..., 0:1]) & (cx[:, None, :] <= xyxy[..., 2:3])  # [B, T, W]
+        in_y = (cy[:, None, :] >= xyxy[..., 1:2]) & (cy[:, None, :] <= xyxy[..., 3:4])  # [B, T, H]
+        inside = (in_y[..., :, None] & in_x[..., None, :]).flatten(2)  # [B, T, N]
+        masses.append((weights * inside[:, None]).sum(-1).mean(dim=(0, 2)))
+        image_cells = captured["valid_hw"].prod(dim=1).float()  # [B]
+        shares.append((inside.sum(-1).float() / image_cells[:, None]).mean())
+        qk_stds.append(qk.std(-1).mean(dim=(0, 2)))
+    return {"mass": torch.stack(masses), "box_share": torch.stack(shares), "bias_std": torch.stack(bias_stds),
+            "qk_std": torch.stack(qk_stds)}
+
+
+def _pairs(coco: dict, num_images: int) -> list[tuple[dict, dict, dict]]:
+    """(query image, exemplar annotation, its image): the first ``num_images`` validation images,
+    each with the largest instance, from another image, of its first annotated category."""
+    images = {im["id"]: im for im in coco["images"]}
+    by_cat: dict = {}
+    for a in coco["annotations"]:
+        if not a.get("iscrowd", 0):
+            by_cat.setdefault(a["category_id"], []).append(a)
+    pairs = []
+    for im in coco["images"]:
+        anns = [a for a in coco["annotations"] if a["image_id"] == im["id"] and not a.get("iscrowd", 0)]
+        if not anns:
+            continue
+        others = [a for a in by_cat[anns[0]["category_id"]] if a["image_id"] != im["id"]]
+        if not others:
+            continue
+        ex = max(others, key=lambda a: a["bbox"][2] * a["bbox"][3])
+        pairs.append((im, ex, images[ex["image_id"]]))
+        if len(pairs) == num_images:
+            break
+    return pairs
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="checkpoint written by tools/train.py")
+    p.add_argument("--images", type=int, default=16, help="validation images to measure on")
+    p.add_argument("--top", type=int, default=10, help="highest-scoring object queries per image (0: all)")
+    args = p.parse_args(argv)
+
+    from detector import OneShotDetector
+
+    det = OneShotDetector.from_checkpoint(args.checkpoint)
+    d = det.cfg.data
+    root = d.root if os.path.isabs(d.root) else os.path.join(_REPO, d.root)
+    ann_path = d.val_annotations if os.path.isabs(d.val_annotations) else os.path.join(root, d.val_annotations)
+    img_dir = d.val_images if os.path.isabs(d.val_images) else os.path.join(root, d.val_images)
+    with open(ann_path, "r", encoding="utf-8") as f:
+        coco = json.load(f)
+    stats = []
+    for im, ex, ex_im in _pairs(coco, args.images):
+        q, _ = det.prepare_query(os.path.join(img_dir, im["file_name"]))
+        s, _ = det.prepare_support(os.path.join(img_dir, ex_im["file_name"]), ex["bbox"])
+        stats.append(attention_locality(det.model, ImageBatch.from_tensors([q]),
+                                        ImageBatch.from_tensors([s], size_divisibility=det.cfg.model.support_size),
+                                        top=args.top or None))
+    if not stats:
+        raise SystemExit(f"{ann_path}: no validation image with an exemplar of its category in another image")
+    mean = {k: torch.stack([s[k] for s in stats]).mean(0) for k in stats[0]}
+    heads = mean["mass"].shape[1]
+    print(f"{args.checkpoint}: attention {det.cfg.model.attention}, {len(stats)} images, top {args.top or 'all'} object queries")
+    print("| layer | box share | " + " | ".join(f"h{h}" for h in range(heads)) + " | bias std | q.k std |")
+    print("|---" * (heads + 4) + "|")
+    for layer in range(mean["mass"].shape[0]):
+        masses = " | ".join(f"{v:.2f}" for v in mean["mass"][layer].tolist())
+        print(f"| {layer} | {mean['box_share'][layer]:.2f} | {masses} | {mean['bias_std'][layer].mean():.2f} | "
+              f"{mean['qk_std'][layer].mean():.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
