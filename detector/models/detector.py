@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from ..structures import ImageBatch
 from ..utils.box_ops import inverse_sigmoid
 from .backbone import Backbone, FeatureBatch
+from .indirect_attention import cell_centres
 from .position_encoding import PositionEmbeddingSine
 from .support_correlation import SupportCorrelation
 from .transformer import MLP, Decoder, SupportFusionEncoder
@@ -174,10 +175,8 @@ class OneShotDETR(nn.Module):
         if self.enc_film is not None and self.similarity is not None:
             logits = logits + self.similarity(enc, support_embedding)
         gh, gw = grid_hw
-        valid = valid_hw.to(memory.dtype)
-        cy = (torch.arange(gh, device=memory.device, dtype=memory.dtype)[None, :, None] + 0.5) / valid[:, 0, None, None]
-        cx = (torch.arange(gw, device=memory.device, dtype=memory.dtype)[None, None, :] + 0.5) / valid[:, 1, None, None]
-        centres = torch.stack([cx.expand(b, gh, gw), cy.expand(b, gh, gw)], dim=-1).reshape(b, n, 1, 2)
+        cy, cx = cell_centres(grid_hw, valid_hw.to(memory.device), memory.dtype)  # [B, H], [B, W]
+        centres = torch.stack([cx[:, None, :].expand(b, gh, gw), cy[:, :, None].expand(b, gh, gw)], dim=-1).reshape(b, n, 1, 2)
         sizes = torch.tensor(self.proposal_sizes, device=memory.device, dtype=memory.dtype)
         anchors = torch.cat([centres.expand(b, n, a, 2), sizes[None, None, :, None].expand(b, n, a, 2)], dim=-1)
         deltas = self.enc_bbox(enc).view(b, n, a, 4)

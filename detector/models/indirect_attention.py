@@ -139,6 +139,24 @@ def _block_rows(x: Tensor, hidden_dim: int) -> int:
     return max(1, budget // hidden_dim)
 
 
+def cell_centres(grid_hw: tuple[int, int], valid_hw: Tensor, dtype: Optional[torch.dtype] = None) -> tuple[Tensor, Tensor]:
+    """Centres of the cells of a padded ``(H, W)`` feature grid in the normalised coordinates of
+    each unpadded image: ``cy [B, H]`` with ``cy[b, i] = (i + 0.5) / valid_h[b]``, and ``cx [B, W]``.
+
+    Args:
+        grid_hw: ``(H, W)`` of the padded grid.
+        valid_hw: ``[B, 2]`` rows and columns covered by each unpadded image (cells past them lie
+            beyond 1).
+        dtype: of the result (default: float32).
+    """
+    dtype = dtype or torch.float32
+    valid = valid_hw.to(dtype)
+    grid_h, grid_w = grid_hw
+    cy = (torch.arange(grid_h, device=valid.device, dtype=dtype) + 0.5)[None, :] / valid[:, 0:1]
+    cx = (torch.arange(grid_w, device=valid.device, dtype=dtype) + 0.5)[None, :] / valid[:, 1:2]
+    return cy, cx
+
+
 def init_box_prior(mlp: nn.Sequential, strength: float) -> None:
     """Make a per-axis bias MLP ``Linear(2, hidden) -> ReLU -> Linear(hidden, heads)`` output
     ``-s_h * (relu(u0) + relu(-u1))`` for its inputs ``(u0, u1) = (signed offset to the box's low
@@ -215,12 +233,8 @@ class BoxRelativePositionBias(nn.Module):
         Returns:
             ``FactoredBias`` with ``bias_y [B, heads, Q, H]`` and ``bias_x [B, heads, Q, W]``.
         """
-        grid_h, grid_w = grid_hw
         boxes = box_cxcywh_to_xyxy(reference_boxes_cxcywh)
-        dtype, device = boxes.dtype, boxes.device
-        valid = valid_hw.to(dtype)
-        cx = (torch.arange(grid_w, device=device, dtype=dtype) + 0.5)[None, :] / valid[:, 1:2]  # [B, W]
-        cy = (torch.arange(grid_h, device=device, dtype=dtype) + 0.5)[None, :] / valid[:, 0:1]  # [B, H]
+        cy, cx = cell_centres(grid_hw, valid_hw.to(boxes.device), boxes.dtype)  # [B, H], [B, W]
         dx = boxes[:, :, None, 0::2] - cx[:, None, :, None]  # [B, Q, W, 2]
         dy = boxes[:, :, None, 1::2] - cy[:, None, :, None]  # [B, Q, H, 2]
         bias_x = self._mlp(self.mlp_x, _signed_log(dx))  # [B, heads, Q, W]
@@ -276,12 +290,19 @@ def indirect_attention_reference(q: Tensor, k: Tensor, v: Tensor, bias: Optional
     Returns:
         ``[B, heads, Q, d_head]``.
     """
+    return torch.matmul(indirect_attention_weights(q, k, bias, key_padding_mask), v)
+
+
+def indirect_attention_weights(q: Tensor, k: Tensor, bias: Optional[FactoredBias],
+                               key_padding_mask: Optional[Tensor]) -> Tensor:
+    """The attention weights of :func:`indirect_attention_reference`: ``softmax(q.k / sqrt(d_head)
+    + bias)`` with padded positions at zero, ``[B, heads, Q, N]`` (same arguments, no values)."""
     logits = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
     if bias is not None:
         logits = logits + bias.materialise()
     if key_padding_mask is not None:
         logits = logits.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
-    return torch.matmul(logits.softmax(dim=-1), v)
+    return logits.softmax(dim=-1)
 
 
 def _row_col_codes(grid_h: int, grid_w: int, width: int, device: torch.device, dtype: torch.dtype) -> Tensor:

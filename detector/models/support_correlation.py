@@ -40,13 +40,19 @@ class SupportCorrelation(nn.Module):
         (True = padding) -> best cosine similarity per channel ``[B, N, channels]`` in ``[-1, 1]``."""
         b, n, _ = query_feats.shape
         m = support_feats.shape[1]
+        c, x = self.channels, self.channel_dim
         if bool(support_padding_mask.all(dim=1).any()):
             raise ValueError("a support has no valid cell: its mask is padding everywhere")
-        a = F.normalize(self.proj_query(query_feats).view(b, n, self.channels, self.channel_dim), dim=-1)
-        s = F.normalize(self.proj_support(support_feats).view(b, m, self.channels, self.channel_dim), dim=-1)
-        sim = torch.einsum("bncx,bmcx->bcnm", a, s)  # [B, C, N, M]
-        sim = sim.masked_fill(support_padding_mask[:, None, None, :], -2.0)
-        return sim.amax(dim=-1).transpose(1, 2)
+        a = F.normalize(self.proj_query(query_feats).view(b, n, c, x), dim=-1)
+        s = F.normalize(self.proj_support(support_feats).view(b, m, c, x), dim=-1)
+        a = a.permute(0, 2, 1, 3).reshape(b * c, n, x)
+        s = s.permute(0, 2, 3, 1).reshape(b * c, x, m)
+        # Padding enters the product as an additive -3 (cosines lie in [-1, 1]), and the best match
+        # is taken with max (its backward scatters into the arg-max cell; amax's would compare and
+        # divide over the whole [B*C, N, M] map, several times slower on the CPU).
+        pad = (support_padding_mask.to(a.dtype) * -3.0)[:, None, None, :].expand(b, c, 1, m).reshape(b * c, 1, m)
+        sim = torch.baddbmm(pad, a, s)  # [B*C, N, M]
+        return sim.max(dim=-1).values.view(b, c, n).transpose(1, 2)
 
     def forward(self, query_feats: Tensor, support_feats: Tensor, support_padding_mask: Tensor) -> Tensor:
         """Same inputs as :meth:`similarity` -> ``[B, N, d_model]`` to add to the values."""

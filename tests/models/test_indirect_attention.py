@@ -195,3 +195,28 @@ def test_box_prior_concentrates_attention_in_the_box_from_the_start():
         masses.append(logits.softmax(-1)[inside].sum().item())
     assert masses[0] == pytest.approx(16 / 256)
     assert masses[1] > 0.6
+
+
+def test_cell_centres_are_normalised_to_each_unpadded_image():
+    from detector.models.indirect_attention import cell_centres
+
+    # Image 0 covers the whole 2x4 grid; image 1 only 1 row and 2 columns (the rest is padding).
+    cy, cx = cell_centres((2, 4), torch.tensor([[2, 4], [1, 2]]))
+    assert torch.allclose(cy, torch.tensor([[0.25, 0.75], [0.5, 1.5]]))
+    assert torch.allclose(cx, torch.tensor([[0.125, 0.375, 0.625, 0.875], [0.25, 0.75, 1.25, 1.75]]))
+
+
+def test_attention_weights_are_what_the_reference_kernel_averages_values_with():
+    from detector.models.indirect_attention import indirect_attention_reference, indirect_attention_weights
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 4, 5, 8, generator=g)  # 5 object queries
+    k, v = torch.randn(2, 4, 6, 8, generator=g), torch.randn(2, 4, 6, 8, generator=g)  # a 2x3 grid
+    bias = FactoredBias(bias_y=torch.randn(2, 4, 5, 2, generator=g), bias_x=torch.randn(2, 4, 5, 3, generator=g))
+    mask = torch.zeros(2, 6, dtype=torch.bool)
+    mask[1, 3:] = True
+    w = indirect_attention_weights(q, k, bias, mask)
+    assert w.shape == (2, 4, 5, 6)
+    assert torch.allclose(w.sum(-1), torch.ones(2, 4, 5))
+    assert torch.all(w[1, :, :, 3:] == 0)
+    assert torch.allclose(w @ v, indirect_attention_reference(q, k, v, bias, mask), atol=1e-6)

@@ -27,18 +27,10 @@ _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 sys.path.insert(0, _REPO)
 
 from detector.models.detector import OneShotDETR  # noqa: E402
+from detector.models.indirect_attention import FactoredBias, cell_centres, indirect_attention_weights  # noqa: E402
 from detector.models.transformer import Decoder  # noqa: E402
 from detector.structures import ImageBatch  # noqa: E402
 from detector.utils.box_ops import box_cxcywh_to_xyxy  # noqa: E402
-
-
-def _cell_centres(grid_hw, valid_hw: torch.Tensor):
-    """``[B, H]`` and ``[B, W]`` cell centres in the boxes' normalised coordinates."""
-    gh, gw = grid_hw
-    valid = valid_hw.float()
-    cy = (torch.arange(gh, dtype=torch.float32) + 0.5)[None] / valid[:, 0:1]
-    cx = (torch.arange(gw, dtype=torch.float32) + 0.5)[None] / valid[:, 1:2]
-    return cy, cx
 
 
 @torch.no_grad()
@@ -79,31 +71,30 @@ def attention_locality(model: OneShotDETR, query: ImageBatch, support: ImageBatc
         for h in handles:
             h.remove()
 
-    b, nq = out["pred_logits"].shape[:2]
+    nq = out["pred_logits"].shape[1]
     order = out["pred_logits"][..., 0].argsort(dim=1, descending=True)
     chosen = order[:, : (top or nq)]  # [B, T]
-    cy, cx = _cell_centres(captured["grid_hw"], captured["valid_hw"])
-    gh, gw = captured["grid_hw"]
+    cy, cx = cell_centres(captured["grid_hw"], captured["valid_hw"])
     masses, shares, bias_stds, qk_stds = [], [], [], []
+
+    def pick(t: torch.Tensor) -> torch.Tensor:  # [B, h, Q, X] -> the chosen object queries [B, h, T, X]
+        t = t[:, :, :nq]
+        return torch.gather(t, 2, chosen[:, None, :, None].expand(-1, t.shape[1], -1, t.shape[-1]))
+
     for i, rec in enumerate(captured["layers"]):
         ref = captured["reference_boxes"] if i == 0 else captured["boxes"][i - 1]
         ref = torch.gather(ref[:, :nq], 1, chosen[..., None].expand(-1, -1, 4)).float()
         attn = decoder.layers[i].cross_attn
-        q = attn._split(attn.q_proj(torch.gather(rec["queries"][:, :nq], 1, chosen[..., None].expand(-1, -1, rec["queries"].shape[-1]))))
-        k = attn._split(attn.k_proj(rec["keys"]))
-        qk = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # [B, h, T, N]
-        logits = qk
+        q = attn._split(attn.q_proj(rec["queries"][:, :nq]))  # [B, h, Q, d_head]
+        k = attn._split(attn.k_proj(rec["keys"]))  # [B, h, N, d_head]
         bias = rec["bias"]
         if bias is not None:
-            full = bias.materialise()  # [B, h, Q, N]
-            full = torch.gather(full[:, :, :nq], 2, chosen[:, None, :, None].expand(-1, full.shape[1], -1, full.shape[-1]))
-            logits = logits + full
-            bias_stds.append(full.std(-1).mean(dim=(0, 2)))
+            bias = FactoredBias(bias_y=bias.bias_y[:, :, :nq], bias_x=bias.bias_x[:, :, :nq])
+            bias_stds.append(pick(bias.materialise()).std(-1).mean(dim=(0, 2)))
         else:
-            bias_stds.append(torch.zeros(qk.shape[1]))
-        valid = torch.ones(b, gh * gw, dtype=torch.bool) if rec["mask"] is None else ~rec["mask"]
-        logits = logits.masked_fill(~valid[:, None, None, :], float("-inf"))
-        weights = logits.softmax(-1)
+            bias_stds.append(torch.zeros(q.shape[1]))
+        weights = pick(indirect_attention_weights(q, k, bias, rec["mask"]))  # [B, h, T, N]
+        qk = pick(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]))
         xyxy = box_cxcywh_to_xyxy(ref)  # [B, T, 4]
         in_x = (cx[:, None, :] >= xyxy[..., 0:1]) & (cx[:, None, :] <= xyxy[..., 2:3])  # [B, T, W]
         in_y = (cy[:, None, :] >= xyxy[..., 1:2]) & (cy[:, None, :] <= xyxy[..., 3:4])  # [B, T, H]
@@ -121,12 +112,14 @@ def _pairs(coco: dict, num_images: int) -> list[tuple[dict, dict, dict]]:
     each with the largest instance, from another image, of its first annotated category."""
     images = {im["id"]: im for im in coco["images"]}
     by_cat: dict = {}
+    by_image: dict = {}
     for a in coco["annotations"]:
         if not a.get("iscrowd", 0):
             by_cat.setdefault(a["category_id"], []).append(a)
+            by_image.setdefault(a["image_id"], []).append(a)
     pairs = []
     for im in coco["images"]:
-        anns = [a for a in coco["annotations"] if a["image_id"] == im["id"] and not a.get("iscrowd", 0)]
+        anns = by_image.get(im["id"])
         if not anns:
             continue
         others = [a for a in by_cat[anns[0]["category_id"]] if a["image_id"] != im["id"]]

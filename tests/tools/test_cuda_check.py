@@ -1,0 +1,26 @@
+"""tools/cuda_check.py: the kernel comparison it reports, and a clear exit where there is no GPU."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+
+import cuda_check  # noqa: E402
+
+
+def test_kernel_agreement_is_small_in_float32_on_the_cpu():
+    result = cuda_check.kernel_agreement(torch.device("cpu"), torch.float32, torch.Generator().manual_seed(0))
+    assert result["out_rel_err"] < 1e-5
+    assert result["grad_rel_err"] < 1e-5
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given without a GPU")
+def test_exits_with_a_clear_message_without_a_gpu():
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "cuda_check.py")], capture_output=True, text=True,
+                       timeout=120, cwd=ROOT)
+    assert r.returncode == 2
+    assert "no CUDA device" in r.stderr and "Traceback" not in r.stderr
