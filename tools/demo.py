@@ -30,18 +30,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _abs(root: str, path: str) -> str:
-    return path if os.path.isabs(path) else os.path.join(root, path)
-
-
 def ensure_benchmark(cfg) -> None:
     """Write the synthetic benchmark of ``cfg.data`` unless its annotation files exist."""
+    from detector.data import build_synthetic, under_root
+
     d = cfg.data
-    if os.path.isfile(_abs(d.root, d.train_annotations)) and os.path.isfile(_abs(d.root, d.val_annotations)):
+    if os.path.isfile(under_root(d.root, d.train_annotations)) and os.path.isfile(under_root(d.root, d.val_annotations)):
         print(f"[1/4] benchmark: {d.root} (already there)")
         return
-    from detector.data import build_synthetic
-
     t = time.time()
     build_synthetic(d.root, d.synthetic_size, d.synthetic_seed, workers=max(1, min(2, os.cpu_count() or 1)))
     print(f"[1/4] benchmark: wrote {d.root} ({time.time() - t:.0f} s)")
@@ -51,8 +47,10 @@ def pick_unseen_pair(cfg, unseen_ids) -> dict:
     """A deterministic (query image, support image, support box) of one unseen category from the
     validation annotations: the first image holding the category, the largest instance of it in
     another image as the exemplar."""
+    from detector.data import under_root
+
     d = cfg.data
-    with open(_abs(d.root, d.val_annotations), "r", encoding="utf-8") as f:
+    with open(under_root(d.root, d.val_annotations), "r", encoding="utf-8") as f:
         coco = json.load(f)
     images = {im["id"]: im for im in coco["images"]}
     by_cat: dict = {}
@@ -68,7 +66,7 @@ def pick_unseen_pair(cfg, unseen_ids) -> dict:
         query_id = image_ids[0]
         others = [a for a in anns if a["image_id"] != query_id]
         exemplar = max(others, key=lambda a: a["bbox"][2] * a["bbox"][3])
-        folder = _abs(d.root, d.val_images)
+        folder = under_root(d.root, d.val_images)
         return {"category": names.get(cat, str(cat)), "category_id": cat,
                 "query": os.path.join(folder, images[query_id]["file_name"]),
                 "support": os.path.join(folder, images[exemplar["image_id"]]["file_name"]),

@@ -19,11 +19,13 @@ __all__ = [
     "Annotation", "CocoIndex", "EvalItem", "Exemplar", "ExemplarPool", "ImageReadError", "ImageRecord",
     "OneShotDataset", "OneShotEvalDataset", "QueryTransform", "Split", "SupportTransform", "build_datasets",
     "build_synthetic", "coco_split", "collate_oneshot", "crop_support", "custom_split", "generate_synthetic",
-    "read_exemplar_file", "read_image", "resolve_split", "synthetic_split", "voc_split",
+    "read_exemplar_file", "read_image", "resolve_split", "synthetic_split", "under_root", "voc_split",
 ]
 
 
-def _under(root: str, path: str) -> str:
+def under_root(root: str, path: str) -> str:
+    """``path`` itself when absolute, else ``path`` inside ``root`` (how every ``data.*`` file and
+    folder of the config is read: relative to ``data.root``)."""
     return path if os.path.isabs(path) else os.path.join(root, path)
 
 
@@ -45,9 +47,9 @@ def build_datasets(cfg) -> tuple[OneShotDataset, OneShotEvalDataset, dict]:
     d = cfg.data
     if d.dataset == "synthetic":
         build_synthetic(d.root, d.synthetic_size, d.synthetic_seed, workers=max(1, min(2, os.cpu_count() or 1)))
-    train_images, val_images = _under(d.root, d.train_images), _under(d.root, d.val_images)
-    train_index = CocoIndex(_under(d.root, d.train_annotations), train_images)
-    val_index = CocoIndex(_under(d.root, d.val_annotations), val_images)
+    train_images, val_images = under_root(d.root, d.train_images), under_root(d.root, d.val_images)
+    train_index = CocoIndex(under_root(d.root, d.train_annotations), train_images)
+    val_index = CocoIndex(under_root(d.root, d.val_annotations), val_images)
     if train_index.categories != val_index.categories:
         raise ValueError(f"{train_index.path} and {val_index.path} have different categories; "
                          f"the split needs one category list")

@@ -26,6 +26,7 @@ import torch
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, _REPO)
 
+from detector.data import under_root  # noqa: E402
 from detector.models.detector import OneShotDETR  # noqa: E402
 from detector.models.indirect_attention import FactoredBias, cell_centres, indirect_attention_weights  # noqa: E402
 from detector.models.transformer import Decoder  # noqa: E402
@@ -143,9 +144,8 @@ def main(argv=None) -> int:
 
     det = OneShotDetector.from_checkpoint(args.checkpoint)
     d = det.cfg.data
-    root = d.root if os.path.isabs(d.root) else os.path.join(_REPO, d.root)
-    ann_path = d.val_annotations if os.path.isabs(d.val_annotations) else os.path.join(root, d.val_annotations)
-    img_dir = d.val_images if os.path.isabs(d.val_images) else os.path.join(root, d.val_images)
+    root = under_root(_REPO, d.root)
+    ann_path, img_dir = under_root(root, d.val_annotations), under_root(root, d.val_images)
     with open(ann_path, "r", encoding="utf-8") as f:
         coco = json.load(f)
     stats = []
