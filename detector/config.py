@@ -45,6 +45,7 @@ class ModelConfig:
     num_queries_one2many: int = 0  # extra one-to-many object queries for hybrid matching (training only)
     two_stage: bool = True  # initial reference boxes from the top-k proposals on the query map
     proposal_sizes: tuple = (0.05, 0.1, 0.2, 0.4)  # anchor sides (normalised) at each query-map cell for the proposals
+    proposal_nms: float = 0.0  # IoU of a class-agnostic NMS over the proposals before the top-k (DDQ; 0: off)
     proposal_conditioning: bool = False  # proposals see the support too (then the cross step barely matters)
     support_conditioning: bool = True  # add the pooled support embedding to object queries and a similarity logit
     correlation_channels: int = 0  # per-cell exemplar correlation channels added to the values (0: off)
@@ -125,6 +126,7 @@ class EvalConfig:
     batch_size: int = 4
     absent_class: bool = False  # also run the "absent class" protocol (reported separately)
     max_detections: int = 100  # detections kept per item
+    nms_iou: float = 0.0  # class-agnostic NMS of each item's detections at this IoU (0: off, as DETR)
     absent_per_image: int = 1  # "absent class" protocol: absent categories queried per image
 
 

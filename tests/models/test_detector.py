@@ -123,6 +123,81 @@ def test_postprocess_returns_absolute_boxes_of_the_original_image(tiny_cfg):
     assert res["scores"][0] > res["scores"][1]
 
 
+def test_postprocess_nms_drops_duplicates_and_keeps_distinct_boxes(tiny_cfg):
+    # Three detections: the best one, a near-copy of it (IoU 0.82), and a distinct box.
+    outputs = {"pred_logits": torch.tensor([[[3.0], [2.0], [1.0]]]),
+               "pred_boxes": torch.tensor([[[0.5, 0.5, 0.2, 0.2], [0.52, 0.5, 0.2, 0.2], [0.2, 0.2, 0.1, 0.1]]])}
+    sizes = torch.tensor([[100, 100]])
+    _, _, plain = build_model(tiny_cfg())
+    _, _, with_nms = build_model(tiny_cfg("eval.nms_iou=0.5"))
+    assert len(plain(outputs, sizes)[0]["scores"]) == 3
+    res = with_nms(outputs, sizes)[0]
+    torch.testing.assert_close(res["scores"], torch.tensor([3.0, 1.0]).sigmoid())
+    torch.testing.assert_close(res["boxes"], torch.tensor([[40.0, 40.0, 60.0, 60.0], [15.0, 15.0, 25.0, 25.0]]))
+    # At a threshold above their overlap both copies stay.
+    _, _, loose = build_model(tiny_cfg("eval.nms_iou=0.9"))
+    assert len(loose(outputs, sizes)[0]["scores"]) == 3
+
+
+def test_select_distinct_skips_duplicates_and_fills_up_to_k():
+    from detector.models.detector import select_distinct
+
+    scores = torch.tensor([[0.9, 0.8, 0.7, 0.1]])
+    boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.2], [0.51, 0.5, 0.2, 0.2], [0.1, 0.1, 0.1, 0.1], [0.9, 0.9, 0.1, 0.1]]])
+    assert select_distinct(scores, boxes, 3, 0.7).tolist() == [[0, 2, 3]]  # proposal 1 duplicates 0
+    assert select_distinct(scores, boxes, 4, 0.7).tolist() == [[0, 2, 3, 1]]  # too few survivors: refilled
+    assert select_distinct(scores, boxes, 3, 1.0).tolist() == [[0, 1, 2]]  # threshold 1: plain top-k
+
+
+def test_select_distinct_over_the_best_candidates_equals_nms_over_all():
+    from torchvision.ops import nms
+
+    from detector.models.detector import select_distinct
+    from detector.utils.box_ops import box_cxcywh_to_xyxy
+
+    gen = torch.Generator().manual_seed(0)
+    scores = torch.rand(3, 1024, generator=gen)
+    boxes = torch.cat([torch.rand(3, 1024, 2, generator=gen), 0.05 + 0.3 * torch.rand(3, 1024, 2, generator=gen)], -1)
+    got = select_distinct(scores, boxes, 40, 0.5)  # 320 candidates
+    for s, b, g in zip(scores, boxes, got):
+        assert g.tolist() == nms(box_cxcywh_to_xyxy(b), s, 0.5)[:40].tolist()
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.5])
+def test_proposal_nms_gives_object_queries_distinct_starting_boxes(tiny_cfg, threshold):
+    from torchvision.ops import box_iou
+
+    from detector.utils.box_ops import box_cxcywh_to_xyxy
+
+    torch.manual_seed(0)
+    model, _, _ = build_model(tiny_cfg(f"model.proposal_nms={threshold}", "model.num_queries=4",
+                                       "model.num_decoder_layers=1"))
+    model.eval()
+    proposals = model._proposals
+    duplicate = torch.tensor([0.5, 0.5, 0.3, 0.3])
+
+    def three_copies_on_top(*args):
+        # The three best proposals are one box: what neighbouring cells and anchors produce.
+        logits, boxes, valid = proposals(*args)
+        logits, boxes = logits.clone(), boxes.clone()
+        logits[:, :3], boxes[:, :3] = 10.0, duplicate
+        return logits, boxes, valid
+
+    model._proposals = three_copies_on_top
+    seen = {}
+    # The first decoder layer's input boxes are the selected proposals: capture them.
+    model.decoder.register_forward_pre_hook(lambda mod, args: seen.update(ref=args[1]))
+    with torch.no_grad():
+        model(*batch())
+    for ref in seen["ref"]:
+        copies = int((ref - duplicate).abs().amax(dim=1).lt(1e-6).sum())
+        iou = box_iou(box_cxcywh_to_xyxy(ref), box_cxcywh_to_xyxy(ref)) - torch.eye(len(ref))
+        if threshold == 0:
+            assert copies == 3  # plain top-k: three object queries start on the same box
+        else:
+            assert copies == 1 and iou.max() <= threshold + 1e-6
+
+
 def test_too_many_queries_for_the_feature_map_is_a_clear_error(tiny_cfg):
     model, _, _ = build_model(tiny_cfg("model.num_queries=500", "model.proposal_sizes=[0.1]"))
     model.eval()
