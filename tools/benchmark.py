@@ -20,6 +20,10 @@ Suites (``--suite``, comma-separated):
 * ``model``: ``build_model`` of the default config (mobilenetv2_100, random weights), training
   images/s (batch 2, 512 px queries, 128 px supports, loss + AdamW step) with the default 300
   queries and with 300 + 1500 (hybrid matching), and inference latency per query + support pair.
+* ``backbone``: the frozen MobileNetV2 body (random weights; the speed does not depend on them)
+  encoding one image, as the feature cache does (``FeatureCache``), with its frozen BatchNorms as
+  they are (``plain``) and folded into the convolutions (``folded``, :meth:`Backbone.folded_body`),
+  at 256 px (the demo's query images) and 128 px (its exemplar crops).
 * ``candidates``: one cross-attention layer at the paper's training scale (B 2, 8 heads, 1800
   object queries, 32x32 keys, d_head 32) for each kernel considered, and the bias MLP with stored
   vs recomputed activations.
@@ -28,6 +32,7 @@ Usage::
 
     python -m tools.benchmark                          # decoder + model, reference vs fused
     python -m tools.benchmark --suite candidates
+    python -m tools.benchmark --suite backbone --iters 30 --warmup 3 --repeats 2
     python -m tools.benchmark --suite decoder --points train32,eval32 --iters 3 --warmup 1
 """
 from __future__ import annotations
@@ -222,6 +227,36 @@ def run_model(spec: dict, device) -> dict:
     return result
 
 
+def run_backbone(spec: dict, device) -> dict:
+    import torch
+
+    from detector.models.backbone import Backbone
+    from detector.structures import ImageBatch
+
+    backbone = Backbone("mobilenetv2_100", 128, pretrained="none", freeze=True).to(device).eval()
+    body = backbone.folded_body() if spec["impl"] == "folded" else backbone.body
+    g = torch.Generator().manual_seed(0)
+    image = ImageBatch.from_tensors([torch.rand(3, spec["size"], spec["size"], generator=g)]).to(device)
+
+    def step():
+        with torch.no_grad():
+            backbone.body_features(image, body)
+
+    return _timed(step, spec["warmup"], spec["iters"], device)
+
+
+def backbone_table(results: list[dict]) -> str:
+    by = {(r["size"], r["impl"]): r for r in results}
+    lines = ["| image px | plain ms per image | folded ms per image | folded / plain |", "|---|---|---|---|"]
+    for size in dict.fromkeys(r["size"] for r in results):
+        plain, folded = by.get((size, "plain"), {}), by.get((size, "folded"), {})
+        a, b = plain.get("median_s"), folded.get("median_s")
+        err = plain.get("error") or folded.get("error")
+        lines.append(f"| {size} | {_fmt(a and a * 1e3, 1)} | {_fmt(b and b * 1e3, 1)} | {_fmt(a and b and b / a, 2)} |"
+                     + (f" error: {err}" if err else ""))
+    return "\n".join(lines)
+
+
 def run_matmul(spec: dict, device) -> dict:
     import torch
 
@@ -334,7 +369,8 @@ def worker(spec: dict) -> dict:
 
     torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
-    run = {"decoder": run_decoder, "model": run_model, "matmul": run_matmul, "candidate": run_candidate}[spec["kind"]]
+    run = {"decoder": run_decoder, "model": run_model, "matmul": run_matmul, "candidate": run_candidate,
+           "backbone": run_backbone}[spec["kind"]]
     return {**spec, **run(spec, device)}
 
 
@@ -436,7 +472,7 @@ def model_table(results: list[dict]) -> str:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--suite", default="decoder,model", help="comma-separated: decoder, model, candidates")
+    p.add_argument("--suite", default="decoder,model", help="comma-separated: decoder, model, backbone, candidates")
     p.add_argument("--points", default=",".join(POINTS), help=f"decoder points, from {list(POINTS)}")
     p.add_argument("--impls", default="reference,fused", help="kernels to compare (the first is the baseline)")
     p.add_argument("--candidates", default=",".join(CANDIDATES), help=f"for --suite candidates, from {CANDIDATES}")
@@ -489,6 +525,11 @@ def main(argv=None) -> None:
                    for _ in range(args.repeats) for impl in impls]
         results = merge(results, ("impl", "one2many", "mode"))
         print("## Whole model (mobilenetv2_100, 512 px query, 128 px support)\n\n" + model_table(results) + "\n")
+    if "backbone" in suites:
+        results = [go({"kind": "backbone", "size": size, "impl": impl, "mode": "infer"})
+                   for size in (256, 128) for _ in range(args.repeats) for impl in ("plain", "folded")]
+        results = merge(results, ("size", "impl"))
+        print("## Frozen backbone body, one image per pass (mobilenetv2_100, stride 16)\n\n" + backbone_table(results) + "\n")
     if "candidates" in suites:
         results = [go({"kind": "candidate", "impl": c, "mode": mode, "part": "bias MLPs" if c.startswith("mlp") else "attention"})
                    for mode in ("fwd", "fwdbwd") for _ in range(args.repeats) for c in args.candidates.split(",")]
