@@ -93,7 +93,8 @@ class OneShotDETR(nn.Module):
         proposal_nms: IoU threshold of a class-agnostic NMS over the proposals before the top
             ``num_queries`` become object queries (DDQ-DETR's distinct queries); 0 = plain top-k.
             Without it, neighbouring cells and anchors propose the same object, several object
-            queries start on it, and the decoder must learn to suppress the duplicates.
+            queries start on it, and the decoder must learn to suppress the duplicates. The
+            one-to-many queries of hybrid matching take the best proposals left over, without NMS.
         proposal_conditioning: condition the proposals on the support (FiLM by the pooled support
             embedding, plus the similarity term). Off (Plain-DETR, the official code): proposals
             see the query image alone, so deciding which objects match the exemplar is left to the
@@ -269,10 +270,16 @@ class OneShotDETR(nn.Module):
                 raise ValueError(f"{num} object queries but only {enc_logits.shape[1]} proposals on a "
                                  f"{grid_hw[0]}x{grid_hw[1]} feature map: use larger images, more proposal_sizes "
                                  f"or fewer queries")
+            scores = enc_logits[..., 0].detach()
             if self.proposal_nms > 0:
-                top = select_distinct(enc_logits[..., 0].detach(), enc_boxes.detach(), num, self.proposal_nms)
+                top = select_distinct(scores, enc_boxes.detach(), self.num_queries, self.proposal_nms)
             else:
-                top = enc_logits[..., 0].topk(num, dim=1).indices
+                top = scores.topk(self.num_queries, dim=1).indices
+            if num > self.num_queries:
+                # The one-to-many queries (training) take the best proposals the one-to-one queries
+                # did not take, duplicates included: several queries per object is their point.
+                rest = scores.scatter(1, top, float("-inf"))
+                top = torch.cat([top, rest.topk(num - self.num_queries, dim=1).indices], dim=1)
             reference = torch.gather(enc_boxes, 1, top[..., None].expand(b, num, 4)).detach()
             out["enc_outputs"] = {"pred_logits": enc_logits, "pred_boxes": enc_boxes}
         else:
