@@ -111,7 +111,8 @@ class OneShotDETR(nn.Module):
     def __init__(self, backbone: Backbone, decoder: Decoder, attention: str = "indirect",
                  support_layout: str = "resize", num_queries: int = 300, num_queries_one2many: int = 0,
                  two_stage: bool = True, proposal_sizes: tuple = (0.1,), proposal_nms: float = 0.0,
-                 proposal_conditioning: bool = False, support_conditioning: bool = True, fusion_encoder: Optional[SupportFusionEncoder] = None,
+                 proposal_conditioning: bool = False, support_conditioning: bool = True,
+                 fusion_encoder: Optional[SupportFusionEncoder] = None,
                  correlation: Optional[SupportCorrelation] = None):
         super().__init__()
         if attention not in ATTENTIONS:
