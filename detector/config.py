@@ -256,6 +256,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model.d_model={m.d_model} must be divisible by model.num_heads={m.num_heads}")
     if m.num_queries < 1 or m.num_decoder_layers < 1:
         raise ConfigError("model.num_queries and model.num_decoder_layers must be >= 1")
+    for key, iou in (("model.proposal_nms", m.proposal_nms), ("eval.nms_iou", cfg.eval.nms_iou)):
+        if not 0.0 <= iou <= 1.0:
+            raise ConfigError(f"{key}={iou!r} must be an IoU threshold in [0, 1] (0 = off)")
 
 
 def to_dict(cfg: Any) -> dict:

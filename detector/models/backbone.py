@@ -237,12 +237,13 @@ class Backbone(nn.Module):
 
     def folded_body(self) -> nn.Module:
         """An inference copy of the body with its frozen BatchNorms folded into the convolutions
-        (:func:`fold_frozen_batchnorm`), checked against the body on a random image; if they
-        disagree (a layout the folding does not understand) the plain copy is returned, with a
-        warning. The copy does not follow later changes to the body's weights."""
+        (:func:`fold_frozen_batchnorm`), checked against the body on a random image. The body
+        itself when there is nothing to fold, or, with a warning, when the check fails (a layout
+        the folding does not understand). The copy does not follow later changes to the body's
+        weights."""
         body = copy.deepcopy(self.body).eval()
         if fold_frozen_batchnorm(body) == 0:
-            return body
+            return self.body
         param = next(self.body.parameters())
         x = torch.randn(1, 3, 4 * self.stride, 4 * self.stride, device=param.device, dtype=param.dtype)
         with torch.no_grad():
@@ -252,7 +253,7 @@ class Backbone(nn.Module):
             self.body.train(was_training)
         if not torch.allclose(got, ref, rtol=1e-3, atol=1e-3 * float(ref.abs().max())):
             warnings.warn("folding the frozen BatchNorms changed the backbone's output; using the plain body")
-            return copy.deepcopy(self.body).eval()
+            return self.body
         return body
 
     def forward(self, images: Union[ImageBatch, FeatureBatch]) -> tuple[Tensor, Tensor]:

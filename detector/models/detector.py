@@ -27,11 +27,11 @@ def masked_mean(feats: Tensor, mask: Tensor) -> Tensor:
     return (feats * valid).sum(dim=(2, 3)) / valid.sum(dim=(2, 3)).clamp(min=1)
 
 
-def select_distinct(scores: Tensor, boxes: Tensor, k: int, iou_threshold: float, candidates: int = 0) -> Tensor:
+def select_distinct(scores: Tensor, boxes: Tensor, k: int, iou_threshold: float) -> Tensor:
     """Indices of ``k`` high-scoring, mutually distinct proposals per image (DDQ-DETR's distinct
-    queries): class-agnostic NMS at ``iou_threshold`` over the ``candidates`` best proposals
-    (default ``8 k``), then, if fewer than ``k`` survive, the best suppressed candidates, so that
-    every image gets exactly ``k``. NMS keeps or drops a box by the boxes scored above it only, so
+    queries): class-agnostic NMS at ``iou_threshold`` over the ``8 k`` best proposals (the
+    candidates), then, if fewer than ``k`` survive, the best suppressed candidates, so that every
+    image gets exactly ``k``. NMS keeps or drops a box by the boxes scored above it only, so
     whenever ``k`` candidates survive the result is that of an NMS over all proposals; it is
     quadratic in its input (on the CPU, 6 ms per image over the 1024 proposals of a 16 x 16 map
     with 4 anchors, 0.9 ms over 320).
@@ -39,7 +39,7 @@ def select_distinct(scores: Tensor, boxes: Tensor, k: int, iou_threshold: float,
     ``scores [B, N]``, ``boxes [B, N, 4]`` (cxcywh) -> ``[B, k]`` long, survivors in score order first.
     """
     picked = []
-    m = min(scores.shape[1], max(k, candidates or 8 * k))
+    m = min(scores.shape[1], 8 * k)
     with torch.no_grad():
         top_scores, top = scores.float().topk(m, dim=1)  # sorted, best first
         xyxy = box_cxcywh_to_xyxy(torch.gather(boxes, 1, top[..., None].expand(-1, -1, 4)).float())
