@@ -37,10 +37,12 @@ class ModelConfig:
     dim_feedforward: int = 2048  # FFN width
     dropout: float = 0.0  # dropout in the decoder (0 in the official code)
     attention: str = "indirect"  # cross step: "indirect" | "misaligned" | "double_cross"
-    support_layout: str = "resize"  # how support keys line up with query values: "resize" | "pad" (official)
+    support_layout: str = "resize"  # how support keys line up with query values: "resize" | "pad" (official) | "box" (exemplar laid into each object query's box)
     attention_impl: str = "fused"  # indirect attention kernel: "fused" (exact, fast, lean; docs/PERFORMANCE.md) | "reference" (materialised bias)
     bias_hidden_dim: int = 512  # hidden width of the per-axis box-bias MLPs
     bias_box_prior: float = 0.0  # box bias starts as -strength * distance outside the box (0: starts at zero)
+    attention_sink: bool = False  # a learned null key/value per head in the cross step, so the keys' match level survives the softmax
+    query_content: str = "learned"  # object-query content: "learned" | "proposal" (+ the query-image feature of its proposal's cell)
     num_queries: int = 300  # one-to-one object queries (used at evaluation)
     num_queries_one2many: int = 0  # extra one-to-many object queries for hybrid matching (training only)
     two_stage: bool = True  # initial reference boxes from the top-k proposals on the query map
@@ -76,6 +78,8 @@ class DataConfig:
     train_images: str = "images/train"  # relative to root unless absolute
     val_annotations: str = "annotations/val.json"
     val_images: str = "images/val"
+    test_annotations: str = "annotations/test.json"  # held-out set for reported numbers (eval.split=test)
+    test_images: str = "images/test"
     split: int = 1  # COCO split 1-4 (ignored by other datasets)
     split_file: str = ""  # custom seen/unseen split file (names or ids), for dataset "custom"
     synthetic_size: str = "small"  # synthetic benchmark size: "tiny" | "small" | "full"
@@ -122,6 +126,7 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
+    split: str = "val"  # set of the final evaluation: "val" (choose settings on it) | "test" (held out, report it)
     runs: int = 5  # evaluation runs, each with its own exemplar per item (BHRL: 5)
     batch_size: int = 4
     absent_class: bool = False  # also run the "absent class" protocol (reported separately)
@@ -244,16 +249,20 @@ def validate(cfg: Config) -> None:
     m = cfg.model
     choices = {
         "model.attention": (m.attention, ("indirect", "misaligned", "double_cross")),
-        "model.support_layout": (m.support_layout, ("resize", "pad")),
+        "model.support_layout": (m.support_layout, ("resize", "pad", "box")),
+        "model.query_content": (m.query_content, ("learned", "proposal")),
         "model.attention_impl": (m.attention_impl, ("reference", "fused")),
         "train.lr_schedule": (cfg.train.lr_schedule, ("step", "cosine", "constant")),
         "train.stage": (cfg.train.stage, ("oneshot", "pretrain")),
+        "eval.split": (cfg.eval.split, ("val", "test")),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"{key}={value!r} is not one of {allowed}")
     if m.d_model % m.num_heads != 0:
         raise ConfigError(f"model.d_model={m.d_model} must be divisible by model.num_heads={m.num_heads}")
+    if m.query_content == "proposal" and not m.two_stage:
+        raise ConfigError("model.query_content=proposal needs model.two_stage=true (the proposals give the content)")
     if m.num_queries < 1 or m.num_decoder_layers < 1:
         raise ConfigError("model.num_queries and model.num_decoder_layers must be >= 1")
     for key, iou in (("model.proposal_nms", m.proposal_nms), ("eval.nms_iou", cfg.eval.nms_iou)):

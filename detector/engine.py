@@ -92,20 +92,26 @@ def move_targets(targets: list[dict], device: torch.device) -> list[dict]:
 
 def make_predict(model: torch.nn.Module, postprocessor: Callable, device: torch.device,
                  cache: Optional[FeatureCache] = None, amp: Optional[torch.dtype] = None,
-                 support_size: int = 32, record: Optional[list] = None) -> Callable:
+                 support_size: int = 32, record: Optional[list] = None,
+                 path_supports: Optional[Callable] = None) -> Callable:
     """The ``predict(query, support, targets)`` callable of the evaluation protocol: boxes (xyxy,
     absolute pixels of the original image) and scores per item, from ``targets[i]["orig_size"]``.
     With a ``cache``, exemplar crops are encoded padded to ``support_size`` as the collate pads them.
-    With ``record``, each item's ``(image_id, category_id, result)`` is appended to it."""
+    With ``record``, each item's ``(image_id, category_id, result)`` is appended to it. With
+    ``path_supports(targets) -> {path: ImageBatch}``, those support paths of the model see other
+    exemplars than the items' own (the support-path probe)."""
 
     @torch.no_grad()
     def predict(query, support, targets):
         model.eval()
+        others = path_supports(targets) if path_supports is not None else {}
         if cache is not None:
             query, support = cache(query), cache(support, support_size)
+            others = {path: cache(batch, support_size) for path, batch in others.items()}
         sizes = torch.stack([torch.as_tensor(t["orig_size"]) for t in targets]).to(device)
+        others = {path: batch.to(device) for path, batch in others.items()}
         with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
-            outputs = model(query.to(device), support.to(device))
+            outputs = model(query.to(device), support.to(device), path_supports=others or None)
         results = [{k: v.float().cpu() for k, v in r.items()} for r in postprocessor(outputs, sizes)]
         if record is not None:
             record.extend((int(t["image_id"]), int(t["category_id"]), r) for t, r in zip(targets, results))
@@ -115,17 +121,21 @@ def make_predict(model: torch.nn.Module, postprocessor: Callable, device: torch.
 
 
 def run_evaluation(model, postprocessor, dataset, split_info, cfg: Config, device: torch.device, runs: int,
-                   cache: Optional[FeatureCache] = None, record: Optional[list] = None, progress: bool = False) -> dict:
-    """The data issue's protocol (:func:`detector.evaluation.evaluate_oneshot`) on ``dataset`` with
-    ``runs`` exemplar runs; ``record`` collects the raw per-item detections (see :func:`make_predict`)."""
+                   cache: Optional[FeatureCache] = None, record: Optional[list] = None, progress: bool = False,
+                   path_supports: Optional[Callable] = None) -> dict:
+    """The protocol (:func:`detector.evaluation.evaluate_oneshot`) on ``dataset`` with ``runs``
+    exemplar runs; ``record`` collects the raw per-item detections and ``path_supports`` feeds
+    support paths other exemplars (see :func:`make_predict`). The metrics name the evaluated set
+    (``split``: ``val`` or ``test``)."""
     from .evaluation import evaluate_oneshot
 
     predict = make_predict(model, postprocessor, device, cache, amp_dtype(device, cfg.train.amp),
-                           support_size=cfg.model.support_size, record=record)
-    return evaluate_oneshot(predict, dataset, runs=runs, seen_ids=split_info["seen_ids"],
-                            unseen_ids=split_info["unseen_ids"], batch_size=cfg.eval.batch_size,
-                            num_workers=cfg.data.num_workers, max_detections=cfg.eval.max_detections,
-                            progress=progress)
+                           support_size=cfg.model.support_size, record=record, path_supports=path_supports)
+    metrics = evaluate_oneshot(predict, dataset, runs=runs, seen_ids=split_info["seen_ids"],
+                               unseen_ids=split_info["unseen_ids"], batch_size=cfg.eval.batch_size,
+                               num_workers=cfg.data.num_workers, max_detections=cfg.eval.max_detections,
+                               progress=progress)
+    return {"split": getattr(dataset, "split_name", "val"), **metrics}
 
 
 def write_evaluation(metrics: dict, folder: str) -> tuple[str, str]:
@@ -162,6 +172,18 @@ class MetricsLog:
 
 def _scalar_metrics(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _warn_budget_fired(log: MetricsLog, budget_min: float, iteration: int, total_iters: int) -> None:
+    """Say loudly, on stderr and in ``metrics.jsonl``, that the wall-clock safety net stopped the run:
+    its numbers then depend on the machine's speed and load, not only on the config."""
+    import sys
+
+    message = (f"WARNING: train.time_budget_min={budget_min:g} stopped training at iteration {iteration} of "
+               f"{total_iters}: this run's numbers depend on how fast and how busy the machine was; "
+               f"the planned schedule did not finish")
+    print("\n" + "!" * 100 + f"\n{message}\n" + "!" * 100, file=sys.stderr, flush=True)
+    log.write({"type": "warning", "iter": iteration, "message": message})
 
 
 def _write_run_info(cfg: Config, out: str) -> None:
@@ -267,11 +289,18 @@ def train(cfg: Config, resume: Optional[str] = None, device: Optional[torch.devi
     def evaluate(runs: int, epoch: int, final: bool) -> dict:
         result: dict = {}
         if du.is_main_process():
+            # Evaluations during training use val (settings are chosen on it); the final one uses
+            # eval.split, the held-out test set for the numbers a run reports.
+            dataset = val_set
+            if final and cfg.eval.split != "val":
+                from .data import build_eval_dataset
+                dataset = build_eval_dataset(cfg, cfg.eval.split)[0]
             # The evaluation's data loader draws from the global RNG: fork it so that training after an
             # evaluation continues exactly as after a resume.
             with torch.random.fork_rng(devices=[]):
-                result = run_evaluation(model, postprocessor, val_set, split_info, cfg, device, runs, cache)
-                log.write({"type": "eval", "epoch": epoch, "iter": iteration, "final": final, **_scalar_metrics(result)})
+                result = run_evaluation(model, postprocessor, dataset, split_info, cfg, device, runs, cache)
+                log.write({"type": "eval", "epoch": epoch, "iter": iteration, "final": final, "split": result["split"],
+                           **_scalar_metrics(result)})
         du.barrier()
         return result
 
@@ -281,6 +310,7 @@ def train(cfg: Config, resume: Optional[str] = None, device: Optional[torch.devi
     window: dict = {}
     window_n, window_start, window_images = 0, time.time(), 0
     stop = iteration >= total_iters
+    budget_fired = False
     epoch = iteration // iters_per_epoch
     while not stop:
         offset = (iteration - epoch * iters_per_epoch) * batch
@@ -333,6 +363,7 @@ def train(cfg: Config, resume: Optional[str] = None, device: Optional[torch.devi
             if distributed and t.time_budget_min > 0:
                 budget_over = du.all_reduce_mean(torch.tensor(float(budget_over))).item() > 0
             stop = iteration >= total_iters or budget_over
+            budget_fired = budget_over and iteration < total_iters
             if t.checkpoint_every_iters > 0 and iteration % t.checkpoint_every_iters == 0 and not stop:
                 last_ckpt = checkpoint(epoch)
             if stop or iteration % iters_per_epoch == 0:
@@ -344,10 +375,14 @@ def train(cfg: Config, resume: Optional[str] = None, device: Optional[torch.devi
         if not stop and epoch_done and t.eval_every > 0 and epoch % t.eval_every == 0:
             metrics = evaluate(t.eval_runs or cfg.eval.runs, epoch, final=False)
     bar.close()
+    if budget_fired and du.is_main_process():
+        _warn_budget_fired(log, t.time_budget_min, iteration, total_iters)
     if last_ckpt is None:
         last_ckpt = checkpoint(epoch)
     if final_eval:
         metrics = evaluate(cfg.eval.runs, epoch, final=True)
+        metrics["training"] = {"iterations": iteration, "planned_iterations": total_iters,
+                               "stopped_by_time_budget": budget_fired}
         if du.is_main_process():
             write_evaluation(metrics, out)
     if du.is_main_process():
@@ -356,5 +391,6 @@ def train(cfg: Config, resume: Optional[str] = None, device: Optional[torch.devi
             plot_training_curves(os.path.join(out, "metrics.jsonl"), os.path.join(out, "training_curves.png"))
         except Exception as e:  # noqa: BLE001 - a plotting failure must not lose a finished run
             print(f"warning: could not draw the training curves: {e}")
-    return {"output_dir": out, "checkpoint": last_ckpt, "iteration": iteration, "metrics": metrics,
+    return {"output_dir": out, "checkpoint": last_ckpt, "iteration": iteration, "planned_iterations": total_iters,
+            "stopped_by_time_budget": budget_fired, "metrics": metrics,
             "cache": {"items": len(cache), "hits": cache.hits, "misses": cache.misses} if cache else None}

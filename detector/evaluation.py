@@ -261,6 +261,8 @@ def format_metrics_table(metrics: dict, per_category: bool = True) -> str:
     over runs, then (optionally) one row per category."""
     lines = [f"| set | AP50 | AP50 std (min-max) over {metrics['runs']} runs | AP | categories | items |",
              "|---|---|---|---|---|---|"]
+    if metrics.get("split"):
+        lines.insert(0, f"Evaluation set: {metrics['split']}\n")
     for split in ("seen", "unseen"):
         spread = (f"{_pct(metrics.get(f'{split}_ap50_std'))} ({_pct(metrics.get(f'{split}_ap50_min'))}-"
                   f"{_pct(metrics.get(f'{split}_ap50_max'))})")

@@ -71,6 +71,39 @@ def crop_exemplar(support: Image.Image, support_box: Optional[Sequence[float]], 
     return support.crop((x0, y0, x1, y1))
 
 
+def load_model(path: str, overrides: Sequence[str] = (), config_path: str = "") -> tuple[Config, torch.nn.Module, object]:
+    """``(cfg, model, postprocessor)`` of a ``tools/train.py`` checkpoint, on the CPU, in eval mode.
+
+    The config is the one stored in the checkpoint (or ``config_path``), then ``overrides``
+    (dotted ``key=value``). :class:`CheckpointError` for a missing or unreadable file, a stored
+    config this code cannot read, or weights that do not fit the model; ``ConfigError`` for a bad
+    override or config file.
+    """
+    from .config import apply_overrides, load_config
+    from .models import build_model
+
+    state = load_checkpoint(path)
+    if config_path:
+        cfg = load_config(config_path, overrides)
+    else:
+        try:
+            cfg = from_dict(state["config"], source=f"{path} (stored config)")
+        except ConfigError as e:
+            raise CheckpointError(f"{path}: its stored config does not fit this code: {e}") from None
+        cfg = apply_overrides(cfg, overrides)
+    cfg.model.backbone.pretrained = "none"  # the weights come from the checkpoint
+    model, _, postprocessor = build_model(cfg)
+    try:
+        missing, unexpected = model.load_state_dict(state["model"], strict=False)
+    except RuntimeError as e:  # a tensor of another shape
+        raise CheckpointError(f"{path}: weights do not fit the model of this config "
+                              f"({str(e).splitlines()[-1].strip()[:200]})") from None
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: weights do not fit the model (missing {list(missing)[:5]}, "
+                              f"unexpected {list(unexpected)[:5]})")
+    return cfg, model.eval(), postprocessor
+
+
 class OneShotDetector:
     """A trained one-shot detector: finds every instance of an exemplar's class in query images.
 
@@ -93,19 +126,7 @@ class OneShotDetector:
     def from_checkpoint(cls, path: str, device: Union[str, torch.device] = "cpu") -> "OneShotDetector":
         """Rebuild the model from the config stored in a ``tools/train.py`` checkpoint and load its
         weights. :class:`CheckpointError` for a missing file or a checkpoint of another model."""
-        from .models import build_model
-
-        state = load_checkpoint(path)
-        try:
-            cfg = from_dict(state["config"], source=f"{path} (stored config)")
-        except ConfigError as e:
-            raise CheckpointError(f"{path}: its stored config does not fit this code: {e}") from None
-        cfg.model.backbone.pretrained = "none"  # the weights come from the checkpoint
-        model, _, postprocessor = build_model(cfg)
-        missing, unexpected = model.load_state_dict(state["model"], strict=False)
-        if missing or unexpected:
-            raise CheckpointError(f"{path}: weights do not fit the model (missing {list(missing)[:5]}, "
-                                  f"unexpected {list(unexpected)[:5]})")
+        cfg, model, postprocessor = load_model(path)
         return cls(model, postprocessor, cfg, device)
 
     def prepare_query(self, image: ImageLike) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -154,4 +175,4 @@ class OneShotDetector:
         return {"image": name, **result}
 
 
-__all__ = ["OneShotDetector", "InputError", "CheckpointError", "load_image", "crop_exemplar"]
+__all__ = ["OneShotDetector", "InputError", "CheckpointError", "load_image", "load_model", "crop_exemplar"]

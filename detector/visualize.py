@@ -61,7 +61,10 @@ def plot_training_curves(metrics_jsonl: str, out_png: str) -> str:
         for line in f:
             if line.strip():
                 rec = json.loads(line)
-                (train if rec.get("type") == "train" else evals).append(rec)
+                if rec.get("type") == "train":
+                    train.append(rec)
+                elif rec.get("type") == "eval":
+                    evals.append(rec)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     it = [r["iter"] for r in train]
     for key in ("loss", "loss_class", "loss_bbox", "loss_giou"):
@@ -74,13 +77,17 @@ def plot_training_curves(metrics_jsonl: str, out_png: str) -> str:
     axes[1].plot(it, [r.get("lr", 0) for r in train])
     axes[1].set_xlabel("iteration")
     axes[1].set_title("learning rate (decoder)")
-    ap_keys = sorted({k for r in evals for k in r if "ap50" in k.lower() and isinstance(r[k], (int, float))})
-    for key in ap_keys[:6]:
-        pts = [(r["iter"], r[key]) for r in evals if key in r]
-        axes[2].plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=key)
+    # AP50 means with their spread over exemplar runs as error bars, one series per (set, split).
+    series = sorted({(r.get("split", "val"), key) for r in evals for key in ("seen_ap50", "unseen_ap50")
+                     if isinstance(r.get(key), (int, float))})
+    for split, key in series:
+        pts = [r for r in evals if r.get("split", "val") == split and isinstance(r.get(key), (int, float))]
+        axes[2].errorbar([r["iter"] for r in pts], [r[key] for r in pts], yerr=[r.get(f"{key}_std") or 0.0 for r in pts],
+                         marker="o" if split == "val" else "s", capsize=3, label=f"{split}: {key.replace('_', ' ')}")
     axes[2].set_xlabel("iteration")
+    axes[2].set_ylabel("AP50 (bars: std over exemplar runs)")
     axes[2].set_title("evaluation")
-    if ap_keys:
+    if series:
         axes[2].legend()
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)

@@ -318,12 +318,13 @@ def run_candidate(spec: dict, device) -> dict:
     import torch.nn.functional as F
 
     from detector.models import indirect_attention as ia
+    from detector.models import relative_bias as rb
 
     g = torch.Generator().manual_seed(0)
     b, h, nq, side, dh = 2, 8, 1800, 32, 32
     name = spec["impl"]
     if name.startswith("mlp_"):
-        rpb = ia.BoxRelativePositionBias(h, 512, recompute_hidden=name == "mlp_recomputed").to(device)
+        rpb = rb.BoxRelativePositionBias(h, 512, recompute_hidden=name == "mlp_recomputed").to(device)
         boxes = (torch.rand(b, nq, 4, generator=g) * 0.5 + 0.2).to(device)
         valid = torch.tensor([[side, side]] * b, device=device)
 
@@ -335,7 +336,7 @@ def run_candidate(spec: dict, device) -> dict:
             return torch.randn(*shape, generator=g).to(device).requires_grad_(spec["mode"] == "fwdbwd")
 
         q, k, v = leaf(b, h, nq, dh), leaf(b, h, side * side, dh), leaf(b, h, side * side, dh)
-        bias = ia.FactoredBias(leaf(b, h, nq, side), leaf(b, h, nq, side))
+        bias = rb.FactoredBias(leaf(b, h, nq, side), leaf(b, h, nq, side))
         mask = torch.zeros(b, side, side, dtype=torch.bool)
         mask[1, :, side * 3 // 4:] = True
         mask = mask.flatten(1).to(device)

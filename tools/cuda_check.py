@@ -30,8 +30,8 @@ if ROOT not in sys.path:
 
 from detector.config import load_config  # noqa: E402
 from detector.models.build import build_model  # noqa: E402
-from detector.models.indirect_attention import (FactoredBias, indirect_attention_fused,  # noqa: E402
-                                                indirect_attention_reference)
+from detector.models.indirect_attention import indirect_attention_fused, indirect_attention_reference  # noqa: E402
+from detector.models.relative_bias import FactoredBias  # noqa: E402
 from detector.structures import ImageBatch  # noqa: E402
 
 

@@ -1,9 +1,12 @@
 """The main job, end to end on the embedded synthetic benchmark:
 
 1. write the ``small`` synthetic benchmark (``datasets/synthetic_small``) if it is not there;
-2. train the indirect-attention detector (frozen offline ImageNet MobileNetV2, features cached);
-3. evaluate with the one-shot protocol (seen / unseen AP50 over exemplar runs);
-4. detect one unseen-category exemplar in an unseen query image and draw it;
+2. train the indirect-attention detector (frozen offline ImageNet MobileNetV2, features cached) for
+   the config's fixed number of iterations (``train.time_budget_min`` is only a safety net: if it
+   stops training early, the demo says so loudly, since its numbers then depend on the machine);
+3. evaluate with the one-shot protocol (seen / unseen AP50 over exemplar runs) on the held-out
+   ``test`` split (``eval.split``; settings were chosen on ``val``);
+4. detect one unseen-category exemplar in an unseen test image and draw it;
 5. print the seen / unseen AP50 table, the paths of ``metrics.json`` and the picture, the wall time.
 
 ``python tools/demo.py [--config configs/synthetic.yaml] [--output-dir outputs/demo] [key=value ...]``
@@ -45,12 +48,14 @@ def ensure_benchmark(cfg) -> None:
 
 def pick_unseen_pair(cfg, unseen_ids) -> dict:
     """A deterministic (query image, support image, support box) of one unseen category from the
-    validation annotations: the first image holding the category, the largest instance of it in
-    another image as the exemplar."""
+    annotations of the evaluated split: the first image holding the category, the largest instance
+    of it in another image as the exemplar."""
     from detector.data import under_root
 
     d = cfg.data
-    with open(under_root(d.root, d.val_annotations), "r", encoding="utf-8") as f:
+    annotations, image_dir = ((d.val_annotations, d.val_images) if cfg.eval.split == "val"
+                              else (d.test_annotations, d.test_images))
+    with open(under_root(d.root, annotations), "r", encoding="utf-8") as f:
         coco = json.load(f)
     images = {im["id"]: im for im in coco["images"]}
     by_cat: dict = {}
@@ -66,13 +71,13 @@ def pick_unseen_pair(cfg, unseen_ids) -> dict:
         query_id = image_ids[0]
         others = [a for a in anns if a["image_id"] != query_id]
         exemplar = max(others, key=lambda a: a["bbox"][2] * a["bbox"][3])
-        folder = under_root(d.root, d.val_images)
+        folder = under_root(d.root, image_dir)
         return {"category": names.get(cat, str(cat)), "category_id": cat,
                 "query": os.path.join(folder, images[query_id]["file_name"]),
                 "support": os.path.join(folder, images[exemplar["image_id"]]["file_name"]),
                 "support_box": [float(v) for v in exemplar["bbox"]],
                 "num_instances": sum(1 for a in anns if a["image_id"] == query_id)}
-    raise RuntimeError("no unseen category with instances in two validation images")
+    raise RuntimeError(f"no unseen category with instances in two {cfg.eval.split} images")
 
 
 def main(argv=None) -> int:
@@ -98,7 +103,7 @@ def main(argv=None) -> int:
           f"(then evaluating {cfg.eval.runs} exemplar runs) -> {cfg.train.output_dir}")
     t = time.time()
     result = train(cfg, datasets=datasets, progress=not args.no_progress)
-    print(f"[3/4] trained and evaluated in {time.time() - t:.0f} s")
+    print(f"[3/4] trained {result['iteration']} iterations and evaluated on {cfg.eval.split} in {time.time() - t:.0f} s")
 
     pair = pick_unseen_pair(cfg, datasets[2]["unseen_ids"])
     t = time.time()
@@ -117,6 +122,10 @@ def main(argv=None) -> int:
 
     print()
     print(format_metrics_table(result["metrics"], per_category=False))
+    if result["stopped_by_time_budget"]:
+        print(f"\nWARNING: the time budget (train.time_budget_min={cfg.train.time_budget_min:g}) stopped training at "
+              f"iteration {result['iteration']} of {result['planned_iterations']}: these numbers are not the "
+              f"configuration's; on a less busy machine, or with train.time_budget_min=0, all iterations run.")
     print()
     print(f"metrics.json: {os.path.join(cfg.train.output_dir, 'metrics.json')}")
     print(f"picture:      {picture}")

@@ -32,42 +32,29 @@ def parse_args(argv=None) -> argparse.Namespace:
 def evaluate_checkpoint(checkpoint: str, config: str = "", overrides=(), output_dir: str = "",
                         coco_results: bool = False, device: str = "") -> tuple[dict, str]:
     """Load, evaluate, write; returns ``(metrics, output_dir)``."""
-    from detector.config import apply_overrides, from_dict, load_config
-    from detector.data import build_datasets
+    from detector.data import build_eval_dataset
     from detector.engine import run_evaluation, select_device, write_evaluation
     from detector.features import FeatureCache
-    from detector.models import build_model
-    from detector.utils.checkpoint import CheckpointError, load_checkpoint
+    from detector.inference import load_model
 
-    state = load_checkpoint(checkpoint)
-    if config:
-        cfg = load_config(config, overrides)
-    else:
-        cfg = apply_overrides(from_dict(state["config"], source=f"{checkpoint} (stored config)"), overrides)
-    cfg.model.backbone.pretrained = "none"  # weights come from the checkpoint
+    cfg, model, postprocessor = load_model(checkpoint, overrides, config)
     dev = select_device(device)
     if cfg.train.num_threads > 0:
         import torch
 
         torch.set_num_threads(cfg.train.num_threads)
-    model, _, postprocessor = build_model(cfg)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise CheckpointError(f"{checkpoint}: weights do not fit the model of this config "
-                              f"({str(e).splitlines()[0][:200]})") from None
     model.to(dev).eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    _, val_set, split_info = build_datasets(cfg)
+    dataset, split_info = build_eval_dataset(cfg, cfg.eval.split)
     out = output_dir or os.path.dirname(os.path.abspath(checkpoint))
     os.makedirs(out, exist_ok=True)
     record: list = []
-    metrics = run_evaluation(model, postprocessor, val_set, split_info, cfg, dev, cfg.eval.runs,
+    metrics = run_evaluation(model, postprocessor, dataset, split_info, cfg, dev, cfg.eval.runs,
                              cache=FeatureCache(model.backbone), record=record, progress=True)
     write_evaluation(metrics, out)
     if coco_results:
-        write_coco_results(record, len(val_set), os.path.join(out, "coco_results.json"))
+        write_coco_results(record, len(dataset), os.path.join(out, "coco_results.json"))
     return metrics, out
 
 

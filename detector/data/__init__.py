@@ -6,9 +6,10 @@ The composition root is :func:`build_datasets`; the model side needs only
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 from .coco_index import Annotation, CocoIndex, ImageRecord
-from .coco_oneshot import EvalItem, OneShotDataset, OneShotEvalDataset, collate_oneshot
+from .coco_oneshot import EvalItem, OneShotDataset, OneShotEvalDataset, collate_oneshot, collate_supports
 from .image_io import ImageReadError, read_image
 from .splits import Split, coco_split, custom_split, resolve_split, synthetic_split, voc_split
 from .support import Exemplar, ExemplarPool, crop_support, read_exemplar_file
@@ -18,7 +19,8 @@ from .transforms import QueryTransform, SupportTransform
 __all__ = [
     "Annotation", "CocoIndex", "EvalItem", "Exemplar", "ExemplarPool", "ImageReadError", "ImageRecord",
     "OneShotDataset", "OneShotEvalDataset", "QueryTransform", "Split", "SupportTransform", "build_datasets",
-    "build_synthetic", "coco_split", "collate_oneshot", "crop_support", "custom_split", "generate_synthetic",
+    "build_eval_dataset",
+    "build_synthetic", "coco_split", "collate_oneshot", "collate_supports", "crop_support", "custom_split", "generate_synthetic",
     "read_exemplar_file", "read_image", "resolve_split", "synthetic_split", "under_root", "voc_split",
 ]
 
@@ -42,17 +44,14 @@ def build_datasets(cfg) -> tuple[OneShotDataset, OneShotEvalDataset, dict]:
       unseen, with ``cfg.eval.absent_per_image`` "absent class" items per image when
       ``cfg.eval.absent_class`` is set.
 
-    ``split_info``: see :meth:`Split.to_info` (``seen_ids``, ``unseen_ids``, names).
+    ``split_info``: see :meth:`Split.to_info` (``seen_ids``, ``unseen_ids``, names). The held-out
+    test set is :func:`build_eval_dataset` ``(cfg, "test")``.
     """
     d = cfg.data
     if d.dataset == "synthetic":
         build_synthetic(d.root, d.synthetic_size, d.synthetic_seed, workers=max(1, min(2, os.cpu_count() or 1)))
-    train_images, val_images = under_root(d.root, d.train_images), under_root(d.root, d.val_images)
+    train_images = under_root(d.root, d.train_images)
     train_index = CocoIndex(under_root(d.root, d.train_annotations), train_images)
-    val_index = CocoIndex(under_root(d.root, d.val_annotations), val_images)
-    if train_index.categories != val_index.categories:
-        raise ValueError(f"{train_index.path} and {val_index.path} have different categories; "
-                         f"the split needs one category list")
     split = resolve_split(d.dataset, train_index.categories, d.split, d.split_file)
     query_transform = QueryTransform(train=True, augment=d.augment, shorter_sides=tuple(d.query_min_size),
                                      max_size=d.query_max_size)
@@ -61,9 +60,34 @@ def build_datasets(cfg) -> tuple[OneShotDataset, OneShotEvalDataset, dict]:
                            min_exemplar_area=d.min_exemplar_area, augment_support=d.augment,
                            class_balanced=d.class_balanced, seed=cfg.train.seed, stage=cfg.train.stage,
                            cache_mb=d.train_cache_mb)
-    val = OneShotEvalDataset(val_index, val_images, split.seen_ids + split.unseen_ids,
-                             support_size=cfg.model.support_size, eval_size=d.eval_size,
-                             support_margin=d.support_margin, min_exemplar_area=d.min_exemplar_area,
-                             exemplar_file=d.exemplar_file,
-                             absent_per_image=cfg.eval.absent_per_image if cfg.eval.absent_class else 0)
-    return train, val, split.to_info()
+    return train, _eval_dataset(cfg, "val", train_index)[0], split.to_info()
+
+
+def build_eval_dataset(cfg, split: str) -> tuple[OneShotEvalDataset, dict]:
+    """``(dataset, split_info)``: the evaluation items of ``split``, ``"val"`` (``data.val_*``, for
+    choosing settings) or ``"test"`` (``data.test_*``, held out: the synthetic benchmark's test
+    split). The seen / unseen split is resolved from the file's categories, which must be the
+    training file's (:func:`build_datasets` checks that for ``val``)."""
+    d = cfg.data
+    if d.dataset == "synthetic":
+        build_synthetic(d.root, d.synthetic_size, d.synthetic_seed, workers=max(1, min(2, os.cpu_count() or 1)))
+    return _eval_dataset(cfg, split)
+
+
+def _eval_dataset(cfg, split: str, train_index: Optional[CocoIndex] = None) -> tuple[OneShotEvalDataset, dict]:
+    d = cfg.data
+    if split not in ("val", "test"):
+        raise ValueError(f"evaluation split must be 'val' or 'test', got {split!r}")
+    annotations, images = (d.val_annotations, d.val_images) if split == "val" else (d.test_annotations, d.test_images)
+    index = CocoIndex(under_root(d.root, annotations), under_root(d.root, images))
+    if train_index is not None and index.categories != train_index.categories:
+        raise ValueError(f"{train_index.path} and {index.path} have different categories; "
+                         f"the split needs one category list")
+    categories = resolve_split(d.dataset, index.categories, d.split, d.split_file)
+    dataset = OneShotEvalDataset(index, under_root(d.root, images), categories.seen_ids + categories.unseen_ids,
+                                 support_size=cfg.model.support_size, eval_size=d.eval_size,
+                                 support_margin=d.support_margin, min_exemplar_area=d.min_exemplar_area,
+                                 exemplar_file=d.exemplar_file,
+                                 absent_per_image=cfg.eval.absent_per_image if cfg.eval.absent_class else 0,
+                                 split_name=split)
+    return dataset, categories.to_info()

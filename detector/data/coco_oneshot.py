@@ -9,6 +9,7 @@ Item dict (training and evaluation alike)::
       labels         LongTensor [N]      zeros (one class: "matches the exemplar"); N may be 0
       ignore_boxes   FloatTensor [M, 4]  crowd / difficult regions of that category, same format
       image_id, category_id  int         the query image and the queried category
+      index          int                 evaluation only: the item's position in the dataset
       orig_size      LongTensor [2]      (h, w) of the original image file
       size           LongTensor [2]      (h, w) after the transforms
 
@@ -223,6 +224,7 @@ class OneShotEvalDataset(_OneShotBase):
             any annotation in the image, drawn with ``default_rng([image_id, 1])`` (0: none).
         cache_mb: memory for decoded images kept between items and runs (per process; an item's
             query image is also other items' query and exemplar image).
+        split_name: which evaluation set this is (``"val"`` or ``"test"``), recorded in the metrics.
 
     Attributes:
         items: the :class:`EvalItem` s, comparable (present) items first, ordered by image id
@@ -232,8 +234,10 @@ class OneShotEvalDataset(_OneShotBase):
 
     def __init__(self, annotations: Union[str, CocoIndex], image_dir: str, category_ids: Iterable[int], *,
                  support_size: int, eval_size: int, support_margin: float = 0.1, min_exemplar_area: float = 1024.0,
-                 exemplar_file: str = "", absent_per_image: int = 0, cache_mb: float = 512.0):
+                 exemplar_file: str = "", absent_per_image: int = 0, cache_mb: float = 512.0,
+                 split_name: str = "val"):
         super().__init__(_as_index(annotations, image_dir), image_dir, support_size, support_margin, cache_mb)
+        self.split_name = split_name
         self.category_ids = sorted(set(category_ids))
         self.query_transform = QueryTransform(train=False, eval_size=eval_size)
         self.support_transform = SupportTransform(support_size, augment=False)
@@ -283,27 +287,34 @@ class OneShotEvalDataset(_OneShotBase):
                 out.append({"bbox": [x0, y0, x1 - x0, y1 - y0], "area": a.area, "iscrowd": int(a.ignore)})
         return out
 
+    def support_image(self, index: int, run: Optional[int] = None) -> torch.Tensor:
+        """The exemplar crop ``[3, hs, ws]`` of item ``index`` in run ``run`` (default: the current run)."""
+        return self._support(self.exemplar(index, run), self.support_transform, None)
+
     def __getitem__(self, index: int) -> dict:
         item = self.items[index]
         rec = self.index.images[item.image_id]
         boxes, ignore = self._query_boxes(item.image_id, item.category_id)
         query, boxes_n, ignore_n = self.query_transform(self._read(item.image_id), boxes, ignore)
-        support = self._support(self.exemplar(index), self.support_transform, None)
-        return {"query_image": query, "support_image": support,
-                "target": _target(boxes_n, ignore_n, item.image_id, item.category_id, (rec.height, rec.width),
-                                  tuple(query.shape[1:]))}
+        target = _target(boxes_n, ignore_n, item.image_id, item.category_id, (rec.height, rec.width),
+                         tuple(query.shape[1:]))
+        target["index"] = index
+        return {"query_image": query, "support_image": self.support_image(index), "target": target}
+
+
+def collate_supports(supports: list[torch.Tensor]) -> ImageBatch:
+    """Exemplar crops ``[3, hs, ws]`` padded to exactly ``S x S``, ``S`` = the largest crop side,
+    which is ``support_size`` (every crop's longer side is ``support_size``); the mask marks the
+    padding."""
+    side = max(max(int(s.shape[1]), int(s.shape[2])) for s in supports)
+    return ImageBatch.from_tensors(supports, size_divisibility=side)  # rounds every side up to exactly `side`
 
 
 def collate_oneshot(items: list[dict]) -> tuple[ImageBatch, ImageBatch, list[dict]]:
     """Items -> ``(query, support, targets)``.
 
     ``query``: the query images padded to a common size (multiple of 32). ``support``: the
-    exemplar crops padded to exactly ``S x S`` with ``S`` = the largest crop side in the batch,
-    which is ``support_size`` (every crop's longer side is ``support_size``); the mask marks the
-    padding. ``targets``: the items' target dicts.
+    exemplar crops (:func:`collate_supports`). ``targets``: the items' target dicts.
     """
-    supports = [it["support_image"] for it in items]
-    side = max(max(int(s.shape[1]), int(s.shape[2])) for s in supports)
     query = ImageBatch.from_tensors([it["query_image"] for it in items], size_divisibility=32)
-    support = ImageBatch.from_tensors(supports, size_divisibility=side)  # rounds every side up to exactly `side`
-    return query, support, [it["target"] for it in items]
+    return query, collate_supports([it["support_image"] for it in items]), [it["target"] for it in items]

@@ -12,9 +12,11 @@ datasets). Design:
   (pattern rotates with the shape), colours, shading and occlusion (later instances may hide up
   to half of earlier ones). Boxes are the visible pixels' extent; ``area`` the visible pixels.
 * Training images hold seen categories only (unseen categories are never shown in training);
-  validation images draw from all 64.
-* Deterministic: image ``i`` of split ``s`` uses ``default_rng([seed, s, i])``, whatever the number
-  of worker processes.
+  validation and test images draw from all 64. ``val`` is for choosing settings, ``test`` (as many
+  images as ``val``, from its own random stream) for the numbers we report.
+* Deterministic: image ``i`` of split ``s`` (train 0, val 1, test 2) uses
+  ``default_rng([seed, s, i])``, whatever the number of worker processes; adding the test split
+  left the train and val images as they were.
 """
 from __future__ import annotations
 
@@ -50,6 +52,8 @@ SIZES = {
     "full": SyntheticSize(20000, 2000, 256),
 }
 OBJECT_SIZE_RANGE = (24.0, 120.0)  # object diameter in pixels at an image side of 256
+SPLIT_CODES = {"train": 0, "val": 1, "test": 2}  # each split's own random stream
+EVAL_SPLITS = ("val", "test")  # both hold all categories and as many images
 
 
 def _polygon(points) -> np.ndarray:
@@ -263,8 +267,8 @@ def _write_split(root: str, split: str, split_code: int, count: int, size: int, 
 def generate_synthetic(root: str, size: str = "small", seed: int = 0, workers: int = 2,
                        num_train: Optional[int] = None, num_val: Optional[int] = None,
                        image_size: Optional[int] = None) -> dict:
-    """Write the benchmark to ``root`` (``images/{train,val}/*.jpg``,
-    ``annotations/{train,val}.json``, ``meta.json``), overwriting what is there.
+    """Write the benchmark to ``root`` (``images/{train,val,test}/*.jpg``,
+    ``annotations/{train,val,test}.json``, ``meta.json``), overwriting what is there.
 
     Args:
         root: output folder.
@@ -284,13 +288,37 @@ def generate_synthetic(root: str, size: str = "small", seed: int = 0, workers: i
     side = spec.image_size if image_size is None else image_size
     start = time.time()
     split = synthetic_split()
-    _write_split(root, "train", 0, n_train, side, list(split.seen_ids), seed, workers)
-    _write_split(root, "val", 1, n_val, side, list(split.seen_ids + split.unseen_ids), seed, workers)
+    _write_split(root, "train", SPLIT_CODES["train"], n_train, side, list(split.seen_ids), seed, workers)
+    for name in EVAL_SPLITS:
+        _write_split(root, name, SPLIT_CODES[name], n_val, side, list(split.seen_ids + split.unseen_ids), seed, workers)
     meta = {"size": size, "seed": seed, "version": VERSION, "num_train": n_train, "num_val": n_val,
-            "image_size": side, "seconds": round(time.time() - start, 2)}
+            "num_test": n_val, "image_size": side, "seconds": round(time.time() - start, 2)}
     with open(os.path.join(root, "meta.json"), "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=1)
     return meta
+
+
+def _add_test_split(root: str, meta: dict, workers: int, verbose: bool) -> None:
+    """Write the ``test`` split into a benchmark made before it existed (its train and val images
+    are those the current generator makes); written aside, then moved into place."""
+    if verbose:
+        print(f"adding the test split to {root} ...", flush=True)
+    split = synthetic_split()
+    tmp = f"{root.rstrip(os.sep)}.test-partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    _write_split(tmp, "test", SPLIT_CODES["test"], int(meta["num_val"]), int(meta["image_size"]),
+                 list(split.seen_ids + split.unseen_ids), int(meta["seed"]), workers)
+    try:
+        os.rename(os.path.join(tmp, "images", "test"), os.path.join(root, "images", "test"))
+        os.replace(os.path.join(tmp, "annotations", "test.json"), os.path.join(root, "annotations", "test.json"))
+    except OSError:
+        if not os.path.isfile(os.path.join(root, "annotations", "test.json")):  # not another process's doing
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    meta["num_test"] = meta["num_val"]
+    with open(os.path.join(root, "meta.json"), "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=1)
 
 
 def build_synthetic(root: str, size: str = "small", seed: int = 0, workers: int = 2, verbose: bool = True) -> str:
@@ -308,6 +336,8 @@ def build_synthetic(root: str, size: str = "small", seed: int = 0, workers: int 
             raise ValueError(f"{root} holds the synthetic benchmark size={meta.get('size')} seed={meta.get('seed')} "
                              f"version={meta.get('version')}, not size={size} seed={seed} version={VERSION}; "
                              f"delete the folder or choose another data.root")
+        if "num_test" not in meta:
+            _add_test_split(root, meta, workers, verbose)
         return root
     if os.path.isdir(root) and os.listdir(root):
         raise ValueError(f"{root} exists and is not a synthetic benchmark (no meta.json); choose another data.root")

@@ -23,7 +23,7 @@ def build_decoder(cfg: ModelConfig) -> Decoder:
     return Decoder(cfg.d_model, cfg.num_heads, cfg.num_decoder_layers, cfg.dim_feedforward, cfg.dropout,
                    use_bias=cfg.attention in ("indirect", "double_cross"), bias_hidden_dim=cfg.bias_hidden_dim,
                    attention_impl=cfg.attention_impl, look_forward_twice=cfg.look_forward_twice,
-                   bias_box_prior=cfg.bias_box_prior)
+                   bias_box_prior=cfg.bias_box_prior, attention_sink=cfg.attention_sink)
 
 
 def build_criterion(cfg: LossConfig) -> SetCriterion:
@@ -47,5 +47,6 @@ def build_model(cfg: Config) -> tuple[OneShotDETR, SetCriterion, PostProcess]:
                         proposal_nms=m.proposal_nms,
                         proposal_conditioning=m.proposal_conditioning,
                         support_conditioning=m.support_conditioning, fusion_encoder=fusion,
-                        correlation=SupportCorrelation(m.d_model, m.correlation_channels) if m.correlation_channels else None)
+                        correlation=SupportCorrelation(m.d_model, m.correlation_channels) if m.correlation_channels else None,
+                        support_margin=cfg.data.support_margin, query_content=m.query_content)
     return model, build_criterion(cfg.loss), PostProcess(cfg.eval.max_detections, cfg.eval.nms_iou)

@@ -12,13 +12,18 @@ from torchvision.ops import nms
 from ..structures import ImageBatch
 from ..utils.box_ops import box_cxcywh_to_xyxy, inverse_sigmoid
 from .backbone import Backbone, FeatureBatch
-from .indirect_attention import cell_centres
+from .box_frame import SupportGrid
 from .position_encoding import PositionEmbeddingSine
+from .relative_bias import cell_centres
 from .support_correlation import SupportCorrelation
 from .transformer import MLP, Decoder, SupportFusionEncoder
 
 ATTENTIONS = ("indirect", "misaligned", "double_cross")
-LAYOUTS = ("resize", "pad")
+LAYOUTS = ("resize", "pad", "box")
+QUERY_CONTENTS = ("learned", "proposal")
+# Every way the support can reach the detections (the probe of tools/analysis/support_paths.py feeds
+# each its own exemplar through ``forward(..., path_supports=...)``).
+SUPPORT_PATHS = ("keys", "fusion", "object_queries", "logits", "correlation", "proposals")
 
 
 def masked_mean(feats: Tensor, mask: Tensor) -> Tensor:
@@ -85,7 +90,15 @@ class OneShotDETR(nn.Module):
         attention: ``"indirect"`` | ``"misaligned"`` | ``"double_cross"``.
         support_layout: ``"resize"`` (support map resized onto the query's valid grid, every value
             position has a key) | ``"pad"`` (official: both maps zero-padded to a common grid,
-            a position is excluded only where both are padding).
+            a position is excluded only where both are padding) | ``"box"`` (the exemplar crop laid
+            into each object query's reference box, enlarged by ``support_margin``, in every layer:
+            :mod:`detector.models.box_frame`).
+        support_margin: context around the exemplar box in the crop (``data.support_margin``);
+            used by the ``box`` layout.
+        query_content: ``"learned"`` (the object queries' content is a learned embedding, as DINO
+            and Plain-DETR) | ``"proposal"`` (plus the query-image feature of the proposal's cell,
+            "q_i = m_i + a feature of Y" in the paper), so that the first cross step already knows
+            what its box looks like and can compare it with the exemplar's keys.
         num_queries: one-to-one object queries.
         num_queries_one2many: extra one-to-many queries used in training only (hybrid matching).
         two_stage: initial boxes from the top-scoring proposals on the query map.
@@ -113,12 +126,17 @@ class OneShotDETR(nn.Module):
                  two_stage: bool = True, proposal_sizes: tuple = (0.1,), proposal_nms: float = 0.0,
                  proposal_conditioning: bool = False, support_conditioning: bool = True,
                  fusion_encoder: Optional[SupportFusionEncoder] = None,
-                 correlation: Optional[SupportCorrelation] = None):
+                 correlation: Optional[SupportCorrelation] = None, support_margin: float = 0.1,
+                 query_content: str = "learned"):
         super().__init__()
         if attention not in ATTENTIONS:
             raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
         if support_layout not in LAYOUTS:
             raise ValueError(f"support_layout must be one of {LAYOUTS}, got {support_layout!r}")
+        if query_content not in QUERY_CONTENTS:
+            raise ValueError(f"query_content must be one of {QUERY_CONTENTS}, got {query_content!r}")
+        if query_content == "proposal" and not two_stage:
+            raise ValueError("query_content='proposal' needs two_stage proposals")
         if (attention == "double_cross") != (fusion_encoder is not None):
             raise ValueError("a fusion_encoder is needed by, and only by, attention='double_cross'")
         d = decoder.d_model
@@ -128,6 +146,7 @@ class OneShotDETR(nn.Module):
         self.correlation = correlation
         self.attention = attention
         self.support_layout = support_layout
+        self.support_margin = float(support_margin)
         self.num_queries = num_queries
         self.num_queries_one2many = num_queries_one2many
         self.two_stage = two_stage
@@ -161,24 +180,43 @@ class OneShotDETR(nn.Module):
         else:
             self.reference_embed = nn.Embedding(total, 4)
             nn.init.uniform_(self.reference_embed.weight, -2.0, 2.0)
+        self.content_proj = nn.Sequential(nn.Linear(d, d), nn.LayerNorm(d)) if query_content == "proposal" else None
+
+    @property
+    def support_paths(self) -> tuple[str, ...]:
+        """The ways the support reaches the detections in this model (a subset of
+        :data:`SUPPORT_PATHS`): ``keys`` (the cross step's keys), ``fusion`` (the double
+        cross-attention encoder), ``object_queries`` (pooled support embedding added to their
+        content), ``logits`` (the support-similarity logit), ``correlation`` (exemplar correlation in
+        the values), ``proposals`` (support-conditioned proposals)."""
+        present = {"keys": self.fusion_encoder is None, "fusion": self.fusion_encoder is not None,
+                   "object_queries": self.support_to_query is not None, "logits": self.similarity is not None,
+                   "correlation": self.correlation is not None,
+                   "proposals": self.two_stage and self.enc_film is not None}
+        return tuple(p for p in SUPPORT_PATHS if present[p])
 
     # -- support layout -------------------------------------------------------------------------
     def _layout(self, q_feat: Tensor, q_mask: Tensor, s_feat: Tensor, s_mask: Tensor):
-        """Keys, values, padding mask and grid for the cross step.
+        """Keys, values, padding mask and grid for the cross step (indirect / misaligned).
 
-        Returns ``keys, values [B, N, d]``, ``key_padding_mask [B, N]``, ``grid_hw``,
-        ``valid_hw [B, 2]``, and the query features/position/mask on that grid (for proposals).
+        Returns ``keys`` (``[B, N, d]``, or a :class:`SupportGrid` for the ``box`` layout),
+        ``values [B, N, d]``, ``key_padding_mask [B, N]`` and the query features and mask on the value
+        grid (padded further by the ``pad`` layout).
         """
         q_pos = self.position_encoding(q_mask)
-        if self.support_layout == "pad" and self.attention != "double_cross":
+        if self.support_layout == "pad":
             gh, gw = max(q_feat.shape[-2], s_feat.shape[-2]), max(q_feat.shape[-1], s_feat.shape[-1])
             pad = lambda t, v: F.pad(t, (0, gw - t.shape[-1], 0, gh - t.shape[-2]), value=v)  # noqa: E731
             q_feat, q_mask = pad(q_feat, 0.0), pad(q_mask, True)
             s_feat, s_mask = pad(s_feat, 0.0), pad(s_mask, True)
             q_pos = self.position_encoding(q_mask)
-            s_pos = self.position_encoding(s_mask)
-            keys = (s_feat + s_pos).flatten(2).transpose(1, 2)
+            keys = (s_feat + self.position_encoding(s_mask)).flatten(2).transpose(1, 2)
             key_padding_mask = (q_mask & s_mask).flatten(1)
+        elif self.support_layout == "box":
+            s_grid = (s_feat + self.position_encoding(s_mask)).masked_fill(s_mask[:, None], 0.0)
+            keys = SupportGrid(s_grid.flatten(2).transpose(1, 2), tuple(s_feat.shape[-2:]), valid_extent(s_mask),
+                               self.support_margin)
+            key_padding_mask = q_mask.flatten(1)
         else:
             valid = valid_extent(q_mask)
             s_valid = valid_extent(s_mask)
@@ -191,10 +229,10 @@ class OneShotDETR(nn.Module):
             keys = (resized + q_pos).flatten(2).transpose(1, 2)
             key_padding_mask = q_mask.flatten(1)
         values = (q_feat + q_pos).flatten(2).transpose(1, 2)
-        return keys, values, key_padding_mask, tuple(q_feat.shape[-2:]), valid_extent(q_mask), q_feat, q_pos, q_mask
+        return keys, values, key_padding_mask, q_feat, q_mask
 
     # -- proposals ------------------------------------------------------------------------------
-    def _proposals(self, memory: Tensor, mask: Tensor, grid_hw, valid_hw: Tensor, support_embedding: Tensor):
+    def _proposals(self, memory: Tensor, mask: Tensor, grid_hw, valid_hw: Tensor, support_embedding: Optional[Tensor]):
         """Per-cell, per-anchor proposals (conditioned on the support with ``proposal_conditioning``).
 
         ``memory [B, N, d]``, ``mask [B, N]`` -> logits ``[B, N*A, 1]``, boxes ``[B, N*A, 4]``
@@ -221,19 +259,42 @@ class OneShotDETR(nn.Module):
         logits = logits.reshape(b, n * a, 1).masked_fill(~valid_cells[..., None], -1e4)
         return logits, boxes.reshape(b, n * a, 4), valid_cells
 
-    def _logits(self, layer: int, hidden: Tensor, support_embedding: Tensor) -> Tensor:
+    def _logits(self, layer: int, hidden: Tensor, support_embedding: Optional[Tensor]) -> Tensor:
         logits = self.class_embed[layer](hidden)
         if self.similarity is not None:
             logits = logits + self.similarity(hidden, support_embedding)
         return logits
 
-    def forward(self, query: ImageBatch | FeatureBatch, support: ImageBatch | FeatureBatch) -> dict:
+    def _encode_supports(self, support, path_supports: Optional[dict]) -> dict:
+        """``{path: (features [B, d, h, w], mask [B, h, w])}`` for every path of this model; each
+        distinct support batch goes through the backbone once."""
+        path_supports = dict(path_supports or {})
+        unknown = set(path_supports) - set(self.support_paths)
+        if unknown:
+            raise ValueError(f"path_supports names {sorted(unknown)}, which this model does not have; "
+                             f"its support paths: {list(self.support_paths)}")
+        encoded: dict = {}
+        out = {}
+        for path in self.support_paths:
+            source = path_supports.get(path, support)
+            if len(source) != len(support):
+                raise ValueError(f"path_supports['{path}'] has {len(source)} supports for {len(support)} query images")
+            if id(source) not in encoded:
+                encoded[id(source)] = self.backbone(source)
+            out[path] = encoded[id(source)]
+        return out
+
+    def forward(self, query: ImageBatch | FeatureBatch, support: ImageBatch | FeatureBatch,
+                path_supports: Optional[dict] = None) -> dict:
         """Detect the support's class in the query images.
 
         Args:
             query: ``[B, 3, H, W]`` images searched (or their precomputed backbone body features,
                 a :class:`FeatureBatch`, when the backbone is frozen).
             support: ``[B, 3, S, S]`` exemplar crops, one per query image (or their body features).
+            path_supports: optional ``{path: support batch}`` feeding some of :attr:`support_paths`
+                other exemplars than ``support`` (same shapes): the probe of
+                ``tools/analysis/support_paths.py``. Paths not named see ``support``.
 
         Returns:
             ``pred_logits [B, Q, 1]``, ``pred_boxes [B, Q, 4]`` (cxcywh normalised to the unpadded
@@ -243,16 +304,22 @@ class OneShotDETR(nn.Module):
         if len(query) != len(support):
             raise ValueError(f"{len(query)} query images but {len(support)} supports: one support per query image")
         q_feat, q_mask = self.backbone(query)
-        s_feat, s_mask = self.backbone(support)
-        support_embedding = masked_mean(s_feat, s_mask)
-        keys, values, key_padding_mask, grid_hw, valid_hw, q_feat, q_pos, q_mask = self._layout(q_feat, q_mask, s_feat, s_mask)
-        memory = q_feat.flatten(2).transpose(1, 2)
+        supports = self._encode_supports(support, path_supports)
+        embedding = {path: masked_mean(*supports[path]) for path in ("object_queries", "logits", "proposals")
+                     if path in supports}
         if self.fusion_encoder is not None:
-            s_pos = self.position_encoding(s_mask).flatten(2).transpose(1, 2)
-            pos = q_pos.flatten(2).transpose(1, 2)
-            memory = self.fusion_encoder(memory, pos, s_feat.flatten(2).transpose(1, 2), s_pos, s_mask.flatten(1))
+            s_feat, s_mask = supports["fusion"]
+            pos = self.position_encoding(q_mask).flatten(2).transpose(1, 2)
+            memory = self.fusion_encoder(q_feat.flatten(2).transpose(1, 2), pos, s_feat.flatten(2).transpose(1, 2),
+                                         self.position_encoding(s_mask).flatten(2).transpose(1, 2), s_mask.flatten(1))
             keys = values = memory + pos
+            key_padding_mask = q_mask.flatten(1)
+        else:
+            keys, values, key_padding_mask, q_feat, q_mask = self._layout(q_feat, q_mask, *supports["keys"])
+            memory = q_feat.flatten(2).transpose(1, 2)
+        grid_hw, valid_hw = tuple(q_feat.shape[-2:]), valid_extent(q_mask)
         if self.correlation is not None:
+            s_feat, s_mask = supports["correlation"]
             match = self.correlation(q_feat.flatten(2).transpose(1, 2), s_feat.flatten(2).transpose(1, 2),
                                      s_mask.flatten(1))
             values = values + match
@@ -263,10 +330,11 @@ class OneShotDETR(nn.Module):
         b = len(query)
         content = self.query_embed.weight[:num][None].expand(b, num, -1)
         if self.support_to_query is not None:
-            content = content + self.support_to_query(support_embedding)[:, None]
+            content = content + self.support_to_query(embedding["object_queries"])[:, None]
         out: dict = {}
         if self.two_stage:
-            enc_logits, enc_boxes, _ = self._proposals(memory, q_mask.flatten(1), grid_hw, valid_hw, support_embedding)
+            enc_logits, enc_boxes, _ = self._proposals(memory, q_mask.flatten(1), grid_hw, valid_hw,
+                                                       embedding.get("proposals"))
             if num > enc_logits.shape[1]:
                 raise ValueError(f"{num} object queries but only {enc_logits.shape[1]} proposals on a "
                                  f"{grid_hw[0]}x{grid_hw[1]} feature map: use larger images, more proposal_sizes "
@@ -282,6 +350,10 @@ class OneShotDETR(nn.Module):
                 rest = scores.scatter(1, top, float("-inf"))
                 top = torch.cat([top, rest.topk(num - self.num_queries, dim=1).indices], dim=1)
             reference = torch.gather(enc_boxes, 1, top[..., None].expand(b, num, 4)).detach()
+            if self.content_proj is not None:  # the query-image feature of each proposal's cell
+                cells = torch.div(top, len(self.proposal_sizes), rounding_mode="floor")
+                cell_feats = torch.gather(memory, 1, cells[..., None].expand(b, num, memory.shape[-1]))
+                content = content + self.content_proj(cell_feats)
             out["enc_outputs"] = {"pred_logits": enc_logits, "pred_boxes": enc_boxes}
         else:
             reference = self.reference_embed.weight[:num].sigmoid()[None].expand(b, num, 4)
@@ -292,7 +364,7 @@ class OneShotDETR(nn.Module):
             self_attn_mask[: self.num_queries, self.num_queries:] = True
             self_attn_mask[self.num_queries:, : self.num_queries] = True
         hidden, boxes = self.decoder(content, reference, keys, values, key_padding_mask, grid_hw, valid_hw, self_attn_mask)
-        logits = [self._logits(i, h, support_embedding) for i, h in enumerate(hidden)]
+        logits = [self._logits(i, h, embedding.get("logits")) for i, h in enumerate(hidden)]
 
         def pack(sl: slice) -> dict:
             layers = [{"pred_logits": lg[:, sl], "pred_boxes": bx[:, sl]} for lg, bx in zip(logits, boxes)]

@@ -3,14 +3,16 @@ cross-attention baseline's support-fusion stage."""
 from __future__ import annotations
 
 import copy
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ..utils.box_ops import inverse_sigmoid
-from .indirect_attention import BoxRelativePositionBias, IndirectAttention, recompute_except_attention
+from .box_frame import SupportGrid, box_frame
+from .indirect_attention import IndirectAttention, recompute_except_attention
+from .relative_bias import BoxRelativePositionBias
 from .position_encoding import box_sine_embedding
 
 
@@ -50,27 +52,31 @@ class DecoderLayer(nn.Module):
     cross-attention (keys and values from one sequence).
     """
 
-    def __init__(self, d_model: int, num_heads: int, dim_feedforward: int, dropout: float, attention_impl: str):
+    def __init__(self, d_model: int, num_heads: int, dim_feedforward: int, dropout: float, attention_impl: str,
+                 attention_sink: bool = False):
         super().__init__()
         self.norm1 = nn.LayerNorm(d_model)
         self.self_attn = nn.MultiheadAttention(d_model, num_heads, dropout=dropout, batch_first=True)
         self.norm2 = nn.LayerNorm(d_model)
-        self.cross_attn = IndirectAttention(d_model, num_heads, impl=attention_impl)
+        self.cross_attn = IndirectAttention(d_model, num_heads, impl=attention_impl, sink=attention_sink)
         self.norm3 = nn.LayerNorm(d_model)
         self.ffn = FeedForward(d_model, dim_feedforward, dropout)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, object_queries: Tensor, query_pos: Tensor, keys: Tensor, values: Tensor,
-                key_padding_mask: Optional[Tensor], bias, self_attn_mask: Optional[Tensor]) -> Tensor:
+                key_padding_mask: Optional[Tensor], bias, self_attn_mask: Optional[Tensor], frame=None) -> Tensor:
         """``object_queries, query_pos [B, Q, d]``; ``keys, values [B, N, d]`` (position encodings
-        included); ``key_padding_mask [B, N]``; ``bias`` a ``FactoredBias`` or ``None``;
-        ``self_attn_mask [Q, Q]`` bool (True = blocked) or ``None``. Returns ``[B, Q, d]``."""
+        included; with a ``frame``, ``keys`` is the support grid ``[B, Hs*Ws, d]``);
+        ``key_padding_mask [B, N]``; ``bias`` a ``FactoredBias`` or ``None``; ``self_attn_mask
+        [Q, Q]`` bool (True = blocked) or ``None``; ``frame`` a ``BoxFrame`` or ``None``. Returns
+        ``[B, Q, d]``."""
         x = object_queries
         h = self.norm1(x)
         qk = h + query_pos
         x = x + self.dropout(self.self_attn(qk, qk, h, attn_mask=self_attn_mask, need_weights=False)[0])
         h = self.norm2(x)
-        x = x + self.dropout(self.cross_attn(h + query_pos, keys, values, bias=bias, key_padding_mask=key_padding_mask))
+        x = x + self.dropout(self.cross_attn(h + query_pos, keys, values, bias=bias, key_padding_mask=key_padding_mask,
+                                             frame=frame))
         x = x + self.dropout(self.ffn(self.norm3(x)))
         return x
 
@@ -94,15 +100,16 @@ class Decoder(nn.Module):
             recomputes in backward what the reference stores: the bias MLPs' hidden activations and,
             in training, each layer's activations (checkpointing; same values, same gradients).
         look_forward_twice: see above.
+        attention_sink: give every cross step an :class:`~detector.models.indirect_attention.AttentionSink`.
     """
 
     def __init__(self, d_model: int, num_heads: int, num_layers: int, dim_feedforward: int, dropout: float,
                  use_bias: bool, bias_hidden_dim: int = 512, attention_impl: str = "reference",
-                 look_forward_twice: bool = True, bias_box_prior: float = 0.0):
+                 look_forward_twice: bool = True, bias_box_prior: float = 0.0, attention_sink: bool = False):
         super().__init__()
         self.d_model = d_model
         self.num_layers = num_layers
-        layer = DecoderLayer(d_model, num_heads, dim_feedforward, dropout, attention_impl)
+        layer = DecoderLayer(d_model, num_heads, dim_feedforward, dropout, attention_impl, attention_sink)
         self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
         # The fast path recomputes in backward instead of storing: the bias MLPs' activations and each
         # layer's (activation checkpointing). The reference keeps everything, as autograd does.
@@ -119,7 +126,7 @@ class Decoder(nn.Module):
             nn.init.zeros_(mlp.layers[-1].bias)
         self.look_forward_twice = look_forward_twice
 
-    def forward(self, object_queries: Tensor, reference_boxes: Tensor, keys: Tensor, values: Tensor,
+    def forward(self, object_queries: Tensor, reference_boxes: Tensor, keys: Union[Tensor, SupportGrid], values: Tensor,
                 key_padding_mask: Optional[Tensor], grid_hw: tuple[int, int], valid_hw: Tensor,
                 self_attn_mask: Optional[Tensor] = None) -> tuple[list[Tensor], list[Tensor]]:
         """Run all layers.
@@ -127,7 +134,9 @@ class Decoder(nn.Module):
         Args:
             object_queries: ``[B, Q, d]`` content of the object queries.
             reference_boxes: ``[B, Q, 4]`` initial boxes, cxcywh normalised to the unpadded query image.
-            keys, values: ``[B, N, d]`` with ``N = H * W`` of ``grid_hw``.
+            keys, values: ``[B, N, d]`` with ``N = H * W`` of ``grid_hw``; or ``keys`` a
+                :class:`~detector.models.box_frame.SupportGrid` (the ``box`` layout): each layer then
+                lays the support into every object query's current reference box.
             key_padding_mask: ``[B, N]`` bool, True = excluded.
             grid_hw: ``(H, W)`` of the value grid.
             valid_hw: ``[B, 2]`` rows/columns of the grid inside each unpadded query image.
@@ -144,11 +153,13 @@ class Decoder(nn.Module):
         for i, layer in enumerate(self.layers):
             query_pos = self.ref_point_head(box_sine_embedding(ref_in, self.d_model // 4))
             bias = self.biases[i](ref_in, grid_hw, valid_hw) if self.biases is not None else None
+            frame = box_frame(ref_in, grid_hw, valid_hw, keys) if isinstance(keys, SupportGrid) else None
+            key_source = keys.features if isinstance(keys, SupportGrid) else keys
             if self.recompute_layers and torch.is_grad_enabled():
-                x = checkpoint(layer, x, query_pos, keys, values, key_padding_mask, bias, self_attn_mask,
+                x = checkpoint(layer, x, query_pos, key_source, values, key_padding_mask, bias, self_attn_mask, frame,
                                use_reentrant=False, context_fn=recompute_except_attention)
             else:
-                x = layer(x, query_pos, keys, values, key_padding_mask, bias, self_attn_mask)
+                x = layer(x, query_pos, key_source, values, key_padding_mask, bias, self_attn_mask, frame)
             h = self.norm(x)
             base = prev if self.look_forward_twice else ref_in
             new_boxes = (self.bbox_embed[i](h) + inverse_sigmoid(base)).sigmoid()

@@ -7,7 +7,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from detector.models.indirect_attention import SequenceRelativeBias  # noqa: E402
+from detector.models.relative_bias import SequenceRelativeBias  # noqa: E402
 from tools.analysis.sequence_model import VARIANTS, SequenceModel  # noqa: E402
 
 SMALL = dict(d_model=32, num_heads=4, num_layers=2, dim_feedforward=64, bias_hidden_dim=16)

@@ -237,6 +237,22 @@ def test_build_datasets_on_the_synthetic_benchmark(tiny_root):
     assert isinstance(train.index, CocoIndex) and train.seed == cfg.train.seed
 
 
+def test_the_test_split_is_its_own_evaluation_set(tiny_root):
+    from detector.config import ConfigError
+    from detector.data import build_eval_dataset
+
+    overrides = [f"data.root={tiny_root}", "data.synthetic_size=tiny", "model.support_size=32", "data.eval_size=128",
+                 "data.min_exemplar_area=64"]
+    cfg = load_config(None, overrides)
+    (val, val_info), (test, test_info) = build_eval_dataset(cfg, "val"), build_eval_dataset(cfg, "test")
+    assert val.split_name == "val" and test.split_name == "test" and val_info == test_info
+    assert test.index.path.endswith("test.json") and val.index.path.endswith("val.json")
+    assert [it.category_id for it in test.items] != [it.category_id for it in val.items]
+    assert test[0]["target"]["index"] == 0
+    with pytest.raises(ConfigError, match="eval.split"):
+        load_config(None, overrides + ["eval.split=train"])
+
+
 def test_sampling_leaves_the_global_random_state_alone(tiny_root):
     import random
 

@@ -105,3 +105,40 @@ def test_class_agnostic_oracle_cannot_pass_without_the_support(tmp_path):
     assert blind["unseen_ap50"] <= 0.5 and blind["seen_ap50"] <= 0.5
     perfect = evaluate_oneshot(_oracle(ds, correct_category_only=True), ds, **kwargs)
     assert perfect["unseen_ap50"] == pytest.approx(1.0) and perfect["seen_ap"] == pytest.approx(1.0)
+
+
+def test_test_split_is_held_out_from_its_own_stream(tmp_path):
+    root = str(tmp_path / "bench")
+    generate_synthetic(root, "tiny", seed=0, workers=1, num_train=4, num_val=6, image_size=64)
+    val, test = _load(root, "val"), _load(root, "test")
+    assert len(test["images"]) == len(val["images"]) == 6
+    assert test["annotations"] != val["annotations"]  # other images, not a copy of val
+    assert {a["category_id"] for a in test["annotations"]} & set(SPLIT.unseen_ids)
+    for name in ("000001.jpg", "000006.jpg"):
+        with open(os.path.join(root, "images", "val", name), "rb") as f1, \
+                open(os.path.join(root, "images", "test", name), "rb") as f2:
+            assert f1.read() != f2.read()
+    with open(os.path.join(root, "meta.json")) as f:
+        assert json.load(f)["num_test"] == 6
+
+
+def test_a_benchmark_made_before_the_test_split_gets_it_added_unchanged_otherwise(tmp_path):
+    fresh, old = str(tmp_path / "fresh"), str(tmp_path / "old")
+    for root in (fresh, old):
+        generate_synthetic(root, "tiny", seed=0, workers=1, num_train=4, num_val=5, image_size=64)
+    # Turn `old` into a folder written before the test split existed.
+    import shutil
+    shutil.rmtree(os.path.join(old, "images", "test"))
+    os.remove(os.path.join(old, "annotations", "test.json"))
+    with open(os.path.join(old, "meta.json")) as f:
+        meta = json.load(f)
+    meta.pop("num_test")
+    with open(os.path.join(old, "meta.json"), "w") as f:
+        json.dump(meta, f)
+    val_before = _load(old, "val")
+    assert build_synthetic(old, "tiny", 0, verbose=False) == old
+    assert _load(old, "test") == _load(fresh, "test") and _load(old, "val") == val_before
+    with open(os.path.join(old, "images", "test", "000005.jpg"), "rb") as f1, \
+            open(os.path.join(fresh, "images", "test", "000005.jpg"), "rb") as f2:
+        assert f1.read() == f2.read()
+    assert sorted(os.listdir(tmp_path)) == ["fresh", "old"]  # no partial folder left behind

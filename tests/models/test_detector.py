@@ -20,10 +20,14 @@ TARGETS = [
 ]
 
 
-@pytest.mark.parametrize("attention", ["indirect", "misaligned", "double_cross"])
-@pytest.mark.parametrize("layout", ["resize", "pad"])
-def test_training_step_every_attention_choice(tiny_cfg, attention, layout):
-    cfg = tiny_cfg(f"model.attention={attention}", f"model.support_layout={layout}", "model.num_queries_one2many=12")
+@pytest.mark.parametrize("attention, layout, sink", [
+    ("indirect", "resize", False), ("indirect", "pad", False), ("indirect", "box", False), ("indirect", "box", True),
+    ("misaligned", "resize", False), ("misaligned", "pad", True), ("misaligned", "box", False),
+    ("double_cross", "pad", False), ("double_cross", "resize", True),  # double_cross has no layout
+])
+def test_training_step_every_attention_choice(tiny_cfg, attention, layout, sink):
+    cfg = tiny_cfg(f"model.attention={attention}", f"model.support_layout={layout}", "model.num_queries_one2many=12",
+                   f"model.attention_sink={str(sink).lower()}")
     model, criterion, _ = build_model(cfg)
     model.train()
     query, support = batch()
@@ -48,6 +52,8 @@ def test_training_step_every_attention_choice(tiny_cfg, attention, layout):
         assert any(n.startswith("decoder.biases.") for n in changed), "the box-bias MLPs must train"
     else:
         assert model.decoder.biases is None
+    if sink:
+        assert {"decoder.layers.0.cross_attn.sink_key", "decoder.layers.0.cross_attn.sink_value"} <= set(changed)
 
 
 def test_one2many_queries_only_in_training(tiny_cfg):
@@ -212,3 +218,77 @@ def test_too_many_queries_for_the_feature_map_is_a_clear_error(tiny_cfg):
 def test_invalid_attention_choice_is_rejected(tiny_cfg):
     with pytest.raises(ConfigError, match="model.attention"):
         tiny_cfg("model.attention=direct")
+
+
+OTHER_SUPPORT = ImageBatch.from_tensors([torch.rand(3, 64, 64), torch.rand(3, 64, 64)], size_divisibility=64)
+
+
+@pytest.mark.parametrize("overrides, paths", [
+    ((), ("keys", "object_queries", "logits")),
+    (("model.support_conditioning=false",), ("keys",)),
+    (("model.correlation_channels=4", "model.proposal_conditioning=true"),
+     ("keys", "object_queries", "logits", "correlation", "proposals")),
+    (("model.attention=double_cross", "model.support_conditioning=false"), ("fusion",)),
+])
+def test_support_paths_list_every_way_the_support_enters(tiny_cfg, overrides, paths):
+    assert build_model(tiny_cfg(*overrides))[0].support_paths == paths
+
+
+@pytest.mark.parametrize("layout", ["pad", "box"])
+def test_each_support_path_can_be_fed_its_own_exemplar(tiny_cfg, layout):
+    model, _, _ = build_model(tiny_cfg(f"model.support_layout={layout}", "model.correlation_channels=4",
+                                       "model.attention_sink=true", "model.d_model=64", "model.bias_box_prior=8"))
+    model.eval()
+    query, support = batch()
+    with torch.no_grad():
+        base = model(query, support)
+        same = model(query, support, path_supports={p: support for p in model.support_paths})
+        assert torch.equal(base["pred_logits"], same["pred_logits"])
+        for path in model.support_paths:  # every path of this model is used: its exemplar changes the scores
+            other = model(query, support, path_supports={path: OTHER_SUPPORT})
+            assert (other["pred_logits"] - base["pred_logits"]).abs().max() > 1e-4, path
+            # The proposals see the query image alone: no path but "proposals" may move them.
+            assert torch.equal(other["enc_outputs"]["pred_logits"], base["enc_outputs"]["pred_logits"])
+
+
+def test_a_path_the_model_does_not_use_changes_nothing(tiny_cfg):
+    """Object queries that score every key alike (q = 0) read the same whatever the keys hold."""
+    model, _, _ = build_model(tiny_cfg("model.support_conditioning=false", "model.attention_sink=true",
+                                       "model.support_layout=box"))
+    model.eval()
+    with torch.no_grad():
+        for layer in model.decoder.layers:
+            layer.cross_attn.q_proj.weight.zero_()
+            layer.cross_attn.q_proj.bias.zero_()
+        query, support = batch()
+        a = model(query, support)
+        b = model(query, support, path_supports={"keys": OTHER_SUPPORT})
+    assert torch.equal(a["pred_logits"], b["pred_logits"]) and torch.equal(a["pred_boxes"], b["pred_boxes"])
+
+
+def test_unknown_or_absent_support_paths_are_rejected(tiny_cfg):
+    model, _, _ = build_model(tiny_cfg("model.support_conditioning=false"))
+    model.eval()
+    query, support = batch()
+    with pytest.raises(ValueError, match="does not have"):
+        model(query, support, path_supports={"logits": OTHER_SUPPORT})
+
+
+def test_proposal_content_gives_object_queries_the_query_image_feature_of_their_cell(tiny_cfg):
+    model, _, _ = build_model(tiny_cfg("model.query_content=proposal", "model.num_queries=3", "model.num_decoder_layers=1"))
+    model.eval()
+    seen = {}
+    model.decoder.register_forward_pre_hook(lambda mod, args: seen.update(content=args[0]))
+    query, support = batch()
+    with torch.no_grad():
+        model(query, support)
+        learned = model.query_embed.weight[:3]
+        # The content differs per image (the cells differ), and by exactly the projected cell features.
+        extra = seen["content"] - learned[None]
+        assert (extra[0] - extra[1]).abs().max() > 1e-3
+        torch.testing.assert_close(extra.norm(dim=-1).pow(2) / 32, torch.ones(2, 3), atol=0.3, rtol=0)  # LayerNorm'd
+
+
+def test_proposal_content_needs_proposals(tiny_cfg):
+    with pytest.raises(ConfigError, match="query_content"):
+        tiny_cfg("model.query_content=proposal", "model.two_stage=false")

@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from detector.models.indirect_attention import BoxRelativePositionBias, FactoredBias, IndirectAttention
+from detector.models.indirect_attention import IndirectAttention
+from detector.models.relative_bias import BoxRelativePositionBias, FactoredBias
 
 
 def direct_indirect_attention(module, object_queries, keys, values, bias_full, mask):
@@ -198,7 +199,7 @@ def test_box_prior_concentrates_attention_in_the_box_from_the_start():
 
 
 def test_cell_centres_are_normalised_to_each_unpadded_image():
-    from detector.models.indirect_attention import cell_centres
+    from detector.models.relative_bias import cell_centres
 
     # Image 0 covers the whole 2x4 grid; image 1 only 1 row and 2 columns (the rest is padding).
     cy, cx = cell_centres((2, 4), torch.tensor([[2, 4], [1, 2]]))
@@ -220,3 +221,40 @@ def test_attention_weights_are_what_the_reference_kernel_averages_values_with():
     assert torch.allclose(w.sum(-1), torch.ones(2, 4, 5))
     assert torch.all(w[1, :, :, 3:] == 0)
     assert torch.allclose(w @ v, indirect_attention_reference(q, k, v, bias, mask), atol=1e-6)
+
+
+def test_a_sink_lets_the_match_level_survive_the_softmax():
+    """Keys that all match an object query equally well get uniform weights whatever the level of
+    the match: without a sink the output cannot tell a strong match from a weak one; with a sink
+    it can (the weak match leaves more mass on the sink)."""
+    from detector.models.indirect_attention import AttentionSink, indirect_attention_reference
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 2, 3, 8, generator=g)
+    v = torch.randn(1, 2, 6, 8, generator=g)
+    direction = q / q.norm(dim=-1, keepdim=True)  # every key along the object query: one score for all keys
+    weak, strong = (direction[:, :, :1].expand(1, 2, 6, 8) * s for s in (0.1, 3.0))
+    sink = AttentionSink(key=torch.zeros(2, 8), value=torch.randn(2, 8, generator=g))
+    plain = [indirect_attention_reference(q[:, :, :1], k, v, None, None) for k in (weak, strong)]
+    torch.testing.assert_close(plain[0], plain[1])  # the match level is normalised away
+    sunk = [indirect_attention_reference(q[:, :, :1], k, v, None, None, sink=sink) for k in (weak, strong)]
+    assert (sunk[0] - sunk[1]).abs().max() > 1e-2
+
+
+def test_sink_weights_are_the_last_column_and_everything_sums_to_one():
+    from detector.models.indirect_attention import AttentionSink, indirect_attention_reference, indirect_attention_weights
+
+    g = torch.Generator().manual_seed(1)
+    q, k, v = torch.randn(2, 4, 5, 8, generator=g), torch.randn(2, 4, 6, 8, generator=g), torch.randn(2, 4, 6, 8, generator=g)
+    sink = AttentionSink(key=torch.randn(4, 8, generator=g), value=torch.randn(4, 8, generator=g))
+    mask = torch.zeros(2, 6, dtype=torch.bool)
+    mask[1, 4:] = True
+    w = indirect_attention_weights(q, k, None, mask, sink=sink)
+    assert w.shape == (2, 4, 5, 7)
+    torch.testing.assert_close(w.sum(-1), torch.ones(2, 4, 5))
+    assert torch.all(w[1, :, :, 4:6] == 0) and torch.all(w[..., 6] > 0)
+    expected_sink_logit = (q * sink.key[None, :, None]).sum(-1) / math.sqrt(8)
+    logits = torch.cat([q @ k.transpose(-1, -2) / math.sqrt(8), expected_sink_logit[..., None]], -1)
+    torch.testing.assert_close(w[0], logits[0].softmax(-1))
+    out = indirect_attention_reference(q, k, v, None, mask, sink=sink)
+    torch.testing.assert_close(out, w[..., :6] @ v + w[..., 6:] * sink.value[None, :, None])

@@ -13,9 +13,8 @@ from torch.profiler import profile
 
 from detector.config import load_config
 from detector.models.build import build_decoder, build_model
-from detector.models.indirect_attention import (BoxRelativePositionBias, FactoredBias, IndirectAttention,
-                                                RecomputedMLP, SequenceRelativeBias, indirect_attention_fused,
-                                                indirect_attention_reference)
+from detector.models.indirect_attention import IndirectAttention, indirect_attention_fused, indirect_attention_reference
+from detector.models.relative_bias import BoxRelativePositionBias, FactoredBias, RecomputedMLP, SequenceRelativeBias
 from detector.structures import ImageBatch
 
 TOL = dict(atol=2e-5, rtol=2e-5)
@@ -80,6 +79,35 @@ def test_attention_module_matches_reference(with_mask, grid):
     assert_all_close(all_grads[1], all_grads[0], names)
     if mask is not None:  # padded positions get no gradient through the keys or the values
         assert torch.all(all_grads[1][1][mask] == 0) and torch.all(all_grads[1][2][mask] == 0)
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_fused_with_a_sink_matches_reference(with_bias, with_mask):
+    """The sink rides in the fused kernel as one more key and value row: same outputs, same gradients."""
+    ref = IndirectAttention(16, 4, impl="reference", sink=True)
+    with torch.no_grad():
+        ref.sink_key.normal_()
+        ref.sink_value.normal_()
+    fast = IndirectAttention(16, 4, impl="fused", sink=True)
+    fast.load_state_dict(ref.state_dict())
+    hgt, wid = 3, 4
+    oq = torch.randn(2, 6, 16, requires_grad=True)
+    keys = torch.randn(2, hgt * wid, 16, requires_grad=True)
+    values = torch.randn(2, hgt * wid, 16, requires_grad=True)
+    bias = FactoredBias((3 * torch.randn(2, 4, 6, hgt)).requires_grad_(), (3 * torch.randn(2, 4, 6, wid)).requires_grad_()) \
+        if with_bias else None
+    mask = padding_mask(2, hgt, wid) if with_mask else None
+    outs, all_grads = [], []
+    for module in (ref, fast):
+        out = module(oq, keys, values, bias=bias, key_padding_mask=mask)
+        inputs = [oq, keys, values, *(bias if with_bias else ()), *module.parameters()]
+        outs.append(out)
+        all_grads.append(grads([out], inputs))
+    torch.testing.assert_close(outs[1], outs[0], **TOL)
+    names = ["object_queries", "keys", "values"] + (["bias_y", "bias_x"] if with_bias else []) + \
+        [n for n, _ in ref.named_parameters()]
+    assert_all_close(all_grads[1], all_grads[0], names)
 
 
 def test_fused_without_bias_is_plain_attention():

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 from typing import Optional
@@ -28,7 +27,9 @@ sys.path.insert(0, _REPO)
 
 from detector.data import under_root  # noqa: E402
 from detector.models.detector import OneShotDETR  # noqa: E402
-from detector.models.indirect_attention import FactoredBias, cell_centres, indirect_attention_weights  # noqa: E402
+from detector.models.box_frame import BoxFrame  # noqa: E402
+from detector.models.indirect_attention import indirect_attention_weights, key_scores  # noqa: E402
+from detector.models.relative_bias import FactoredBias, cell_centres  # noqa: E402
 from detector.models.transformer import Decoder  # noqa: E402
 from detector.structures import ImageBatch  # noqa: E402
 from detector.utils.box_ops import box_cxcywh_to_xyxy  # noqa: E402
@@ -41,7 +42,8 @@ def attention_locality(model: OneShotDETR, query: ImageBatch, support: ImageBatc
     Returns ``mass [L, heads]`` (mean attention mass inside the reference box over the selected
     object queries and images), ``box_share [L]`` (mean fraction of valid cells inside those boxes),
     ``bias_std [L, heads]`` and ``qk_std [L, heads]`` (mean over queries of the std over cells, in
-    logits; ``bias_std`` is zero without a bias). ``top``: only the ``top`` highest-scoring object
+    logits; ``bias_std`` is zero without a bias), ``sink [L, heads]`` (mean attention on the
+    attention sink; zero without one). ``top``: only the ``top`` highest-scoring object
     queries of the last layer per image (all when ``None``).
     """
     decoder: Decoder = model.decoder
@@ -54,7 +56,8 @@ def attention_locality(model: OneShotDETR, query: ImageBatch, support: ImageBatc
     def layer_pre(module, args, kwargs):
         captured["layers"].append({"queries": args[0], "keys": args[1], "values": args[2],
                                    "bias": kwargs.get("bias", args[3] if len(args) > 3 else None),
-                                   "mask": kwargs.get("key_padding_mask", args[4] if len(args) > 4 else None)})
+                                   "mask": kwargs.get("key_padding_mask", args[4] if len(args) > 4 else None),
+                                   "frame": kwargs.get("frame", args[5] if len(args) > 5 else None)})
 
     def decoder_post(_module, _args, output):
         captured["boxes"] = output[1]
@@ -76,7 +79,7 @@ def attention_locality(model: OneShotDETR, query: ImageBatch, support: ImageBatc
     order = out["pred_logits"][..., 0].argsort(dim=1, descending=True)
     chosen = order[:, : (top or nq)]  # [B, T]
     cy, cx = cell_centres(captured["grid_hw"], captured["valid_hw"])
-    masses, shares, bias_stds, qk_stds = [], [], [], []
+    masses, shares, bias_stds, qk_stds, sinks = [], [], [], [], []
 
     def pick(t: torch.Tensor) -> torch.Tensor:  # [B, h, Q, X] -> the chosen object queries [B, h, T, X]
         t = t[:, :, :nq]
@@ -88,14 +91,19 @@ def attention_locality(model: OneShotDETR, query: ImageBatch, support: ImageBatc
         attn = decoder.layers[i].cross_attn
         q = attn._split(attn.q_proj(rec["queries"][:, :nq]))  # [B, h, Q, d_head]
         k = attn._split(attn.k_proj(rec["keys"]))  # [B, h, N, d_head]
-        bias = rec["bias"]
+        bias, frame = rec["bias"], rec["frame"]
         if bias is not None:
             bias = FactoredBias(bias_y=bias.bias_y[:, :, :nq], bias_x=bias.bias_x[:, :, :nq])
             bias_stds.append(pick(bias.materialise()).std(-1).mean(dim=(0, 2)))
         else:
             bias_stds.append(torch.zeros(q.shape[1]))
-        weights = pick(indirect_attention_weights(q, k, bias, rec["mask"]))  # [B, h, T, N]
-        qk = pick(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]))
+        if frame is not None:
+            frame = BoxFrame(frame.weight_y[:, :nq], frame.weight_x[:, :nq])
+        n = rec["values"].shape[1]
+        all_weights = pick(indirect_attention_weights(q, k, bias, rec["mask"], attn.sink, frame))  # [B, h, T, N (+1)]
+        weights = all_weights[..., :n]
+        sinks.append(all_weights[..., n:].sum(-1).mean(dim=(0, 2)))
+        qk = pick(key_scores(q, k, frame))
         xyxy = box_cxcywh_to_xyxy(ref)  # [B, T, 4]
         in_x = (cx[:, None, :] >= xyxy[..., 0:1]) & (cx[:, None, :] <= xyxy[..., 2:3])  # [B, T, W]
         in_y = (cy[:, None, :] >= xyxy[..., 1:2]) & (cy[:, None, :] <= xyxy[..., 3:4])  # [B, T, H]
@@ -105,7 +113,7 @@ def attention_locality(model: OneShotDETR, query: ImageBatch, support: ImageBatc
         shares.append((inside.sum(-1).float() / image_cells[:, None]).mean())
         qk_stds.append(qk.std(-1).mean(dim=(0, 2)))
     return {"mass": torch.stack(masses), "box_share": torch.stack(shares), "bias_std": torch.stack(bias_stds),
-            "qk_std": torch.stack(qk_stds)}
+            "qk_std": torch.stack(qk_stds), "sink": torch.stack(sinks)}
 
 
 def _pairs(coco: dict, num_images: int) -> list[tuple[dict, dict, dict]]:
@@ -160,12 +168,12 @@ def main(argv=None) -> int:
     mean = {k: torch.stack([s[k] for s in stats]).mean(0) for k in stats[0]}
     heads = mean["mass"].shape[1]
     print(f"{args.checkpoint}: attention {det.cfg.model.attention}, {len(stats)} images, top {args.top or 'all'} object queries")
-    print("| layer | box share | " + " | ".join(f"h{h}" for h in range(heads)) + " | bias std | q.k std |")
-    print("|---" * (heads + 4) + "|")
+    print("| layer | box share | " + " | ".join(f"h{h}" for h in range(heads)) + " | bias std | q.k std | sink |")
+    print("|---" * (heads + 5) + "|")
     for layer in range(mean["mass"].shape[0]):
         masses = " | ".join(f"{v:.2f}" for v in mean["mass"][layer].tolist())
         print(f"| {layer} | {mean['box_share'][layer]:.2f} | {masses} | {mean['bias_std'][layer].mean():.2f} | "
-              f"{mean['qk_std'][layer].mean():.2f} |")
+              f"{mean['qk_std'][layer].mean():.2f} | {mean['sink'][layer].mean():.2f} |")
     return 0
 
 

@@ -40,7 +40,8 @@ _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 if _REPO not in sys.path:
     sys.path.insert(0, _REPO)
 
-from detector.models.indirect_attention import IndirectAttention, SequenceRelativeBias  # noqa: E402
+from detector.models.indirect_attention import IndirectAttention  # noqa: E402
+from detector.models.relative_bias import SequenceRelativeBias  # noqa: E402
 
 VARIANTS = ("indirect", "misaligned", "standard")
 
