@@ -51,6 +51,7 @@ class ModelConfig:
     proposal_conditioning: bool = False  # proposals see the support too (then the cross step barely matters)
     support_conditioning: bool = True  # add the pooled support embedding to object queries and a similarity logit
     correlation_channels: int = 0  # per-cell exemplar correlation channels added to the values (0: off)
+    correlation_dropout: float = 0.0  # training: share of images whose correlation is left out, so the keys must learn too
     look_forward_twice: bool = True  # box loss of layer l also trains layer l-1's refinement (DINO)
     support_size: int = 128  # side of the square support crop in pixels
 
@@ -265,6 +266,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("model.query_content=proposal needs model.two_stage=true (the proposals give the content)")
     if m.num_queries < 1 or m.num_decoder_layers < 1:
         raise ConfigError("model.num_queries and model.num_decoder_layers must be >= 1")
+    if not 0.0 <= m.correlation_dropout < 1.0:
+        raise ConfigError(f"model.correlation_dropout={m.correlation_dropout!r} must be in [0, 1)")
     for key, iou in (("model.proposal_nms", m.proposal_nms), ("eval.nms_iou", cfg.eval.nms_iou)):
         if not 0.0 <= iou <= 1.0:
             raise ConfigError(f"{key}={iou!r} must be an IoU threshold in [0, 1] (0 = off)")

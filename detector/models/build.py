@@ -48,5 +48,6 @@ def build_model(cfg: Config) -> tuple[OneShotDETR, SetCriterion, PostProcess]:
                         proposal_conditioning=m.proposal_conditioning,
                         support_conditioning=m.support_conditioning, fusion_encoder=fusion,
                         correlation=SupportCorrelation(m.d_model, m.correlation_channels) if m.correlation_channels else None,
-                        support_margin=cfg.data.support_margin, query_content=m.query_content)
+                        support_margin=cfg.data.support_margin, query_content=m.query_content,
+                        correlation_dropout=m.correlation_dropout)
     return model, build_criterion(cfg.loss), PostProcess(cfg.eval.max_detections, cfg.eval.nms_iou)

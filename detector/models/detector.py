@@ -119,6 +119,9 @@ class OneShotDETR(nn.Module):
         correlation: optional :class:`SupportCorrelation`; its per-cell match with the exemplar is
             added to the values (the keys stay the support's), so that what a box reads says how
             much it looks like the exemplar. Proposals do not see it.
+        correlation_dropout: in training, the share of images whose correlation is left out (path
+            dropout): the decoder then cannot rely on the correlation alone and must also learn to
+            find the exemplar through the keys. Evaluation always uses it.
     """
 
     def __init__(self, backbone: Backbone, decoder: Decoder, attention: str = "indirect",
@@ -127,7 +130,7 @@ class OneShotDETR(nn.Module):
                  proposal_conditioning: bool = False, support_conditioning: bool = True,
                  fusion_encoder: Optional[SupportFusionEncoder] = None,
                  correlation: Optional[SupportCorrelation] = None, support_margin: float = 0.1,
-                 query_content: str = "learned"):
+                 query_content: str = "learned", correlation_dropout: float = 0.0):
         super().__init__()
         if attention not in ATTENTIONS:
             raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
@@ -144,6 +147,9 @@ class OneShotDETR(nn.Module):
         self.decoder = decoder
         self.fusion_encoder = fusion_encoder
         self.correlation = correlation
+        if not 0.0 <= correlation_dropout < 1.0:
+            raise ValueError(f"correlation_dropout must be in [0, 1), got {correlation_dropout}")
+        self.correlation_dropout = float(correlation_dropout)
         self.attention = attention
         self.support_layout = support_layout
         self.support_margin = float(support_margin)
@@ -284,6 +290,57 @@ class OneShotDETR(nn.Module):
             out[path] = encoded[id(source)]
         return out
 
+    def _cross_inputs(self, q_feat: Tensor, q_mask: Tensor, supports: dict):
+        """Keys, values and their padding mask for the decoder's cross step, and the memory the
+        proposals are computed from, with the query features and mask on the value grid."""
+        if self.fusion_encoder is not None:
+            s_feat, s_mask = supports["fusion"]
+            pos = self.position_encoding(q_mask).flatten(2).transpose(1, 2)
+            memory = self.fusion_encoder(q_feat.flatten(2).transpose(1, 2), pos, s_feat.flatten(2).transpose(1, 2),
+                                         self.position_encoding(s_mask).flatten(2).transpose(1, 2), s_mask.flatten(1))
+            keys = values = memory + pos
+            key_padding_mask = q_mask.flatten(1)
+        else:
+            keys, values, key_padding_mask, q_feat, q_mask = self._layout(q_feat, q_mask, *supports["keys"])
+            memory = q_feat.flatten(2).transpose(1, 2)
+        if self.correlation is not None:
+            s_feat, s_mask = supports["correlation"]
+            match = self.correlation(q_feat.flatten(2).transpose(1, 2), s_feat.flatten(2).transpose(1, 2),
+                                     s_mask.flatten(1))
+            if self.training and self.correlation_dropout > 0:
+                keep = torch.rand(len(match), device=match.device) >= self.correlation_dropout
+                match = match * keep[:, None, None].to(match.dtype)
+            values = values + match
+            if self.fusion_encoder is not None:
+                keys = values
+        return keys, values, key_padding_mask, memory, q_feat, q_mask
+
+    def _select(self, memory: Tensor, q_mask: Tensor, grid_hw, valid_hw: Tensor, num: int,
+                proposal_embedding: Optional[Tensor]) -> tuple[Tensor, Tensor, Optional[dict]]:
+        """Two-stage query selection: the ``num`` starting boxes ``[B, num, 4]`` (detached), the
+        indices of their proposals ``[B, num]`` and the proposals' outputs for the loss; without
+        two-stage, the learned reference boxes, ``None``, ``None``."""
+        b = memory.shape[0]
+        if not self.two_stage:
+            return self.reference_embed.weight[:num].sigmoid()[None].expand(b, num, 4), None, None
+        enc_logits, enc_boxes, _ = self._proposals(memory, q_mask.flatten(1), grid_hw, valid_hw, proposal_embedding)
+        if num > enc_logits.shape[1]:
+            raise ValueError(f"{num} object queries but only {enc_logits.shape[1]} proposals on a "
+                             f"{grid_hw[0]}x{grid_hw[1]} feature map: use larger images, more proposal_sizes "
+                             f"or fewer queries")
+        scores = enc_logits[..., 0].detach()
+        if self.proposal_nms > 0:
+            top = select_distinct(scores, enc_boxes.detach(), self.num_queries, self.proposal_nms)
+        else:
+            top = scores.topk(self.num_queries, dim=1).indices
+        if num > self.num_queries:
+            # The one-to-many queries (training) take the best proposals the one-to-one queries
+            # did not take, duplicates included: several queries per object is their point.
+            rest = scores.scatter(1, top, float("-inf"))
+            top = torch.cat([top, rest.topk(num - self.num_queries, dim=1).indices], dim=1)
+        reference = torch.gather(enc_boxes, 1, top[..., None].expand(b, num, 4)).detach()
+        return reference, top, {"pred_logits": enc_logits, "pred_boxes": enc_boxes}
+
     def forward(self, query: ImageBatch | FeatureBatch, support: ImageBatch | FeatureBatch,
                 path_supports: Optional[dict] = None) -> dict:
         """Detect the support's class in the query images.
@@ -307,56 +364,17 @@ class OneShotDETR(nn.Module):
         supports = self._encode_supports(support, path_supports)
         embedding = {path: masked_mean(*supports[path]) for path in ("object_queries", "logits", "proposals")
                      if path in supports}
-        if self.fusion_encoder is not None:
-            s_feat, s_mask = supports["fusion"]
-            pos = self.position_encoding(q_mask).flatten(2).transpose(1, 2)
-            memory = self.fusion_encoder(q_feat.flatten(2).transpose(1, 2), pos, s_feat.flatten(2).transpose(1, 2),
-                                         self.position_encoding(s_mask).flatten(2).transpose(1, 2), s_mask.flatten(1))
-            keys = values = memory + pos
-            key_padding_mask = q_mask.flatten(1)
-        else:
-            keys, values, key_padding_mask, q_feat, q_mask = self._layout(q_feat, q_mask, *supports["keys"])
-            memory = q_feat.flatten(2).transpose(1, 2)
+        keys, values, key_padding_mask, memory, q_feat, q_mask = self._cross_inputs(q_feat, q_mask, supports)
         grid_hw, valid_hw = tuple(q_feat.shape[-2:]), valid_extent(q_mask)
-        if self.correlation is not None:
-            s_feat, s_mask = supports["correlation"]
-            match = self.correlation(q_feat.flatten(2).transpose(1, 2), s_feat.flatten(2).transpose(1, 2),
-                                     s_mask.flatten(1))
-            values = values + match
-            if self.fusion_encoder is not None:
-                keys = values
 
-        num = self.num_queries + (self.num_queries_one2many if self.training else 0)
-        b = len(query)
+        b, num = len(query), self.num_queries + (self.num_queries_one2many if self.training else 0)
+        reference, top, enc_outputs = self._select(memory, q_mask, grid_hw, valid_hw, num, embedding.get("proposals"))
         content = self.query_embed.weight[:num][None].expand(b, num, -1)
         if self.support_to_query is not None:
             content = content + self.support_to_query(embedding["object_queries"])[:, None]
-        out: dict = {}
-        if self.two_stage:
-            enc_logits, enc_boxes, _ = self._proposals(memory, q_mask.flatten(1), grid_hw, valid_hw,
-                                                       embedding.get("proposals"))
-            if num > enc_logits.shape[1]:
-                raise ValueError(f"{num} object queries but only {enc_logits.shape[1]} proposals on a "
-                                 f"{grid_hw[0]}x{grid_hw[1]} feature map: use larger images, more proposal_sizes "
-                                 f"or fewer queries")
-            scores = enc_logits[..., 0].detach()
-            if self.proposal_nms > 0:
-                top = select_distinct(scores, enc_boxes.detach(), self.num_queries, self.proposal_nms)
-            else:
-                top = scores.topk(self.num_queries, dim=1).indices
-            if num > self.num_queries:
-                # The one-to-many queries (training) take the best proposals the one-to-one queries
-                # did not take, duplicates included: several queries per object is their point.
-                rest = scores.scatter(1, top, float("-inf"))
-                top = torch.cat([top, rest.topk(num - self.num_queries, dim=1).indices], dim=1)
-            reference = torch.gather(enc_boxes, 1, top[..., None].expand(b, num, 4)).detach()
-            if self.content_proj is not None:  # the query-image feature of each proposal's cell
-                cells = torch.div(top, len(self.proposal_sizes), rounding_mode="floor")
-                cell_feats = torch.gather(memory, 1, cells[..., None].expand(b, num, memory.shape[-1]))
-                content = content + self.content_proj(cell_feats)
-            out["enc_outputs"] = {"pred_logits": enc_logits, "pred_boxes": enc_boxes}
-        else:
-            reference = self.reference_embed.weight[:num].sigmoid()[None].expand(b, num, 4)
+        if self.content_proj is not None:  # the query-image feature of each proposal's cell
+            cells = torch.div(top, len(self.proposal_sizes), rounding_mode="floor")[..., None]
+            content = content + self.content_proj(torch.gather(memory, 1, cells.expand(b, num, memory.shape[-1])))
 
         self_attn_mask = None
         if num > self.num_queries:
@@ -370,6 +388,7 @@ class OneShotDETR(nn.Module):
             layers = [{"pred_logits": lg[:, sl], "pred_boxes": bx[:, sl]} for lg, bx in zip(logits, boxes)]
             return {**layers[-1], "aux_outputs": layers[:-1]}
 
+        out: dict = {} if enc_outputs is None else {"enc_outputs": enc_outputs}
         out.update(pack(slice(0, self.num_queries)))
         if num > self.num_queries:
             out["one2many"] = pack(slice(self.num_queries, num))
