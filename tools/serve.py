@@ -28,6 +28,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--queue", type=int, default=8, help="requests that may wait for a worker; more get 503")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body (both images)")
     p.add_argument("--max-megapixels", type=float, default=40.0, help="largest image, read before decoding")
+    p.add_argument("--read-timeout", type=float, default=30.0, help="seconds to receive a request's body")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--log-level", default="info", help="uvicorn log level (warning: no line per request)")
     return p.parse_args(argv)
@@ -71,7 +72,7 @@ def create_app(args: argparse.Namespace):
     checkpoint = resolve_checkpoint(args.checkpoint)
     limits = ServeLimits(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
                          max_pixels=int(args.max_megapixels * 1_000_000), workers=args.workers,
-                         queue_size=args.queue)
+                         queue_size=args.queue, read_timeout_s=args.read_timeout)
     detector = OneShotDetector.from_checkpoint(checkpoint, device=args.device)
     return build_app(detector, limits, checkpoint=checkpoint), checkpoint
 

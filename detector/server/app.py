@@ -12,6 +12,7 @@ loads with ``weights_only=True``) and shared by the model workers.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from contextlib import asynccontextmanager
@@ -46,6 +47,7 @@ class ServeLimits:
     max_pixels: int = 40_000_000  # per image, read from its header before decoding
     workers: int = 1  # model threads
     queue_size: int = 8  # admitted requests waiting for a worker; one more gets 503
+    read_timeout_s: float = 30.0  # a body still arriving after this holds no slot longer: 408
 
 
 def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
@@ -150,7 +152,11 @@ def build_app(detector, limits: ServeLimits = ServeLimits(), checkpoint: str = "
     @app.post("/api/predict")
     async def predict(request: Request):
         with pool.admit():  # Busy (503) before a byte of the body is read
-            job = await read_predict_form(request, limits.max_upload_bytes)
+            try:
+                job = await asyncio.wait_for(read_predict_form(request, limits.max_upload_bytes),
+                                             limits.read_timeout_s)
+            except asyncio.TimeoutError:  # a slow (or stalled) upload must not hold its slot for ever
+                raise ApiError(408, f"the request body did not arrive within {limits.read_timeout_s:g} s") from None
             return await pool.run(run_prediction, detector, job, limits.max_pixels)
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

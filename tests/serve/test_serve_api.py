@@ -1,11 +1,13 @@
 """The JSON API (detector/server) through FastAPI's test client: every field, every refusal, the
 answer equal to OneShotDetector.predict, the bounded queue."""
+import asyncio
 import io
 import threading
 import time
 
 import numpy as np
 import pytest
+import httpx
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -54,7 +56,8 @@ def test_health_model_and_page(client, serve_files):
     assert model["model"]["backbone"] == "mobilenetv2_100" and model["model"]["attention"] == "indirect"
     assert model["inference"] == {"eval_size": 64, "support_size": 32, "support_margin": 0.1, "max_detections": 6,
                                   "nms_iou": 0.0}
-    assert model["limits"] == {"max_upload_bytes": 256 * 1024, "max_pixels": 1_000_000, "workers": 1, "queue_size": 2}
+    assert model["limits"] == {"max_upload_bytes": 256 * 1024, "max_pixels": 1_000_000, "workers": 1, "queue_size": 2,
+                               "read_timeout_s": 30.0}
     assert model["predict_fields"] == ["query", "support", "support_box", "score_threshold"]
     page = client.get("/")
     assert page.status_code == 200 and 'id="find"' in page.text and "/static/app.js" in page.text
@@ -219,3 +222,40 @@ def test_a_full_queue_answers_503_with_retry_after(detector, serve_files):
         assert [a.status_code for a in answers] == [200, 200]
         assert client.post("/api/predict", files=files).status_code == 200  # room again
         assert app.state.pool.admitted == 0
+
+
+def test_a_stalled_upload_is_cut_off_and_frees_its_slot(detector, serve_files):
+    app = build_app(detector, ServeLimits(workers=1, queue_size=0, read_timeout_s=0.3))
+
+    async def stalled():
+        yield b"--b\r\nContent-Disposition: form-data; name=\"query\"; filename=\"q.png\"\r\n\r\n"
+        await asyncio.sleep(30)  # and nothing more
+
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+            start = time.perf_counter()
+            r = await client.post("/api/predict", content=stalled(),
+                                  headers={"content-type": "multipart/form-data; boundary=b"})
+            return r, time.perf_counter() - start
+
+    r, seconds = asyncio.run(go())
+    assert_refused(r, 408, "did not arrive within 0.3 s")
+    assert seconds < 5 and app.state.pool.admitted == 0
+
+
+def test_two_workers_share_one_model_and_agree_with_it(detector, serve_files):
+    app = build_app(detector, ServeLimits(workers=2, queue_size=6))
+    expected = detector.predict(serve_files["query"], serve_files["support"], support_box=(5, 5, 30, 20),
+                                score_threshold=0.0)
+    files = {"query": upload(serve_files["query"]), "support": upload(serve_files["support"])}
+    with TestClient(app) as client:
+        answers = []
+        threads = [threading.Thread(target=lambda: answers.append(client.post(
+            "/api/predict", files=files, data={"support_box": "5,5,30,20", "score_threshold": "0"}))) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert app.state.pool.completed == 8
+    assert [a.status_code for a in answers] == [200] * 8
+    assert all(a.json()["detections"] == expected["detections"] for a in answers)
