@@ -39,14 +39,14 @@ def resolve_checkpoint(path: str) -> str:
     saying what to run when there is none."""
     from detector.utils.checkpoint import latest_checkpoint
 
+    first = "train one first: `make demo` writes outputs/demo/checkpoint_*.pth (about 17 minutes)"
     if os.path.isdir(path):
         found = latest_checkpoint(path)
         if found is None:
-            raise FileNotFoundError(f"no checkpoint_*.pth in {path}: train one first "
-                                    f"(`make demo` writes outputs/demo in about 17 minutes)")
+            raise FileNotFoundError(f"no checkpoint_*.pth in {path}; {first}")
         return found
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path} (`make demo` writes outputs/demo/checkpoint_*.pth)")
+        raise FileNotFoundError(f"checkpoint not found: {path}; {first}")
     return path
 
 
