@@ -121,7 +121,7 @@ def _capped(request: Request, max_bytes: int) -> Request:
 
 async def read_predict_form(request: Request, max_bytes: int) -> PredictRequest:
     """Read and check the form of ``request`` (body capped at ``max_bytes``)."""
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+    if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
         raise ApiError(415, "expected a multipart/form-data body (fields: " + ", ".join(accepted_fields()) + ")")
     try:
         form = await _capped(request, max_bytes).form(max_files=len(FILE_FIELDS) + 2, max_fields=len(TEXT_FIELDS) + 4,
