@@ -21,8 +21,11 @@ setup(
         "tqdm>=4.60",
         "matplotlib>=3.7",
     ],
+    package_data={"detector.server": ["static/*"]},
     extras_require={
-        "dev": ["pytest>=7"],
+        "dev": ["pytest>=7", "httpx>=0.27", "playwright>=1.40",
+                "fastapi>=0.110", "uvicorn>=0.27", "python-multipart>=0.0.9"],
+        "serve": ["fastapi>=0.110", "uvicorn>=0.27", "python-multipart>=0.0.9"],
         "fast-eval": ["faster-coco-eval>=1.6"],
     },
     entry_points={
@@ -32,6 +35,7 @@ setup(
             "oneshot-infer=detector_tools.infer:main",
             "oneshot-benchmark=detector_tools.benchmark:main",
             "oneshot-demo=detector_tools.demo:main",
+            "oneshot-serve=detector_tools.serve:main",
         ]
     },
 )

@@ -10,11 +10,13 @@ Rules (tested in ``tests/data/test_robustness.py``):
   (``v * 255 / 65535``), never clipped; float images are read as ``[0, 1]`` if their maximum is at
   most 1, else as ``[0, 255]``.
 * A missing, unreadable, corrupt or truncated file raises :class:`ImageReadError` naming the file.
+* With ``max_pixels``, an image whose header declares more pixels raises :class:`ImageTooLargeError`
+  before any pixel is decoded (decompression bombs: a few kilobytes that decode to gigabytes).
 """
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import BinaryIO, Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -22,6 +24,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 class ImageReadError(ValueError):
     """An image file that cannot be used; the message names the file and the problem."""
+
+
+class ImageTooLargeError(ImageReadError):
+    """An image whose header declares more pixels than allowed (refused before decoding)."""
 
 
 def _to_rgb_uint8(im: Image.Image) -> np.ndarray:
@@ -50,46 +56,65 @@ def _to_rgb_uint8(im: Image.Image) -> np.ndarray:
     return np.asarray(im)
 
 
-def read_image(path: str, expected_hw: Optional[tuple[int, int]] = None) -> np.ndarray:
+def read_image(path: Union[str, BinaryIO], expected_hw: Optional[tuple[int, int]] = None, *,
+               max_pixels: Optional[int] = None, formats: Optional[Sequence[str]] = None,
+               name: str = "") -> np.ndarray:
     """Read ``path`` as an RGB image.
 
     Args:
-        path: image file.
+        path: image file, or an open binary file (an upload held in memory, ``io.BytesIO``).
         expected_hw: ``(height, width)`` recorded in the annotation file, or ``None``. Decides
             between the EXIF-rotated and the raw pixels (module docstring) and is checked.
+        max_pixels: refuse an image whose header declares more than this many pixels, before
+            decoding it (``None``: only PIL's own decompression-bomb limit applies).
+        formats: PIL format names to accept (``None``: every format PIL reads).
+        name: what messages call the image (default: the path).
 
     Returns:
         ``[H, W, 3]`` ``uint8`` array (C-contiguous).
 
     Raises:
-        ImageReadError: missing, unreadable, corrupt or truncated file, or a size that matches
-            neither the annotation's nor its transpose.
+        ImageTooLargeError: more pixels than ``max_pixels`` (or PIL's limit).
+        ImageReadError: missing, unreadable, corrupt or truncated file, a format not in
+            ``formats``, or a size that matches neither the annotation's nor its transpose.
     """
-    if not os.path.isfile(path):
-        raise ImageReadError(f"{path}: image file not found")
+    if isinstance(path, (str, os.PathLike)):
+        source, label = os.fspath(path), name or os.fspath(path)
+        if not os.path.isfile(source):
+            raise ImageReadError(f"{label}: image file not found")
+    else:
+        source, label = path, name or getattr(path, "name", "image")
+    unknown = (f"not an image of an accepted format ({', '.join(formats)})" if formats
+               else "not a recognised image format")
     try:
-        with Image.open(path) as im:
+        with Image.open(source, formats=list(formats) if formats else None) as im:
+            # Image.open has read only the header: refuse a decompression bomb before decoding it.
+            if max_pixels is not None and im.width * im.height > max_pixels:
+                raise ImageTooLargeError(f"{label}: {im.width}x{im.height} pixels is more than the limit of "
+                                         f"{max_pixels} pixels")
             im.load()
             try:
                 oriented = ImageOps.exif_transpose(im)
             except Exception as e:  # noqa: BLE001 - a broken EXIF block should not lose the image
-                raise ImageReadError(f"{path}: cannot apply its EXIF orientation ({e})") from None
+                raise ImageReadError(f"{label}: cannot apply its EXIF orientation ({e})") from None
             if expected_hw is not None and (oriented.height, oriented.width) != tuple(expected_hw):
                 if (im.height, im.width) == tuple(expected_hw):
                     oriented = im  # the annotation was made on the raw (un-rotated) pixels
                 else:
                     raise ImageReadError(
-                        f"{path}: image is {oriented.height}x{oriented.width} (h x w) after EXIF orientation "
+                        f"{label}: image is {oriented.height}x{oriented.width} (h x w) after EXIF orientation "
                         f"({im.height}x{im.width} raw) but the annotation file says {expected_hw[0]}x{expected_hw[1]}")
             arr = _to_rgb_uint8(oriented)
     except ImageReadError:
         raise
+    except Image.DecompressionBombError as e:  # PIL's own limit, also checked from the header
+        raise ImageTooLargeError(f"{label}: {e}") from None
     except UnidentifiedImageError:
-        raise ImageReadError(f"{path}: not a recognised image format (corrupt file or not an image)") from None
+        raise ImageReadError(f"{label}: {unknown} (corrupt file or not an image)") from None
     except (OSError, SyntaxError, ValueError) as e:
-        raise ImageReadError(f"{path}: corrupt or truncated image ({e})") from None
+        raise ImageReadError(f"{label}: corrupt or truncated image ({e})") from None
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ImageReadError(f"{path}: unusable image of shape {arr.shape}")
+        raise ImageReadError(f"{label}: unusable image of shape {arr.shape}")
     return np.array(arr, dtype=np.uint8, order="C", copy=True)  # writable, so torch can wrap it
 
 

@@ -165,3 +165,24 @@ def test_dataset_names_a_missing_image_file(tmp_path, noise_image):
     with pytest.raises(ImageReadError, match=r"absent\.png.*not found"):
         ds[missing]
     assert os.path.basename(ds.index.image_path(2)) == "absent.png"
+
+
+def test_images_from_memory_and_the_pixel_limit_before_decoding(tmp_path, noise_image):
+    import io
+
+    from detector.data.image_io import ImageTooLargeError
+
+    path = tmp_path / "a.png"
+    Image.fromarray(noise_image(1, 30, 40)).save(path)
+    data = path.read_bytes()
+    assert np.array_equal(read_image(io.BytesIO(data), name="upload"), read_image(str(path)))
+    assert read_image(io.BytesIO(data), max_pixels=30 * 40).shape == (30, 40, 3)  # at the limit: fine
+    with pytest.raises(ImageTooLargeError, match=r"upload: 40x30 pixels is more than the limit of 1199"):
+        read_image(io.BytesIO(data), max_pixels=30 * 40 - 1, name="upload")
+    # The header is all it takes: a few kB of 1-bit pixels, 150 MB once decoded to RGB, refused unread.
+    buf = io.BytesIO()
+    Image.new("1", (5000, 10000)).save(buf, format="PNG")
+    with pytest.raises(ImageTooLargeError, match="5000x10000 pixels"):
+        read_image(io.BytesIO(buf.getvalue()), max_pixels=10_000_000)
+    with pytest.raises(ImageReadError, match=r"not an image of an accepted format \(JPEG\)"):
+        read_image(io.BytesIO(data), formats=("JPEG",), name="upload")

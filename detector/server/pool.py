@@ -1,0 +1,90 @@
+"""A bounded pool of model workers: admission first, then a thread that runs the model.
+
+At most ``workers + queue_size`` prediction requests are admitted at once (reading their uploads,
+waiting for a worker, or running); one more is refused at once with :class:`Busy`, which carries a
+``Retry-After`` estimate. Memory therefore stays bounded by the admitted requests, whatever the
+number of clients: a refused request is answered before its body is read.
+"""
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+
+class Busy(Exception):
+    """Every worker is busy and the queue is full; retry after ``retry_after`` seconds."""
+
+    def __init__(self, retry_after: int, admitted: int):
+        super().__init__(f"server busy: {admitted} requests in progress or queued; retry in {retry_after} s")
+        self.retry_after = retry_after
+
+
+class WorkerPool:
+    """``workers`` threads that run the model, and an admission count of ``workers + queue_size``.
+
+    Args:
+        workers: model threads (each runs one prediction at a time).
+        queue_size: admitted requests allowed to wait for a worker.
+    """
+
+    def __init__(self, workers: int, queue_size: int):
+        if workers < 1 or queue_size < 0:
+            raise ValueError(f"need workers >= 1 and queue_size >= 0, got {workers} and {queue_size}")
+        self.workers = workers
+        self.capacity = workers + queue_size
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="model-worker")
+        self._lock = threading.Lock()
+        self._admitted = 0
+        self._mean_seconds = 1.0  # running mean of one prediction, for Retry-After
+        self.completed = 0
+
+    @property
+    def admitted(self) -> int:
+        """Requests admitted now (reading, queued or running)."""
+        return self._admitted
+
+    def retry_after(self) -> int:
+        """Seconds until a slot is likely free: the queue ahead divided among the workers, 1-60."""
+        ahead = max(self._admitted - self.workers + 1, 1)
+        return int(min(max(math.ceil(self._mean_seconds * ahead / self.workers), 1), 60))
+
+    @contextmanager
+    def admit(self) -> Iterator[None]:
+        """Hold one admission slot for the ``with`` block; :class:`Busy` at once when none is free."""
+        with self._lock:
+            if self._admitted >= self.capacity:
+                raise Busy(self.retry_after(), self._admitted)
+            self._admitted += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._admitted -= 1
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` on a model worker thread, awaited; its exception is raised here."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._timed, fn, args)
+
+    def _timed(self, fn: Callable[..., Any], args: tuple) -> Any:
+        start = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            seconds = time.perf_counter() - start
+            with self._lock:
+                self._mean_seconds = 0.8 * self._mean_seconds + 0.2 * seconds
+                self.completed += 1
+
+    def stats(self) -> dict:
+        """``{"workers", "capacity", "admitted", "completed"}``."""
+        return {"workers": self.workers, "capacity": self.capacity, "admitted": self._admitted,
+                "completed": self.completed}
+
+    def shutdown(self) -> None:
+        """Finish running work and stop the threads."""
+        self._executor.shutdown(wait=True, cancel_futures=True)
