@@ -10,21 +10,47 @@ Rules (tested in ``tests/data/test_robustness.py``):
   (``v * 255 / 65535``), never clipped; float images are read as ``[0, 1]`` if their maximum is at
   most 1, else as ``[0, 255]``.
 * A missing, unreadable, corrupt or truncated file raises :class:`ImageReadError` naming the file.
+* ``max_pixels`` refuses an image whose header gives more pixels, before its pixels are decoded
+  (PIL's own decompression-bomb limit is replaced by it while the file is opened).
 """
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..errors import InputError
 
-class ImageReadError(ValueError):
+
+class ImageReadError(InputError):
     """An image file that cannot be used; the message names the file and the problem."""
 
 
-def _to_rgb_uint8(im: Image.Image) -> np.ndarray:
+def check_pixels(width: int, height: int, max_pixels: Optional[int], what: str) -> None:
+    """:class:`ImageReadError` when ``width * height`` exceeds ``max_pixels`` (``None`` or 0: no limit)."""
+    if max_pixels and width * height > max_pixels:
+        raise ImageReadError(f"{what}: {width}x{height} pixels ({width * height / 1e6:.1f} megapixels) is over the "
+                             f"limit of {max_pixels / 1e6:g} megapixels; downscale it or raise the limit")
+
+
+@contextlib.contextmanager
+def _pil_bomb_check_off() -> Iterator[None]:
+    # PIL warns above MAX_IMAGE_PIXELS and raises above twice that, before our own limit can name
+    # the file; the caller checks the size itself. Not thread-safe: PIL offers only the global.
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
+def to_rgb_uint8(im: Image.Image) -> np.ndarray:
+    """A PIL image of any mode as an ``[H, W, 3]`` ``uint8`` array, by the rules of the module
+    docstring (16/32-bit scaled by their range, alpha composited onto white)."""
     mode = im.mode
     if mode.startswith("I;16") or mode in ("I", "F"):
         arr = np.asarray(im)
@@ -50,25 +76,30 @@ def _to_rgb_uint8(im: Image.Image) -> np.ndarray:
     return np.asarray(im)
 
 
-def read_image(path: str, expected_hw: Optional[tuple[int, int]] = None) -> np.ndarray:
+def read_image(path: str, expected_hw: Optional[tuple[int, int]] = None, max_pixels: Optional[int] = None) -> np.ndarray:
     """Read ``path`` as an RGB image.
 
     Args:
         path: image file.
         expected_hw: ``(height, width)`` recorded in the annotation file, or ``None``. Decides
             between the EXIF-rotated and the raw pixels (module docstring) and is checked.
+        max_pixels: refuse images with more pixels than this, from the header, before decoding
+            them (``None`` or 0: PIL's decompression-bomb limit applies).
 
     Returns:
         ``[H, W, 3]`` ``uint8`` array (C-contiguous).
 
     Raises:
         ImageReadError: missing, unreadable, corrupt or truncated file, or a size that matches
-            neither the annotation's nor its transpose.
+            neither the annotation's nor its transpose, or more than ``max_pixels``.
     """
-    if not os.path.isfile(path):
-        raise ImageReadError(f"{path}: image file not found")
+    _check_file(path)
     try:
-        with Image.open(path) as im:
+        with contextlib.ExitStack() as stack:
+            if max_pixels:
+                stack.enter_context(_pil_bomb_check_off())
+            im = stack.enter_context(Image.open(path))
+            check_pixels(im.width, im.height, max_pixels, path)
             im.load()
             try:
                 oriented = ImageOps.exif_transpose(im)
@@ -81,12 +112,14 @@ def read_image(path: str, expected_hw: Optional[tuple[int, int]] = None) -> np.n
                     raise ImageReadError(
                         f"{path}: image is {oriented.height}x{oriented.width} (h x w) after EXIF orientation "
                         f"({im.height}x{im.width} raw) but the annotation file says {expected_hw[0]}x{expected_hw[1]}")
-            arr = _to_rgb_uint8(oriented)
+            arr = to_rgb_uint8(oriented)
     except ImageReadError:
         raise
     except UnidentifiedImageError:
         raise ImageReadError(f"{path}: not a recognised image format (corrupt file or not an image)") from None
-    except (OSError, SyntaxError, ValueError) as e:
+    except Image.DecompressionBombError as e:
+        raise ImageReadError(f"{path}: refused as a possible decompression bomb ({e})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise ImageReadError(f"{path}: corrupt or truncated image ({e})") from None
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ImageReadError(f"{path}: unusable image of shape {arr.shape}")
@@ -95,14 +128,22 @@ def read_image(path: str, expected_hw: Optional[tuple[int, int]] = None) -> np.n
 
 def image_size(path: str) -> tuple[int, int]:
     """``(height, width)`` of an image file after EXIF orientation, reading only its header."""
-    if not os.path.isfile(path):
-        raise ImageReadError(f"{path}: image file not found")
+    _check_file(path)
     try:
         with Image.open(path) as im:
             orientation = im.getexif().get(0x0112, 1)
             h, w = im.height, im.width
     except UnidentifiedImageError:
         raise ImageReadError(f"{path}: not a recognised image format (corrupt file or not an image)") from None
+    except Image.DecompressionBombError as e:
+        raise ImageReadError(f"{path}: refused as a possible decompression bomb ({e})") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageReadError(f"{path}: cannot read the image header ({e})") from None
     return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
+
+
+def _check_file(path: str) -> None:
+    if os.path.isdir(path):
+        raise ImageReadError(f"{path}: is a folder, not an image file")
+    if not os.path.isfile(path):
+        raise ImageReadError(f"{path}: image file not found")

@@ -93,7 +93,7 @@ def test_bad_support_boxes(files, box, message):
 
 def test_bad_images_and_checkpoints_get_clear_errors(files, tmp_path):
     det = OneShotDetector.from_checkpoint(files["ckpt"])
-    with pytest.raises(InputError, match="cannot read"):
+    with pytest.raises(InputError, match=r"notes\.txt: not a recognised image format"):
         det.predict(str(files["queries"] / "notes.txt"), str(files["support"]))
     with pytest.raises(InputError, match="not found"):
         det.predict(str(tmp_path / "missing.png"), str(files["support"]))
