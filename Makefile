@@ -23,7 +23,7 @@ test-all: setup
 	$(PY) -m pytest -q -m "slow or not slow"
 
 demo: setup
-	$(PY) tools/demo.py
+	$(PY) tools/demo.py $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) outputs
