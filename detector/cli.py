@@ -14,6 +14,7 @@ Options and ``key=value`` overrides may come in any order (``parse_intermixed_ar
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from typing import Callable, Optional, Sequence
 
@@ -77,9 +78,7 @@ def one_line(error: BaseException) -> str:
     the worker's traceback in its message; its last line is the original message."""
     text = str(error).strip()
     if "Original Traceback" in text:
-        last = text.splitlines()[-1].strip()
-        prefix = f"{type(error).__name__}: "
-        text = last[len(prefix):] if last.startswith(prefix) else last
+        text = re.sub(r"^[A-Za-z_][\w.]*(Error|Exception): ", "", text.splitlines()[-1].strip())
     return " ".join(line.strip() for line in text.splitlines() if line.strip()) or type(error).__name__
 
 

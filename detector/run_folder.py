@@ -42,7 +42,7 @@ def describe_contents(folder: str) -> str:
     checkpoints = len(list_checkpoints(folder))
     markers = [n for n in RUN_MARKERS if n in names]
     others = len(names) - len(markers) - checkpoints
-    parts = markers + ([f"{checkpoints} checkpoint(s)"] if checkpoints else []) + ([f"{others} other file(s)"] if others else [])
+    parts = markers + [f"{checkpoints} checkpoint(s)"] * bool(checkpoints) + [f"{others} other file(s)"] * bool(others)
     return ", ".join(parts)
 
 
@@ -126,7 +126,8 @@ def find_resume_checkpoint(path: str) -> tuple[str, dict, list[str]]:
     if os.path.isfile(path):
         return path, load_checkpoint(path), []
     if not os.path.isdir(path):
-        raise CheckpointError(f"--resume: no checkpoint at {path}: it does not exist (give a run folder or a checkpoint file)")
+        raise CheckpointError(f"--resume: no checkpoint at {path}: it does not exist "
+                              f"(give a run folder or a checkpoint file)")
     candidates = list_checkpoints(path)
     if not candidates:
         raise CheckpointError(f"--resume: no checkpoint (checkpoint_<iteration>.pth) in {path}")

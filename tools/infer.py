@@ -73,15 +73,16 @@ def check_output_paths(args: argparse.Namespace) -> None:
     from detector.run_folder import check_output_path
 
     if os.path.isdir(args.output) or args.output.endswith(os.sep):
-        raise InputError(f"--output {args.output}: is a folder; give a file name such as {os.path.join(args.output, 'results.json')}")
+        raise InputError(f"--output {args.output}: is a folder; give a file name such as "
+                         f"{os.path.join(args.output, 'results.json')}")
     check_output_path(os.path.dirname(os.path.abspath(args.output)), "--output: the folder")
     if args.visualize:
         check_output_path(args.visualize, "--visualize")
 
 
 def load_queries(paths: list[str], max_pixels: int, single: bool) -> tuple[list, list[dict]]:
-    """``([(index, path, image)], errors)``: the usable query images and ``{"image", "error"}`` of
-    the others (each with a warning). A single query image that cannot be used is an error."""
+    """``([(index, path, image)], errors)``: the usable query images and ``{"index", "image",
+    "error"}`` of the others. A single query image that cannot be used is an error."""
     from detector.inference import load_image
 
     images, errors = [], []
@@ -91,7 +92,6 @@ def load_queries(paths: list[str], max_pixels: int, single: bool) -> tuple[list,
         except InputError as e:
             if single:
                 raise
-            warn(f"skipped {e}")
             errors.append({"index": i, "image": path, "error": str(e)})
     return images, errors
 
@@ -130,7 +130,10 @@ def run(args: argparse.Namespace) -> tuple[list[dict], int]:
     exemplar = crop_exemplar(support, args.support_box, 0.0)  # also validates the box before any work
     images, errors = load_queries(queries, max_pixels, single=not os.path.isdir(args.query))
     if not images:
-        raise InputError(f"--query {args.query}: none of its {len(queries)} images can be used (first: {errors[0]['error']})")
+        raise InputError(f"--query {args.query}: none of its {len(queries)} images can be used "
+                         f"(first: {errors[0]['error']})")
+    for e in errors:
+        warn(f"skipped {e['error']}")
     entries = [dict(e) for e in errors]
     for start in range(0, len(images), args.batch_size):
         chunk = images[start:start + args.batch_size]

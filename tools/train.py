@@ -27,16 +27,28 @@ AUTO = "<newest checkpoint of the run folder>"
 
 
 class ResumeAction(argparse.Action):
-    """``--resume [CHECKPOINT_OR_FOLDER]``; a following ``key=value`` is kept as an override."""
+    """``--resume [CHECKPOINT_OR_FOLDER]``; a value holding ``=`` is kept as an override."""
 
     def __call__(self, parser, namespace, value, option_string=None):
-        if value is not None and "=" in value:
+        if value is not None and value != AUTO and "=" in value:
             namespace.early_overrides = list(getattr(namespace, "early_overrides", None) or []) + [value]
             value = None
         setattr(namespace, self.dest, value or AUTO)
 
 
+def _resume_flag_alone(argv: list[str]) -> list[str]:
+    """``--resume key=value`` -> ``--resume=<auto> key=value``: the override stays in its place
+    among the others (their order decides which wins)."""
+    out = list(argv)
+    for i, token in enumerate(out[:-1]):
+        nxt = out[i + 1]
+        if token == "--resume" and "=" in nxt and not nxt.startswith("-"):
+            out[i] = f"--resume={AUTO}"
+    return out
+
+
 def parse_args(argv=None) -> argparse.Namespace:
+    argv = _resume_flag_alone(sys.argv[1:] if argv is None else argv)
     p = ArgumentParser(description=__doc__)
     p.add_argument("--config", default="", help="YAML config file (configs/*.yaml); optional with --resume")
     p.add_argument("--output-dir", default="", help="run folder (overrides train.output_dir)")

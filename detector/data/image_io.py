@@ -32,8 +32,10 @@ class ImageReadError(InputError):
 def check_pixels(width: int, height: int, max_pixels: Optional[int], what: str) -> None:
     """:class:`ImageReadError` when ``width * height`` exceeds ``max_pixels`` (``None`` or 0: no limit)."""
     if max_pixels and width * height > max_pixels:
-        raise ImageReadError(f"{what}: {width}x{height} pixels ({width * height / 1e6:.1f} megapixels) is over the "
-                             f"limit of {max_pixels / 1e6:g} megapixels; downscale it or raise the limit")
+        mp = width * height / 1e6
+        size = f"{mp:.1f}" if mp >= 1 else f"{mp:.3g}"
+        raise ImageReadError(f"{what}: {width}x{height} pixels ({size} megapixels) is over the limit of "
+                             f"{max_pixels / 1e6:g} megapixels; downscale it or raise the limit")
 
 
 @contextlib.contextmanager

@@ -91,10 +91,19 @@ def save_checkpoint(path: str, state: dict) -> str:
             os.remove(tmp)
         except OSError:
             pass
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else _first_sentence(str(e))
-        raise CheckpointWriteError(f"cannot write checkpoint {path}: {reason}; "
+        raise CheckpointWriteError(f"cannot write checkpoint {path}: {_write_failure(e)}; "
                                    f"the previous checkpoints are intact") from None
     return path
+
+
+def _write_failure(error: BaseException) -> str:
+    """The operating system's reason for a failed write (torch wraps it in a RuntimeError)."""
+    seen: Optional[BaseException] = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.strerror:
+            return f"{seen.strerror} (errno {seen.errno})"
+        seen = seen.__cause__ or seen.__context__
+    return _first_sentence(re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", str(error))) or type(error).__name__
 
 
 def remove_stale_temporaries(folder: str) -> list[str]:
@@ -169,7 +178,10 @@ def _unreadable(path: str, e: Exception) -> CheckpointError:
     """One line saying why ``torch.load`` failed, without torch's paragraphs of advice."""
     if isinstance(e, EOFError) or os.path.getsize(path) == 0:
         return CheckpointError(f"{path}: not a readable checkpoint: the file is empty or truncated")
-    if not zipfile.is_zipfile(path):  # torch writes zip archives; a cut one has no central directory
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    # torch writes zip archives; a cut one has no central directory, a damaged start no signature.
+    if magic != b"PK\x03\x04" or not zipfile.is_zipfile(path):
         return CheckpointError(f"{path}: not a readable checkpoint: truncated, corrupted or not a PyTorch file")
     if "Weights only load failed" in str(e):
         return CheckpointError(f"{path}: not a checkpoint of this project (it holds pickled Python objects, which "
