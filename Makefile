@@ -38,7 +38,7 @@ test-all: setup browser
 	$(PY) -m pytest -q -m "slow or not slow"
 
 demo: setup
-	$(PY) tools/demo.py
+	$(PY) tools/demo.py $(DEMO_ARGS)
 
 serve: setup
 	$(PY) tools/serve.py --checkpoint $(SERVE_CHECKPOINT)

@@ -1,10 +1,29 @@
 """Install with ``pip install -e .[dev]``; ``make setup`` does it in a virtual environment."""
+import os
+
 from setuptools import find_packages, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PAPER = "https://arxiv.org/abs/2509.26015"
+
+with open(os.path.join(HERE, "README.md"), encoding="utf-8") as f:
+    README = f.read()
 
 setup(
     name="indirect-attention-oneshot",
     version="0.1.0",
     description="One-shot object detection with indirect attention (a DETR whose keys come from the exemplar)",
+    long_description=README,
+    long_description_content_type="text/markdown",
+    author="The indirect-attention one-shot detection developers",
+    license="MIT",
+    url=PAPER,  # the method's page until the project has its own public one
+    project_urls={"Paper": PAPER, "Paper's official code": "https://github.com/Bissmella/IA-DETR"},
+    classifiers=[
+        "License :: OSI Approved :: MIT License",
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Image Recognition",
+    ],
     python_requires=">=3.10",
     packages=find_packages(include=["detector", "detector.*"]) + ["detector_tools", "detector_tools.analysis"],
     package_dir={"detector_tools": "tools"},

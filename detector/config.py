@@ -14,9 +14,7 @@ from typing import Any, Iterable, Optional
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A configuration file or override that does not fit the schema."""
+from .errors import ConfigError
 
 
 @dataclass
@@ -220,7 +218,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"override '{text}' is not of the form section.key=value")
     key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        problem = str(getattr(e, "problem", "") or "").strip() or type(e).__name__
+        raise ConfigError(f"override '{text}': the value is not valid YAML ({problem}); quote it") from None
     return key.strip().split("."), value
 
 
@@ -271,6 +273,25 @@ def validate(cfg: Config) -> None:
     for key, iou in (("model.proposal_nms", m.proposal_nms), ("eval.nms_iou", cfg.eval.nms_iou)):
         if not 0.0 <= iou <= 1.0:
             raise ConfigError(f"{key}={iou!r} must be an IoU threshold in [0, 1] (0 = off)")
+    _validate_ranges(cfg)
+
+
+# Lower bounds of the counts that a typo turns into a crash or a run that does nothing.
+_MINIMA = {
+    "train.batch_size": 1, "train.epochs": 1, "train.log_every": 1, "train.max_iters": 0,
+    "train.keep_checkpoints": 0, "train.checkpoint_every": 0, "train.checkpoint_every_iters": 0,
+    "train.eval_every": 0, "train.eval_runs": 0, "train.num_threads": 0, "train.time_budget_min": 0,
+    "train.lr": 0, "train.lr_backbone": 0, "data.num_workers": 0,
+    "eval.runs": 1, "eval.batch_size": 1, "eval.max_detections": 1,
+}
+
+
+def _validate_ranges(cfg: Config) -> None:
+    for key, minimum in _MINIMA.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value < minimum:
+            raise ConfigError(f"{key}={value!r} must be >= {minimum}")
 
 
 def to_dict(cfg: Any) -> dict:

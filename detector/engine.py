@@ -15,19 +15,20 @@ import time
 from typing import Callable, Iterator, Optional
 
 import torch
-import yaml
 from torch.utils.data import DataLoader, Sampler
 
 from .config import Config, to_dict
+from .errors import ConfigError, RunError
 from .features import FeatureCache
 from .models import build_model
 from .optim import build_optimizer, build_scheduler
+from .run_folder import check_fresh, discard_after, start_run_folder
 from .utils import dist as du
-from .utils.checkpoint import (checkpoint_state, git_revision, load_checkpoint, rng_state, save_rotating,
-                               set_rng_state)
+from .utils.checkpoint import checkpoint_state, load_checkpoint, load_weights, rng_state, save_rotating, set_rng_state
+from .utils.device import resolve_device
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(RunError, FloatingPointError):
     """Training produced a NaN/inf loss; the last good checkpoint is kept."""
 
 
@@ -70,12 +71,9 @@ class ShardedSampler(Sampler):
 
 
 def select_device(requested: str = "") -> torch.device:
-    """``cuda`` (this process's local rank) when available, else the CPU."""
-    if requested:
-        return torch.device(requested)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
+    """``requested``, or ``cuda`` (this process's local rank) when available, else the CPU;
+    :class:`~detector.errors.InputError` for a device this machine does not have."""
+    return resolve_device(requested, "device")
 
 
 def amp_dtype(device: torch.device, enabled: bool) -> Optional[torch.dtype]:
@@ -186,17 +184,14 @@ def _warn_budget_fired(log: MetricsLog, budget_min: float, iteration: int, total
     log.write({"type": "warning", "iter": iteration, "message": message})
 
 
-def _write_run_info(cfg: Config, out: str) -> None:
-    with open(os.path.join(out, "config.yaml"), "w", encoding="utf-8") as f:
-        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
-    with open(os.path.join(out, "git_revision.txt"), "w", encoding="utf-8") as f:
-        f.write(git_revision() + "\n")
-
-
 def train(cfg: Config, resume: Optional[str] = None, device: Optional[torch.device] = None,
           datasets: Optional[tuple] = None, final_eval: bool = True, progress: bool = True,
-          collate_fn: Optional[Callable] = None) -> dict:
+          collate_fn: Optional[Callable] = None, overwrite: bool = False,
+          on_start: Optional[Callable[[str], None]] = None) -> dict:
     """Train the model of ``cfg``; returns ``{"output_dir", "checkpoint", "iteration", "metrics"}``.
+
+    Nothing is written before the inputs (data, batch size, checkpoints) are validated; a fresh
+    run starts only in a missing or empty ``cfg.train.output_dir`` (:mod:`detector.run_folder`).
 
     Args:
         cfg: the resolved config.
@@ -206,9 +201,13 @@ def train(cfg: Config, resume: Optional[str] = None, device: Optional[torch.devi
         final_eval: evaluate (``cfg.eval.runs`` runs) after the last iteration.
         progress: show a tqdm bar on rank 0.
         collate_fn: defaults to :func:`detector.data.collate_oneshot`.
+        overwrite: a fresh run empties the folder of a previous run first.
+        on_start: called with the output folder once it is written (rank 0), e.g. to start ``train.log``.
 
     Raises:
+        InputError, ConfigError, CheckpointError: bad inputs, before anything is written.
         NonFiniteLossError: on a NaN/inf loss (no checkpoint is written after it).
+        CheckpointWriteError: a checkpoint could not be written (the previous ones are intact).
     """
     from tqdm import tqdm
 
@@ -217,10 +216,9 @@ def train(cfg: Config, resume: Optional[str] = None, device: Optional[torch.devi
     distributed = du.is_distributed()
     world, rank = du.get_world_size(), du.get_rank()
     out = t.output_dir
-    if du.is_main_process():
-        os.makedirs(out, exist_ok=True)
-        _write_run_info(cfg, out)
-    du.barrier()
+    if not resume:
+        check_fresh(out, overwrite)
+    du.barrier()  # every process has looked at the folder before rank 0 writes into it
     if t.num_threads > 0:
         torch.set_num_threads(t.num_threads)
     torch.manual_seed(t.seed)
@@ -231,7 +229,7 @@ def train(cfg: Config, resume: Optional[str] = None, device: Optional[torch.devi
 
     model, criterion, postprocessor = build_model(cfg)
     if t.init_checkpoint:
-        model.load_state_dict(load_checkpoint(t.init_checkpoint)["model"])
+        load_weights(model, load_checkpoint(t.init_checkpoint)["model"], t.init_checkpoint)
     model.to(device)
     cache = FeatureCache(model.backbone) if t.cache_features else None
     optimizer = build_optimizer(model, t)
@@ -239,8 +237,8 @@ def train(cfg: Config, resume: Optional[str] = None, device: Optional[torch.devi
     sampler = ShardedSampler(len(train_set), world, rank, seed=t.seed, shuffle=True)
     iters_per_epoch = len(sampler) // batch
     if iters_per_epoch == 0:
-        raise ValueError(f"the training set ({len(train_set)} items over {world} processes) is smaller "
-                         f"than one batch of {batch}")
+        raise ConfigError(f"train.batch_size={batch} is larger than the training set ({len(train_set)} items over "
+                          f"{world} process(es)); lower train.batch_size")
     total_iters = t.epochs * iters_per_epoch
     if t.max_iters > 0:
         total_iters = min(total_iters, t.max_iters)
@@ -251,7 +249,7 @@ def train(cfg: Config, resume: Optional[str] = None, device: Optional[torch.devi
     iteration = 0
     if resume:
         state = load_checkpoint(resume)
-        model.load_state_dict(state["model"])
+        load_weights(model, state["model"], resume)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
@@ -259,6 +257,9 @@ def train(cfg: Config, resume: Optional[str] = None, device: Optional[torch.devi
         iteration = int(state["iteration"])
         rngs = state["rng"]
         set_rng_state(rngs[rank] if rank < len(rngs) else rngs[0])
+    if du.is_main_process():
+        start_run_folder(cfg, out, overwrite and not resume, on_start)
+    du.barrier()
     train_model = model
     if distributed:
         train_model = torch.nn.parallel.DistributedDataParallel(
@@ -271,6 +272,7 @@ def train(cfg: Config, resume: Optional[str] = None, device: Optional[torch.devi
     log = MetricsLog(os.path.join(out, "metrics.jsonl"))
     if resume and du.is_main_process():
         log.truncate_after(iteration)
+        discard_after(out, iteration)
     last_ckpt = None
     metrics: dict = {}
 

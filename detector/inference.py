@@ -1,10 +1,14 @@
 """The Python inference API: ``OneShotDetector.from_checkpoint(path).predict(query, support)``.
 
-Images may be paths, PIL images or ``uint8``/float arrays ``[H, W, 3]``. The exemplar is the whole
-support image, or the box ``support_box = (x, y, w, h)`` (pixels) cut from it with the training
-context margin. Both go through the data pipeline's evaluation transforms (query: longer side
-``data.eval_size``; exemplar: longer side ``model.support_size``); boxes come back in pixels of the
-original query image.
+Images may be paths, PIL images or numpy arrays (rules in :func:`load_image`). The exemplar is the
+whole support image, or the box ``support_box = (x, y, w, h)`` (pixels) cut from it with the
+training context margin. Both go through the data pipeline's evaluation transforms (query: longer
+side ``data.eval_size``; exemplar: longer side ``model.support_size``); boxes come back in pixels of
+the original query image. Images of more than ``max_pixels`` pixels (default
+:data:`DEFAULT_MAX_PIXELS`) are refused before they are decoded.
+
+Bad inputs raise :class:`InputError`, unusable checkpoints :class:`CheckpointError` (both
+importable from ``detector``), each with a one-line message naming the input and the problem.
 """
 from __future__ import annotations
 
@@ -16,41 +20,78 @@ import torch
 from PIL import Image
 
 from .config import Config, ConfigError, from_dict
-from .data.image_io import ImageReadError, read_image
+from .data.image_io import ImageReadError, check_pixels, read_image, to_rgb_uint8
 from .data.support import crop_box_with_margin
 from .data.transforms import QueryTransform, SupportTransform
+from .errors import CheckpointError, InputError
 from .structures import ImageBatch
 from .utils.box_ops import box_xyxy_to_xywh
-from .utils.checkpoint import CheckpointError, load_checkpoint
+from .utils.checkpoint import load_checkpoint, load_weights
+from .utils.device import resolve_device
 
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
 
-
-class InputError(ValueError):
-    """An input the detector cannot use (unreadable image, bad support box)."""
+DEFAULT_MAX_PIXELS = 64_000_000  # 64 megapixels: the largest camera photos (61 MP), not a 144 MP scan
 
 
-def load_image(image: ImageLike, what: str = "image") -> Image.Image:
-    """A path, PIL image or ``[H, W, 3]`` / ``[H, W]`` array -> RGB PIL image; :class:`InputError`
-    otherwise."""
+def load_image(image: ImageLike, what: str = "image", max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """An image as an RGB PIL image; :class:`InputError` (one line) for anything else.
+
+    Accepted:
+
+    * a path: any format PIL reads, by the data pipeline's rules (EXIF orientation, grayscale,
+      palette, 16-bit, alpha onto white; :mod:`detector.data.image_io`);
+    * a PIL image of any mode, converted by the same rules;
+    * a numpy array ``[H, W]``, ``[H, W, 1]``, ``[H, W, 3]`` (RGB) or ``[H, W, 4]`` (RGBA, alpha
+      onto white) of dtype ``uint8`` (0-255), another integer dtype with values in 0-255, or a
+      float dtype with values in [0, 1]. Anything else (float values above 1, negative or
+      non-finite values, channels first, ``bool``) is refused, never rescaled by a guess.
+
+    ``max_pixels`` (``None`` or 0: no limit) refuses larger images, files before decoding them.
+    """
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
+        check_pixels(image.width, image.height, max_pixels, what)
+        return Image.fromarray(to_rgb_uint8(image))
     if isinstance(image, np.ndarray):
-        arr = image
-        if arr.ndim == 2:
-            arr = np.repeat(arr[..., None], 3, axis=2)
-        if arr.ndim != 3 or arr.shape[2] not in (3, 4) or arr.shape[0] == 0 or arr.shape[1] == 0:
-            raise InputError(f"{what}: expected an array [H, W, 3], got shape {arr.shape}")
-        if arr.dtype != np.uint8:
-            arr = (np.clip(arr.astype(np.float64), 0.0, 1.0) * 255).round().astype(np.uint8)
-        return Image.fromarray(arr[..., :3])
+        return Image.fromarray(_array_to_rgb(image, what, max_pixels))
     if isinstance(image, (str, os.PathLike)):
-        # The data pipeline's reader: EXIF orientation, grayscale / RGBA / 16-bit / palette handled.
         try:
-            return Image.fromarray(read_image(os.fspath(image)))
+            return Image.fromarray(read_image(os.fspath(image), max_pixels=max_pixels))
         except ImageReadError as e:
-            raise InputError(f"{what}: cannot read it as an image: {e}") from None
+            raise InputError(f"{what}: {e}") from None
     raise InputError(f"{what}: expected a path, a PIL image or a numpy array, got {type(image).__name__}")
+
+
+def _array_to_rgb(arr: np.ndarray, what: str, max_pixels: Optional[int]) -> np.ndarray:
+    """The array rules of :func:`load_image`: ``[H, W, 3]`` ``uint8`` or :class:`InputError`."""
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4) or arr.shape[0] == 0 or arr.shape[1] == 0:
+        hint = " (channels first? use array.transpose(1, 2, 0))" if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) else ""
+        raise InputError(f"{what}: expected an array [H, W], [H, W, 1], [H, W, 3] or [H, W, 4], "
+                         f"got shape {tuple(arr.shape)}{hint}")
+    check_pixels(arr.shape[1], arr.shape[0], max_pixels, what)
+    if np.issubdtype(arr.dtype, np.floating):
+        if not np.isfinite(arr).all():
+            raise InputError(f"{what}: a float array must hold finite values in [0, 1]; it holds NaN or inf")
+        lo, hi = float(arr.min()), float(arr.max())
+        if lo < 0.0 or hi > 1.0:
+            raise InputError(f"{what}: a float array must hold values in [0, 1], got {lo:g} to {hi:g} "
+                             f"(for 0-255 values pass arr.astype(np.uint8), or divide by 255)")
+        arr = (arr.astype(np.float64) * 255.0).round().astype(np.uint8)
+    elif np.issubdtype(arr.dtype, np.integer) and arr.dtype != np.uint8:
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0 or hi > 255:
+            raise InputError(f"{what}: an integer array must hold values in 0-255, got {lo} to {hi} "
+                             f"(scale {arr.dtype} data to uint8 first)")
+        arr = arr.astype(np.uint8)
+    elif arr.dtype != np.uint8:
+        raise InputError(f"{what}: unsupported array dtype {arr.dtype} (expected uint8, an integer or a float dtype)")
+    if arr.shape[2] == 1:
+        return np.repeat(arr, 3, axis=2)
+    if arr.shape[2] == 4:
+        return to_rgb_uint8(Image.fromarray(np.ascontiguousarray(arr), "RGBA"))
+    return np.ascontiguousarray(arr)
 
 
 def crop_exemplar(support: Image.Image, support_box: Optional[Sequence[float]], margin: float) -> Image.Image:
@@ -93,14 +134,7 @@ def load_model(path: str, overrides: Sequence[str] = (), config_path: str = "") 
         cfg = apply_overrides(cfg, overrides)
     cfg.model.backbone.pretrained = "none"  # the weights come from the checkpoint
     model, _, postprocessor = build_model(cfg)
-    try:
-        missing, unexpected = model.load_state_dict(state["model"], strict=False)
-    except RuntimeError as e:  # a tensor of another shape
-        raise CheckpointError(f"{path}: weights do not fit the model of this config "
-                              f"({str(e).splitlines()[-1].strip()[:200]})") from None
-    if missing or unexpected:
-        raise CheckpointError(f"{path}: weights do not fit the model (missing {list(missing)[:5]}, "
-                              f"unexpected {list(unexpected)[:5]})")
+    load_weights(model, state["model"], path)
     return cfg, model.eval(), postprocessor
 
 
@@ -110,11 +144,14 @@ class OneShotDetector:
     Args:
         model, postprocessor: from :func:`detector.models.build_model`, weights loaded.
         cfg: the config the model was trained with (gives the input sizes).
-        device: where the model runs.
+        device: where the model runs (:class:`InputError` for a device this machine lacks).
+        max_pixels: larger images are refused before decoding (``None`` or 0: no limit).
     """
 
-    def __init__(self, model: torch.nn.Module, postprocessor, cfg: Config, device: Union[str, torch.device] = "cpu"):
-        self.device = torch.device(device)
+    def __init__(self, model: torch.nn.Module, postprocessor, cfg: Config, device: Union[str, torch.device] = "cpu",
+                 max_pixels: Optional[int] = DEFAULT_MAX_PIXELS):
+        self.device = resolve_device(device)
+        self.max_pixels = max_pixels
         self.model = model.to(self.device).eval()
         self.postprocessor = postprocessor
         self.cfg = cfg
@@ -123,22 +160,26 @@ class OneShotDetector:
         self.support_transform = SupportTransform(cfg.model.support_size, augment=False)
 
     @classmethod
-    def from_checkpoint(cls, path: str, device: Union[str, torch.device] = "cpu") -> "OneShotDetector":
+    def from_checkpoint(cls, path: str, device: Union[str, torch.device] = "cpu",
+                        max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> "OneShotDetector":
         """Rebuild the model from the config stored in a ``tools/train.py`` checkpoint and load its
-        weights. :class:`CheckpointError` for a missing file or a checkpoint of another model."""
+        weights. :class:`CheckpointError` for a missing file or a checkpoint of another model,
+        :class:`InputError` for a device this machine does not have."""
+        device = resolve_device(device)  # before the checkpoint is read
         cfg, model, postprocessor = load_model(path)
-        return cls(model, postprocessor, cfg, device)
+        return cls(model, postprocessor, cfg, device, max_pixels)
 
     def prepare_query(self, image: ImageLike) -> tuple[torch.Tensor, tuple[int, int]]:
         """Query image -> (resized ``[3, h, w]`` tensor, original ``(height, width)``)."""
-        array = np.asarray(load_image(image, "query image"))
+        array = np.asarray(load_image(image, "query image", self.max_pixels))
         tensor, _, _ = self.query_transform(array, np.zeros((0, 4)), np.zeros(0, dtype=bool))
         return tensor, (array.shape[0], array.shape[1])
 
     def prepare_support(self, image: ImageLike, support_box: Optional[Sequence[float]] = None) -> tuple[torch.Tensor, Image.Image]:
         """Support image (+ box) -> (exemplar tensor ``[3, h, w]`` with longer side ``support_size``,
         exemplar crop as a PIL image)."""
-        crop = crop_exemplar(load_image(image, "support image"), support_box, self.cfg.data.support_margin)
+        crop = crop_exemplar(load_image(image, "support image", self.max_pixels), support_box,
+                             self.cfg.data.support_margin)
         return self.support_transform(np.asarray(crop)), crop
 
     @torch.no_grad()
@@ -175,4 +216,5 @@ class OneShotDetector:
         return {"image": name, **result}
 
 
-__all__ = ["OneShotDetector", "InputError", "CheckpointError", "load_image", "load_model", "crop_exemplar"]
+__all__ = ["OneShotDetector", "InputError", "CheckpointError", "DEFAULT_MAX_PIXELS", "load_image", "load_model",
+           "crop_exemplar"]

@@ -6,33 +6,80 @@ import os
 from typing import Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
+
+
+MIN_PICTURE_SIDE = 720  # the query image is enlarged to at least this longer side, so small objects show
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)  # scalable (Pillow >= 10.1 with FreeType)
+    except (TypeError, OSError, ImportError):
+        return ImageFont.load_default()
+
+
+def _wrap(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> list[str]:
+    """``text`` in lines no wider than ``width`` pixels (words longer than a line are cut)."""
+    lines: list[str] = []
+    for word in text.split():
+        candidate = f"{lines[-1]} {word}" if lines else word
+        if lines and draw.textlength(candidate, font=font) <= width:
+            lines[-1] = candidate
+        else:
+            while draw.textlength(word, font=font) > width and len(word) > 1:
+                cut = max(1, int(len(word) * width / draw.textlength(word, font=font)) - 1)
+                lines.append(word[:cut])
+                word = word[cut:]
+            lines.append(word)
+    return lines or [""]
+
+
+def _label(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, colour, font, bounds: tuple[int, int]) -> None:
+    """``text`` on a filled box of ``colour`` just above ``xy`` (inside the box when there is no
+    room above), kept inside ``bounds`` = (width, height)."""
+    x0, y0, x1, y1 = draw.textbbox((0, 0), text, font=font)
+    w, h = x1 - x0 + 6, y1 - y0 + 4
+    x = min(max(xy[0], 0), bounds[0] - w)
+    y = xy[1] - h if xy[1] - h >= 0 else xy[1]
+    draw.rectangle([x, y, x + w, y + h], fill=colour)
+    draw.text((x + 3 - x0, y + 2 - y0), text, fill=(0, 0, 0), font=font)
 
 
 def draw_detections(query: Image.Image, exemplar: Image.Image, detections: Sequence[dict],
                     title: str = "") -> Image.Image:
-    """The query image with each detection's box (``bbox`` = COCO ``[x, y, w, h]`` pixels) and
-    score drawn, and the exemplar on a panel to its right. Returns a new RGB image."""
-    query = query.convert("RGB")
-    exemplar = exemplar.convert("RGB")
-    w, h = query.size
-    side = max(min(h, 256), 64)
-    scale = side / max(exemplar.size)
-    ex = exemplar.resize((max(1, round(exemplar.size[0] * scale)), max(1, round(exemplar.size[1] * scale))))
-    pad = 8
-    canvas = Image.new("RGB", (w + ex.size[0] + 3 * pad, max(h, ex.size[1] + 20) + 2 * pad), (255, 255, 255))
-    canvas.paste(query, (pad, pad))
-    canvas.paste(ex, (w + 2 * pad, pad + 16))
+    """The query image with each detection's box (``bbox`` = COCO ``[x, y, w, h]`` pixels of
+    ``query``) and its score on a coloured label, the exemplar on a panel to its right and
+    ``title`` as a caption below, wrapped to the picture's width. A query image whose longer side
+    is below :data:`MIN_PICTURE_SIDE` is enlarged to it. Returns a new RGB image."""
+    query, exemplar = query.convert("RGB"), exemplar.convert("RGB")
+    scale = max(1.0, MIN_PICTURE_SIDE / max(query.size))
+    w, h = round(query.width * scale), round(query.height * scale)
+    font = _font(max(12, round(max(w, h) / 48)))
+    side = max(min(h, 256), 128)
+    ex_scale = side / max(exemplar.size)
+    ex = exemplar.resize((max(1, round(exemplar.width * ex_scale)), max(1, round(exemplar.height * ex_scale))))
+    pad, head = 8, font.size + 8 if hasattr(font, "size") else 20
+    width = w + ex.width + 3 * pad
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    caption = _wrap(probe, title, font, width - 2 * pad) if title else []
+    line_h = probe.textbbox((0, 0), "Ag", font=font)[3] + 4
+    body_h = max(h, head + ex.height) + 2 * pad
+    canvas = Image.new("RGB", (width, body_h + len(caption) * line_h + (pad if caption else 0)), (255, 255, 255))
+    canvas.paste(query.resize((w, h), Image.BICUBIC) if scale > 1 else query, (pad, pad))
+    canvas.paste(ex, (w + 2 * pad, pad + head))
     draw = ImageDraw.Draw(canvas)
-    draw.text((w + 2 * pad, pad), "exemplar", fill=(0, 0, 0))
-    draw.rectangle([w + 2 * pad - 1, pad + 15, w + 2 * pad + ex.size[0], pad + 16 + ex.size[1]], outline=(0, 120, 255), width=2)
+    draw.text((w + 2 * pad, pad), "exemplar", fill=(0, 0, 0), font=font)
+    draw.rectangle([w + 2 * pad - 1, pad + head - 1, w + 2 * pad + ex.width, pad + head + ex.height],
+                   outline=(0, 120, 255), width=2)
+    line = max(2, min(4, round(max(w, h) / 300)))
     for det in sorted(detections, key=lambda d: d["score"]):
-        x, y, bw, bh = det["bbox"]
-        colour = (255, int(255 * (1 - det["score"])), 0)
-        draw.rectangle([pad + x, pad + y, pad + x + bw, pad + y + bh], outline=colour, width=2)
-        draw.text((pad + x + 2, pad + y + 1), f"{det['score']:.2f}", fill=colour)
-    if title:
-        draw.text((pad, canvas.size[1] - pad - 2), title[:80], fill=(0, 0, 0))
+        x, y, bw, bh = (v * scale for v in det["bbox"])
+        colour = (255, int(200 * (1 - det["score"])), 0)
+        draw.rectangle([pad + x, pad + y, pad + x + bw, pad + y + bh], outline=colour, width=line)
+        _label(draw, (pad + x, pad + y), f"{det['score']:.2f}", colour, font, (pad + w, body_h))
+    for i, line in enumerate(caption):
+        draw.text((pad, body_h + i * line_h), line, fill=(0, 0, 0), font=font)
     return canvas
 
 
@@ -48,14 +95,8 @@ def save_detections(path: str, query: Image.Image | np.ndarray, exemplar: Image.
     return path
 
 
-def plot_training_curves(metrics_jsonl: str, out_png: str) -> str:
-    """Loss (and its main terms) and learning rate against iteration, plus the evaluation AP50
-    points, from ``metrics.jsonl``; written to ``out_png``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def _read_metrics(metrics_jsonl: str) -> tuple[list[dict], list[dict]]:
+    """The ``train`` and ``eval`` records of ``metrics.jsonl``."""
     train, evals = [], []
     with open(metrics_jsonl, "r", encoding="utf-8") as f:
         for line in f:
@@ -65,7 +106,52 @@ def plot_training_curves(metrics_jsonl: str, out_png: str) -> str:
                     train.append(rec)
                 elif rec.get("type") == "eval":
                     evals.append(rec)
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    return train, evals
+
+
+def draw_eval_panel(ax, evals: Sequence[dict]) -> list[str]:
+    """AP50 and AP of the ``eval`` records against iteration, one colour per (split, seen/unseen):
+    AP50 as a solid line with markers, AP (0.5:0.95) dashed, and the spread of AP50 over exemplar
+    runs (± std) as a shaded band (an error bar where there is a single point), each its own legend
+    entry. Returns the legend labels."""
+    colours = iter(["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"])
+    groups = sorted({(r.get("split", "val"), part) for r in evals for part in ("seen", "unseen")
+                     if isinstance(r.get(f"{part}_ap50"), (int, float))})
+    for split, part in groups:
+        pts = sorted((r for r in evals if r.get("split", "val") == split and isinstance(r.get(f"{part}_ap50"), (int, float))),
+                     key=lambda r: r["iter"])
+        x = np.array([r["iter"] for r in pts], dtype=float)
+        ap50 = np.array([r[f"{part}_ap50"] for r in pts], dtype=float)
+        std = np.array([r.get(f"{part}_ap50_std") or 0.0 for r in pts], dtype=float)
+        colour, name = next(colours, None), f"{split} {part}"
+        ax.plot(x, ap50, "-o", color=colour, label=f"{name} AP50 (mean of runs)")
+        if len(x) > 1:
+            ax.fill_between(x, ap50 - std, ap50 + std, color=colour, alpha=0.2, linewidth=0,
+                            label=f"{name} AP50 ± std over runs")
+        else:
+            ax.errorbar(x, ap50, yerr=std, fmt="none", ecolor=colour, alpha=0.35, capsize=0, elinewidth=8,
+                        zorder=1, label=f"{name} AP50 ± std over runs")
+        ap = [(r["iter"], r[f"{part}_ap"]) for r in pts if isinstance(r.get(f"{part}_ap"), (int, float))]
+        if ap:
+            ax.plot(*zip(*ap), "--", marker="x", color=colour, label=f"{name} AP (0.5:0.95)")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("AP (fraction)")
+    ax.set_title("evaluation")
+    if groups:  # beside the panel, so that it hides no point
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    return [t.get_text() for t in ax.get_legend().get_texts()] if groups else []
+
+
+def plot_training_curves(metrics_jsonl: str, out_png: str) -> str:
+    """Loss (and its main terms) and learning rate against iteration, and the evaluations
+    (:func:`draw_eval_panel`), from ``metrics.jsonl``; written to ``out_png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train, evals = _read_metrics(metrics_jsonl)
+    fig, axes = plt.subplots(1, 3, figsize=(19, 4.5), gridspec_kw={"width_ratios": [1, 1, 1.3]})
     it = [r["iter"] for r in train]
     for key in ("loss", "loss_class", "loss_bbox", "loss_giou"):
         if train and key in train[0]:
@@ -73,22 +159,14 @@ def plot_training_curves(metrics_jsonl: str, out_png: str) -> str:
     axes[0].set_xlabel("iteration")
     axes[0].set_title("training loss (final layer terms)")
     axes[0].set_yscale("log")
-    axes[0].legend()
-    axes[1].plot(it, [r.get("lr", 0) for r in train])
+    if train:
+        axes[0].legend()
+    axes[1].plot(it, [r.get("lr", 0) for r in train], label="lr (decoder)")
     axes[1].set_xlabel("iteration")
-    axes[1].set_title("learning rate (decoder)")
-    # AP50 means with their spread over exemplar runs as error bars, one series per (set, split).
-    series = sorted({(r.get("split", "val"), key) for r in evals for key in ("seen_ap50", "unseen_ap50")
-                     if isinstance(r.get(key), (int, float))})
-    for split, key in series:
-        pts = [r for r in evals if r.get("split", "val") == split and isinstance(r.get(key), (int, float))]
-        axes[2].errorbar([r["iter"] for r in pts], [r[key] for r in pts], yerr=[r.get(f"{key}_std") or 0.0 for r in pts],
-                         marker="o" if split == "val" else "s", capsize=3, label=f"{split}: {key.replace('_', ' ')}")
-    axes[2].set_xlabel("iteration")
-    axes[2].set_ylabel("AP50 (bars: std over exemplar runs)")
-    axes[2].set_title("evaluation")
-    if series:
-        axes[2].legend()
+    axes[1].set_title("learning rate")
+    if train:
+        axes[1].legend()
+    draw_eval_panel(axes[2], evals)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
     fig.savefig(out_png, dpi=80)

@@ -1,6 +1,8 @@
 """Shared fixtures: a tiny model configuration that builds in a fraction of a second on the CPU."""
 import os
+import struct
 import sys
+import zlib
 
 import pytest
 import torch
@@ -32,5 +34,22 @@ def tiny_cfg():
 
     def make(*overrides):
         return load_config(None, TINY_MODEL + list(overrides))
+
+    return make
+
+
+@pytest.fixture
+def fake_png():
+    """``make(path, width, height)``: a PNG whose header claims ``width`` x ``height`` (its pixel
+    data is two rows), to test refusals that must come before decoding without allocating it."""
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    def make(path, width, height):
+        header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+        rows = zlib.compress(b"\0" * (1 + 3 * width) * 2)
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+        return str(path)
 
     return make

@@ -9,7 +9,10 @@
 4. detect one unseen-category exemplar in an unseen test image and draw it;
 5. print the seen / unseen AP50 table, the paths of ``metrics.json`` and the picture, the wall time.
 
-``python tools/demo.py [--config configs/synthetic.yaml] [--output-dir outputs/demo] [key=value ...]``
+``python tools/demo.py [--config configs/synthetic.yaml] [--output-dir outputs/demo] [--overwrite] [key=value ...]``
+
+The output folder belongs to one run: a second demo into it is refused unless ``--overwrite``
+(``make demo DEMO_ARGS=--overwrite``). Its ``train.log`` keeps what the console showed.
 """
 from __future__ import annotations
 
@@ -21,16 +24,19 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from detector.cli import ArgumentParser, guarded  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--config", default=os.path.join(ROOT, "configs", "synthetic.yaml"), help="YAML config")
     p.add_argument("--output-dir", default="outputs/demo", help="output folder of the run")
+    p.add_argument("--overwrite", action="store_true", help="empty the output folder of a previous run first")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     p.add_argument("overrides", nargs="*", help="dotted config overrides")
-    return p.parse_args(argv)
+    return p.parse(argv)
 
 
 def ensure_benchmark(cfg) -> None:
@@ -81,15 +87,19 @@ def pick_unseen_pair(cfg, unseen_ids) -> dict:
 
 
 def main(argv=None) -> int:
-    start = time.time()
-    args = parse_args(argv)
-    from detector.config import ConfigError, load_config
+    from detector.utils.console_log import ConsoleLog
 
-    try:
-        cfg = load_config(args.config, list(args.overrides) + [f"train.output_dir={args.output_dir}"])
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    with ConsoleLog() as console:
+        return guarded(run, parse_args(argv), console)
+
+
+def run(args, console) -> int:
+    start = time.time()
+    from detector.config import load_config
+    from detector.run_folder import check_fresh
+
+    cfg = load_config(args.config, list(args.overrides) + [f"train.output_dir={args.output_dir}"])
+    check_fresh(cfg.train.output_dir, args.overwrite, resumable=False)
     ensure_benchmark(cfg)
 
     from detector.data import build_datasets
@@ -102,7 +112,8 @@ def main(argv=None) -> int:
     print(f"[2/4] training {cfg.model.attention} attention on {len(datasets[0])} training items "
           f"(then evaluating {cfg.eval.runs} exemplar runs) -> {cfg.train.output_dir}")
     t = time.time()
-    result = train(cfg, datasets=datasets, progress=not args.no_progress)
+    result = train(cfg, datasets=datasets, progress=not args.no_progress, overwrite=args.overwrite,
+                   on_start=lambda folder: console.attach(os.path.join(folder, "train.log")))
     print(f"[3/4] trained {result['iteration']} iterations and evaluated on {cfg.eval.split} in {time.time() - t:.0f} s")
 
     pair = pick_unseen_pair(cfg, datasets[2]["unseen_ids"])

@@ -6,7 +6,8 @@
 Without ``--config`` the config stored in the checkpoint is used (overrides still apply). Writes
 ``metrics.json`` and ``metrics.md`` (seen / unseen AP50 and AP, per-run spread, per-category AP) in
 the output folder (default: the checkpoint's folder), and with ``--coco-results`` the detections in
-COCO results format.
+COCO results format. Overrides may come anywhere among the options. Exit codes: 0 done, 2 a bad
+option, checkpoint, config or data file (one line; nothing written).
 """
 from __future__ import annotations
 
@@ -17,28 +18,34 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from detector.cli import ArgumentParser, guarded  # noqa: E402
+
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--checkpoint", required=True, help="checkpoint written by tools/train.py")
     p.add_argument("--config", default="", help="YAML config (default: the one stored in the checkpoint)")
     p.add_argument("--output-dir", default="", help="where metrics.json / metrics.md go (default: checkpoint folder)")
     p.add_argument("--coco-results", action="store_true", help="also write the detections in COCO results format")
     p.add_argument("--device", default="", help="cpu | cuda (default: cuda when available)")
     p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. eval.runs=5 data.split=2")
-    return p.parse_args(argv)
+    return p.parse(argv)
 
 
 def evaluate_checkpoint(checkpoint: str, config: str = "", overrides=(), output_dir: str = "",
                         coco_results: bool = False, device: str = "") -> tuple[dict, str]:
     """Load, evaluate, write; returns ``(metrics, output_dir)``."""
     from detector.data import build_eval_dataset
-    from detector.engine import run_evaluation, select_device, write_evaluation
+    from detector.engine import run_evaluation, write_evaluation
     from detector.features import FeatureCache
     from detector.inference import load_model
+    from detector.run_folder import check_output_path
+    from detector.utils.device import resolve_device
 
+    dev = resolve_device(device, "--device")
+    if output_dir:
+        check_output_path(output_dir, "--output-dir")
     cfg, model, postprocessor = load_model(checkpoint, overrides, config)
-    dev = select_device(device)
     if cfg.train.num_threads > 0:
         import torch
 
@@ -76,17 +83,14 @@ def write_coco_results(record: list, items_per_run: int, path: str) -> str:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    from detector.config import ConfigError
-    from detector.utils.checkpoint import CheckpointError
+    return guarded(_main, argv)
 
+
+def _main(argv=None) -> int:
+    args = parse_args(argv)
     start = time.time()
-    try:
-        metrics, out = evaluate_checkpoint(args.checkpoint, args.config, args.overrides, args.output_dir,
-                                           args.coco_results, args.device)
-    except (ConfigError, CheckpointError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    metrics, out = evaluate_checkpoint(args.checkpoint, args.config, args.overrides, args.output_dir,
+                                       args.coco_results, args.device)
     from detector.evaluation import format_metrics_table
 
     print(format_metrics_table(metrics))

@@ -5,7 +5,10 @@
 
 ``results.json`` is a list, one entry per query image: ``{"image", "width", "height",
 "detections": [{"bbox": [x, y, w, h], "score"}]}`` in pixels of the original image. Several query
-images are run in batches of ``--batch-size``.
+images are run in batches of ``--batch-size``. In a folder, an image that cannot be used (corrupt,
+not an image, over ``--max-megapixels``) is skipped with a warning and listed as
+``{"image", "error"}`` (no ``detections``); the exit code is then 3. Exit codes: 0 done,
+2 a bad option or input (one line; nothing written), 3 done with skipped images.
 """
 from __future__ import annotations
 
@@ -15,6 +18,10 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from detector.cli import (EXIT_OK, EXIT_PARTIAL, ArgumentParser, fraction, guarded, non_negative_float,  # noqa: E402
+                          positive_int, warn)
+from detector.errors import InputError  # noqa: E402
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -36,15 +43,15 @@ def list_queries(path: str) -> list[str]:
     if os.path.isdir(path):
         files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.lower().endswith(IMAGE_EXTENSIONS))
         if not files:
-            raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {path}")
+            raise InputError(f"--query {path}: no images ({', '.join(IMAGE_EXTENSIONS)}) in the folder")
         return files
     if not os.path.exists(path):
-        raise FileNotFoundError(f"query image not found: {path}")
+        raise InputError(f"--query {path}: query image not found")
     return [path]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--checkpoint", required=True, help="checkpoint written by tools/train.py")
     p.add_argument("--query", required=True, help="query image or folder of images")
     p.add_argument("--support", required=True, help="support image (holds the exemplar)")
@@ -52,57 +59,114 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="exemplar box x,y,w,h in support-image pixels (default: the whole support image)")
     p.add_argument("--output", default="results.json", help="where to write the results JSON")
     p.add_argument("--visualize", default="", help="folder for one PNG per query image (boxes + exemplar)")
-    p.add_argument("--score-threshold", type=float, default=0.3, help="keep detections scoring at least this")
-    p.add_argument("--batch-size", type=int, default=8, help="query images per forward pass")
+    p.add_argument("--score-threshold", type=fraction, default=0.3, help="keep detections scoring at least this (0-1)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="query images per forward pass (>= 1)")
+    p.add_argument("--max-megapixels", type=non_negative_float, default=64.0,
+                   help="refuse larger images before decoding them (0: no limit; default 64)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default; 1 is faster on a busy machine)")
-    return p.parse_args(argv)
+    return p.parse(argv)
 
 
-def run(args: argparse.Namespace) -> list[dict]:
+def check_output_paths(args: argparse.Namespace) -> None:
+    """``--output`` must name a file and ``--visualize`` a folder, before any work is done."""
+    from detector.run_folder import check_output_path
+
+    if os.path.isdir(args.output) or args.output.endswith(os.sep):
+        raise InputError(f"--output {args.output}: is a folder; give a file name such as "
+                         f"{os.path.join(args.output, 'results.json')}")
+    check_output_path(os.path.dirname(os.path.abspath(args.output)), "--output: the folder")
+    if args.visualize:
+        check_output_path(args.visualize, "--visualize")
+
+
+def load_queries(paths: list[str], max_pixels: int, single: bool) -> tuple[list, list[dict]]:
+    """``([(index, path, image)], errors)``: the usable query images and ``{"index", "image",
+    "error"}`` of the others. A single query image that cannot be used is an error."""
+    from detector.inference import load_image
+
+    images, errors = [], []
+    for i, path in enumerate(paths):
+        try:
+            images.append((i, path, load_image(path, "query image", max_pixels)))
+        except InputError as e:
+            if single:
+                raise
+            errors.append({"index": i, "image": path, "error": str(e)})
+    return images, errors
+
+
+def write_json(path: str, data) -> None:
+    """Write ``data`` to ``path`` through a temporary file, so that no half-written file is left."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1)
+        os.replace(tmp, path)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise InputError(f"--output {path}: cannot write it ({e.strerror or e})") from None
+
+
+def run(args: argparse.Namespace) -> tuple[list[dict], int]:
+    """``(results, number of skipped images)``; writes ``--output`` (and pictures)."""
     from detector.inference import OneShotDetector, crop_exemplar, load_image
+    from detector.utils.device import resolve_device
     from detector.visualize import save_detections
 
+    check_output_paths(args)
     if args.threads > 0:
         import torch
 
         torch.set_num_threads(args.threads)
+    max_pixels = int(args.max_megapixels * 1e6)
     queries = list_queries(args.query)
-    detector = OneShotDetector.from_checkpoint(args.checkpoint, device=args.device)
-    support = load_image(args.support, "support image")
+    device = resolve_device(args.device, "--device")
+    detector = OneShotDetector.from_checkpoint(args.checkpoint, device=device, max_pixels=max_pixels)
+    support = load_image(args.support, "support image", max_pixels)
     exemplar = crop_exemplar(support, args.support_box, 0.0)  # also validates the box before any work
-    results = []
-    for i in range(0, len(queries), max(args.batch_size, 1)):
-        chunk = queries[i:i + args.batch_size]
-        images = [load_image(q, f"query image {q}") for q in chunk]
-        for path, image, r in zip(chunk, images, detector.predict_batch(images, support, args.support_box,
-                                                                        args.score_threshold)):
-            results.append({"image": path, **r})
+    images, errors = load_queries(queries, max_pixels, single=not os.path.isdir(args.query))
+    if not images:
+        raise InputError(f"--query {args.query}: none of its {len(queries)} images can be used "
+                         f"(first: {errors[0]['error']})")
+    for e in errors:
+        warn(f"skipped {e['error']}")
+    entries = [dict(e) for e in errors]
+    for start in range(0, len(images), args.batch_size):
+        chunk = images[start:start + args.batch_size]
+        predictions = detector.predict_batch([im for _, _, im in chunk], support, args.support_box, args.score_threshold)
+        for (i, path, image), r in zip(chunk, predictions):
+            entries.append({"index": i, "image": path, **r})
             if args.visualize:
                 name = os.path.splitext(os.path.basename(path))[0] + ".png"
-                save_detections(os.path.join(args.visualize, name), image, exemplar, r["detections"],
-                                title=f"{os.path.basename(path)}: {len(r['detections'])} detections")
-    folder = os.path.dirname(os.path.abspath(args.output))
-    os.makedirs(folder, exist_ok=True)
-    with open(args.output, "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=1)
-    return results
+                try:
+                    save_detections(os.path.join(args.visualize, name), image, exemplar, r["detections"],
+                                    title=f"{os.path.basename(path)}: {len(r['detections'])} detections")
+                except OSError as e:
+                    raise InputError(f"--visualize {args.visualize}: cannot write {name} ({e.strerror or e})") from None
+    results = [{k: v for k, v in e.items() if k != "index"} for e in sorted(entries, key=lambda e: e["index"])]
+    write_json(args.output, results)
+    return results, len(errors)
+
+
+def report_done(args: argparse.Namespace, results: list[dict], skipped: int) -> int:
+    n = sum(len(r.get("detections", [])) for r in results)
+    note = f", {skipped} skipped (see their 'error' in the results)" if skipped else ""
+    print(f"{len(results) - skipped} query image(s), {n} detection(s){note} -> {args.output}")
+    if args.visualize:
+        print(f"pictures -> {args.visualize}")
+    return EXIT_PARTIAL if skipped else EXIT_OK
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    from detector.inference import CheckpointError, InputError
+    def body() -> int:
+        args = parse_args(argv)
+        return report_done(args, *run(args))
 
-    try:
-        results = run(args)
-    except (InputError, CheckpointError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    n = sum(len(r["detections"]) for r in results)
-    print(f"{len(results)} query image(s), {n} detection(s) -> {args.output}")
-    if args.visualize:
-        print(f"pictures -> {args.visualize}")
-    return 0
+    return guarded(body)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from typing import Optional
 
+from ..errors import InputError
 from .coco_index import Annotation, CocoIndex, ImageRecord
 from .coco_oneshot import EvalItem, OneShotDataset, OneShotEvalDataset, collate_oneshot, collate_supports
 from .image_io import ImageReadError, read_image
@@ -77,11 +78,11 @@ def build_eval_dataset(cfg, split: str) -> tuple[OneShotEvalDataset, dict]:
 def _eval_dataset(cfg, split: str, train_index: Optional[CocoIndex] = None) -> tuple[OneShotEvalDataset, dict]:
     d = cfg.data
     if split not in ("val", "test"):
-        raise ValueError(f"evaluation split must be 'val' or 'test', got {split!r}")
+        raise InputError(f"evaluation split must be 'val' or 'test', got {split!r}")
     annotations, images = (d.val_annotations, d.val_images) if split == "val" else (d.test_annotations, d.test_images)
     index = CocoIndex(under_root(d.root, annotations), under_root(d.root, images))
     if train_index is not None and index.categories != train_index.categories:
-        raise ValueError(f"{train_index.path} and {index.path} have different categories; "
+        raise InputError(f"{train_index.path} and {index.path} have different categories; "
                          f"the split needs one category list")
     categories = resolve_split(d.dataset, index.categories, d.split, d.split_file)
     dataset = OneShotEvalDataset(index, under_root(d.root, images), categories.seen_ids + categories.unseen_ids,

@@ -5,7 +5,7 @@ Rules:
 * The file must be JSON with ``images``, ``annotations`` and ``categories`` lists; ids must be
   integers and unique; every annotation must name an existing image and category and carry
   ``bbox = [x, y, w, h]`` of finite numbers with ``w, h >= 0``. Anything else raises a
-  ``ValueError`` naming the file, the entry and the problem.
+  :class:`~detector.errors.InputError` (a ``ValueError``) naming the file, the entry and the problem.
 * Image ``width`` / ``height`` are taken from the file (read from the image header when absent).
 * Boxes are clipped to the image; a box with less than :data:`MIN_BOX_SIDE` pixel of width or
   height left after clipping (zero area, or outside the image) is dropped, silently and
@@ -21,6 +21,7 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
+from ..errors import InputError
 from .image_io import image_size
 
 MIN_BOX_SIDE = 1.0  # pixels
@@ -76,17 +77,17 @@ class CocoIndex:
         self.path = path
         self.image_dir = image_dir
         if not os.path.isfile(path):
-            raise ValueError(f"annotation file not found: {path}")
+            raise InputError(f"annotation file not found: {path} (data.root and data.*_annotations give its path)")
         try:
             with open(path, "r", encoding="utf-8") as f:
                 data = json.load(f)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
+            raise InputError(f"{path}: not valid JSON ({e})") from None
         if not isinstance(data, dict):
-            raise ValueError(f"{path}: not a COCO annotation file (top level is a {type(data).__name__}, expected an object)")
+            raise InputError(f"{path}: not a COCO annotation file (top level is a {type(data).__name__}, expected an object)")
         for key in ("images", "annotations", "categories"):
             if not isinstance(data.get(key), list):
-                raise ValueError(f"{path}: not a COCO annotation file: '{key}' must be a list "
+                raise InputError(f"{path}: not a COCO annotation file: '{key}' must be a list "
                                  f"({'missing' if key not in data else type(data[key]).__name__})")
         self.categories = self._read_categories(data["categories"])
         self.images = self._read_images(data["images"])
@@ -103,8 +104,8 @@ class CocoIndex:
         for a in self.annotations:
             self.by_image[a.image_id].append(a)
 
-    def _error(self, what: str) -> ValueError:
-        return ValueError(f"{self.path}: {what}")
+    def _error(self, what: str) -> InputError:
+        return InputError(f"{self.path}: {what}")
 
     def _read_categories(self, entries: list) -> dict[int, str]:
         out: dict[int, str] = {}

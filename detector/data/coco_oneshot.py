@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..errors import InputError
 from ..structures import ImageBatch
 from ..utils.box_ops import box_xyxy_to_cxcywh
 from .coco_index import CocoIndex
@@ -153,7 +154,7 @@ class OneShotDataset(_OneShotBase):
                 self.image_ids.append(image_id)
                 self.choices.append(usable)
         if not self.image_ids:
-            raise ValueError(f"{self.index.path}: no image holds a queried category with an exemplar in another image "
+            raise InputError(f"{self.index.path}: no image holds a queried category with an exemplar in another image "
                              f"(categories {self.category_ids[:10]}..., min_exemplar_area={min_exemplar_area})")
 
     def set_epoch(self, epoch: int) -> None:

@@ -10,27 +10,57 @@ Rules (tested in ``tests/data/test_robustness.py``):
   (``v * 255 / 65535``), never clipped; float images are read as ``[0, 1]`` if their maximum is at
   most 1, else as ``[0, 255]``.
 * A missing, unreadable, corrupt or truncated file raises :class:`ImageReadError` naming the file.
-* With ``max_pixels``, an image whose header declares more pixels raises :class:`ImageTooLargeError`
-  before any pixel is decoded (decompression bombs: a few kilobytes that decode to gigabytes).
+* ``max_pixels`` refuses an image whose header gives more pixels, before its pixels are decoded
+  (decompression bombs: a few kilobytes that decode to gigabytes), with :class:`ImageTooLargeError`;
+  PIL's own decompression-bomb limit is replaced by it while the file is opened.
+* The source is a path or an open binary file (an upload held in memory); ``formats`` restricts
+  the PIL formats accepted.
 """
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import BinaryIO, Optional, Sequence, Union
+from typing import BinaryIO, Iterator, Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..errors import InputError
 
-class ImageReadError(ValueError):
+
+class ImageReadError(InputError):
     """An image file that cannot be used; the message names the file and the problem."""
 
 
 class ImageTooLargeError(ImageReadError):
-    """An image whose header declares more pixels than allowed (refused before decoding)."""
+    """An image with more pixels than allowed, refused from its header before decoding."""
 
 
-def _to_rgb_uint8(im: Image.Image) -> np.ndarray:
+def check_pixels(width: int, height: int, max_pixels: Optional[int], what: str) -> None:
+    """:class:`ImageTooLargeError` when ``width * height`` exceeds ``max_pixels`` (``None`` or 0:
+    no limit)."""
+    if max_pixels and width * height > max_pixels:
+        mp = width * height / 1e6
+        size = f"{mp:.1f}" if mp >= 1 else f"{mp:.3g}"
+        raise ImageTooLargeError(f"{what}: {width}x{height} pixels ({size} megapixels) is over the limit of "
+                                 f"{max_pixels / 1e6:g} megapixels; downscale it or raise the limit")
+
+
+@contextlib.contextmanager
+def _pil_bomb_check_off() -> Iterator[None]:
+    # PIL warns above MAX_IMAGE_PIXELS and raises above twice that, before our own limit can name
+    # the file; the caller checks the size itself. Not thread-safe: PIL offers only the global.
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
+def to_rgb_uint8(im: Image.Image) -> np.ndarray:
+    """A PIL image of any mode as an ``[H, W, 3]`` ``uint8`` array, by the rules of the module
+    docstring (16/32-bit scaled by their range, alpha composited onto white)."""
     mode = im.mode
     if mode.startswith("I;16") or mode in ("I", "F"):
         arr = np.asarray(im)
@@ -56,8 +86,8 @@ def _to_rgb_uint8(im: Image.Image) -> np.ndarray:
     return np.asarray(im)
 
 
-def read_image(path: Union[str, BinaryIO], expected_hw: Optional[tuple[int, int]] = None, *,
-               max_pixels: Optional[int] = None, formats: Optional[Sequence[str]] = None,
+def read_image(path: Union[str, BinaryIO], expected_hw: Optional[tuple[int, int]] = None,
+               max_pixels: Optional[int] = None, *, formats: Optional[Sequence[str]] = None,
                name: str = "") -> np.ndarray:
     """Read ``path`` as an RGB image.
 
@@ -65,33 +95,33 @@ def read_image(path: Union[str, BinaryIO], expected_hw: Optional[tuple[int, int]
         path: image file, or an open binary file (an upload held in memory, ``io.BytesIO``).
         expected_hw: ``(height, width)`` recorded in the annotation file, or ``None``. Decides
             between the EXIF-rotated and the raw pixels (module docstring) and is checked.
-        max_pixels: refuse an image whose header declares more than this many pixels, before
-            decoding it (``None``: only PIL's own decompression-bomb limit applies).
+        max_pixels: refuse images with more pixels than this, from the header, before decoding
+            them (``None`` or 0: PIL's decompression-bomb limit applies).
         formats: PIL format names to accept (``None``: every format PIL reads).
-        name: what messages call the image (default: the path).
+        name: what messages call the image (default: the path, or the open file's name).
 
     Returns:
         ``[H, W, 3]`` ``uint8`` array (C-contiguous).
 
     Raises:
-        ImageTooLargeError: more pixels than ``max_pixels`` (or PIL's limit).
+        ImageTooLargeError: more pixels than ``max_pixels`` (or than PIL's limit).
         ImageReadError: missing, unreadable, corrupt or truncated file, a format not in
             ``formats``, or a size that matches neither the annotation's nor its transpose.
     """
     if isinstance(path, (str, os.PathLike)):
-        source, label = os.fspath(path), name or os.fspath(path)
-        if not os.path.isfile(source):
-            raise ImageReadError(f"{label}: image file not found")
+        path = os.fspath(path)
+        _check_file(path)
+        label = name or path
     else:
-        source, label = path, name or getattr(path, "name", "image")
+        label = name or getattr(path, "name", "image")
     unknown = (f"not an image of an accepted format ({', '.join(formats)})" if formats
                else "not a recognised image format")
     try:
-        with Image.open(source, formats=list(formats) if formats else None) as im:
-            # Image.open has read only the header: refuse a decompression bomb before decoding it.
-            if max_pixels is not None and im.width * im.height > max_pixels:
-                raise ImageTooLargeError(f"{label}: {im.width}x{im.height} pixels is more than the limit of "
-                                         f"{max_pixels} pixels")
+        with contextlib.ExitStack() as stack:
+            if max_pixels:
+                stack.enter_context(_pil_bomb_check_off())
+            im = stack.enter_context(Image.open(path, formats=list(formats) if formats else None))
+            check_pixels(im.width, im.height, max_pixels, label)
             im.load()
             try:
                 oriented = ImageOps.exif_transpose(im)
@@ -104,14 +134,14 @@ def read_image(path: Union[str, BinaryIO], expected_hw: Optional[tuple[int, int]
                     raise ImageReadError(
                         f"{label}: image is {oriented.height}x{oriented.width} (h x w) after EXIF orientation "
                         f"({im.height}x{im.width} raw) but the annotation file says {expected_hw[0]}x{expected_hw[1]}")
-            arr = _to_rgb_uint8(oriented)
+            arr = to_rgb_uint8(oriented)
     except ImageReadError:
         raise
-    except Image.DecompressionBombError as e:  # PIL's own limit, also checked from the header
-        raise ImageTooLargeError(f"{label}: {e}") from None
     except UnidentifiedImageError:
         raise ImageReadError(f"{label}: {unknown} (corrupt file or not an image)") from None
-    except (OSError, SyntaxError, ValueError) as e:
+    except Image.DecompressionBombError as e:
+        raise ImageTooLargeError(f"{label}: refused as a possible decompression bomb ({e})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise ImageReadError(f"{label}: corrupt or truncated image ({e})") from None
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ImageReadError(f"{label}: unusable image of shape {arr.shape}")
@@ -120,14 +150,22 @@ def read_image(path: Union[str, BinaryIO], expected_hw: Optional[tuple[int, int]
 
 def image_size(path: str) -> tuple[int, int]:
     """``(height, width)`` of an image file after EXIF orientation, reading only its header."""
-    if not os.path.isfile(path):
-        raise ImageReadError(f"{path}: image file not found")
+    _check_file(path)
     try:
         with Image.open(path) as im:
             orientation = im.getexif().get(0x0112, 1)
             h, w = im.height, im.width
     except UnidentifiedImageError:
         raise ImageReadError(f"{path}: not a recognised image format (corrupt file or not an image)") from None
+    except Image.DecompressionBombError as e:
+        raise ImageReadError(f"{path}: refused as a possible decompression bomb ({e})") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageReadError(f"{path}: cannot read the image header ({e})") from None
     return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
+
+
+def _check_file(path: str) -> None:
+    if os.path.isdir(path):
+        raise ImageReadError(f"{path}: is a folder, not an image file")
+    if not os.path.isfile(path):
+        raise ImageReadError(f"{path}: image file not found")

@@ -23,6 +23,7 @@ from typing import Mapping
 
 import yaml
 
+from ..errors import InputError
 # (category id, name) of the 80 COCO 2017 detection categories.
 COCO_CATEGORIES: tuple[tuple[int, str], ...] = (
     (1, "person"), (2, "bicycle"), (3, "car"), (4, "motorcycle"), (5, "airplane"), (6, "bus"),
@@ -80,7 +81,7 @@ class Split:
     def __post_init__(self):
         overlap = set(self.seen_ids) & set(self.unseen_ids)
         if overlap:
-            raise ValueError(f"{self.name}: categories {sorted(overlap)} are both seen and unseen")
+            raise InputError(f"{self.name}: categories {sorted(overlap)} are both seen and unseen")
 
     def to_info(self) -> dict:
         """The ``split_info`` dict: ``name``, ``seen_ids``, ``unseen_ids``, ``seen_names``,
@@ -108,13 +109,13 @@ def coco_split(k: int, categories: Mapping[int, str] | None = None) -> Split:
             ``None`` uses :data:`COCO_CATEGORIES`.
     """
     if k not in (1, 2, 3, 4):
-        raise ValueError(f"COCO split must be 1, 2, 3 or 4, got {k}")
+        raise InputError(f"COCO split must be 1, 2, 3 or 4, got {k}")
     names = _as_names(categories, COCO_CATEGORIES)
     expected = dict(COCO_CATEGORIES)
     if names != expected:
         missing = sorted(set(expected.items()) - set(names.items()))[:5]
         extra = sorted(set(names.items()) - set(expected.items()))[:5]
-        raise ValueError(f"the COCO split needs the 80 COCO 2017 categories; missing {missing}, unexpected {extra} "
+        raise InputError(f"the COCO split needs the 80 COCO 2017 categories; missing {missing}, unexpected {extra} "
                          f"(use data.dataset=custom with data.split_file for another category set)")
     ordered = sorted(names)
     unseen = tuple(cid for i, cid in enumerate(ordered, start=1) if i % 4 == k % 4)
@@ -125,7 +126,7 @@ def coco_split(k: int, categories: Mapping[int, str] | None = None) -> Split:
 def _split_by_names(title: str, names: dict[int, str], expected: tuple[str, ...], unseen_names: tuple[str, ...]) -> Split:
     by_name = {v: k for k, v in names.items()}
     if sorted(by_name) != sorted(expected) or len(by_name) != len(names):
-        raise ValueError(f"the {title} split needs exactly these categories {list(expected)}; got {sorted(names.values())}")
+        raise InputError(f"the {title} split needs exactly these categories {list(expected)}; got {sorted(names.values())}")
     unseen = tuple(sorted(by_name[n] for n in unseen_names))
     seen = tuple(sorted(cid for cid in names if cid not in unseen))
     return Split(f"{title} split", seen, unseen, names)
@@ -144,7 +145,7 @@ def synthetic_split(categories: Mapping[int, str] | None = None) -> Split:
     expected = {c["id"]: c["name"] for c in synthetic_categories()}
     names = expected if categories is None else dict(categories)
     if names != expected:
-        raise ValueError("the synthetic split needs the 64 synthetic categories (ids 1..64, '<shape>-<pattern>' names); "
+        raise InputError("the synthetic split needs the 64 synthetic categories (ids 1..64, '<shape>-<pattern>' names); "
                          "regenerate the benchmark with datasets/make_synthetic.py")
     n_patterns = len(SYNTHETIC_PATTERNS)
     unseen = tuple(cid for cid in sorted(names) if (((cid - 1) % n_patterns) - (cid - 1) // n_patterns) % 4 == 0)
@@ -154,19 +155,22 @@ def synthetic_split(categories: Mapping[int, str] | None = None) -> Split:
 
 def _read_split_file(path: str) -> tuple[list, list | None]:
     if not os.path.isfile(path):
-        raise ValueError(f"split file not found: {path}")
-    with open(path, "r", encoding="utf-8") as f:
-        text = f.read()
+        raise InputError(f"data.split_file: split file not found: {path}")
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: the split file is not UTF-8 text") from None
     if path.endswith((".json", ".yaml", ".yml")):
         try:
             data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
         except (json.JSONDecodeError, yaml.YAMLError) as e:
-            raise ValueError(f"{path}: cannot parse the split file: {e}") from None
+            raise InputError(f"{path}: cannot parse the split file: {e}") from None
         if not isinstance(data, dict) or not isinstance(data.get("unseen"), list):
-            raise ValueError(f"{path}: expected a mapping with an 'unseen' list (and optionally a 'seen' list)")
+            raise InputError(f"{path}: expected a mapping with an 'unseen' list (and optionally a 'seen' list)")
         seen = data.get("seen")
         if seen is not None and not isinstance(seen, list):
-            raise ValueError(f"{path}: 'seen' must be a list")
+            raise InputError(f"{path}: 'seen' must be a list")
         return data["unseen"], seen
     lines = [line.split("#", 1)[0].strip() for line in text.splitlines()]
     return [line for line in lines if line], None
@@ -185,8 +189,8 @@ def custom_split(path: str, categories: Mapping[int, str]) -> Split:
         categories: id -> name of the annotation file.
 
     Raises:
-        ValueError: naming the file and the entry that matches no category, or a category listed
-            as both seen and unseen.
+        InputError (a ValueError): naming the file and the entry that matches no category, or a
+            category listed as both seen and unseen.
     """
     names = {int(k): str(v) for k, v in categories.items()}
     exact = {v: k for k, v in names.items()}
@@ -207,7 +211,7 @@ def custom_split(path: str, categories: Mapping[int, str]) -> Split:
             else:
                 cid = None
             if cid is None:
-                raise ValueError(f"{path}: '{e}' is not a category of the annotation file "
+                raise InputError(f"{path}: '{e}' is not a category of the annotation file "
                                  f"(known: {', '.join(sorted(names.values())[:10])}...)")
             ids.append(cid)
         return tuple(sorted(set(ids)))
@@ -217,9 +221,9 @@ def custom_split(path: str, categories: Mapping[int, str]) -> Split:
     seen = resolve(seen_entries) if seen_entries is not None else tuple(c for c in sorted(names) if c not in unseen)
     both = set(seen) & set(unseen)
     if both:
-        raise ValueError(f"{path}: categories {[names[c] for c in sorted(both)]} are listed as both seen and unseen")
+        raise InputError(f"{path}: categories {[names[c] for c in sorted(both)]} are listed as both seen and unseen")
     if not seen:
-        raise ValueError(f"{path}: no seen categories left to train on")
+        raise InputError(f"{path}: no seen categories left to train on")
     return Split(f"custom split ({os.path.basename(path)})", seen, unseen, names)
 
 
@@ -234,6 +238,6 @@ def resolve_split(dataset: str, categories: Mapping[int, str], split: int = 1, s
         return synthetic_split(categories)
     if dataset == "custom":
         if not split_file:
-            raise ValueError("data.dataset=custom needs data.split_file (a file listing the unseen categories)")
+            raise InputError("data.dataset=custom needs data.split_file (a file listing the unseen categories)")
         return custom_split(split_file, categories)
-    raise ValueError(f"unknown data.dataset {dataset!r}; expected synthetic, coco, voc or custom")
+    raise InputError(f"unknown data.dataset {dataset!r}; expected synthetic, coco, voc or custom")

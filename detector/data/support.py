@@ -21,6 +21,8 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
+from ..errors import InputError
+
 
 @dataclass(frozen=True)
 class Exemplar:
@@ -137,41 +139,41 @@ def read_exemplar_file(path: str, index, category_ids: Iterable[int]) -> Exempla
     optional ``"ann_id"`` is kept for reference. Entries keep the file's order.
 
     Raises:
-        ValueError: naming the file, the entry and the problem.
+        InputError (a ValueError): naming the file, the entry and the problem.
     """
     if not os.path.isfile(path):
-        raise ValueError(f"exemplar file not found: {path}")
+        raise InputError(f"exemplar file not found: {path}")
     try:
         with open(path, "r", encoding="utf-8") as f:
             data = json.load(f)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
+        raise InputError(f"{path}: not valid JSON ({e})") from None
     entries = data.get("exemplars") if isinstance(data, dict) else data
     if not isinstance(entries, list):
-        raise ValueError(f"{path}: expected a list of exemplars or {{'exemplars': [...]}}")
+        raise InputError(f"{path}: expected a list of exemplars or {{'exemplars': [...]}}")
     wanted = set(category_ids)
     by_name = {name: cid for cid, name in index.categories.items()}
     out = []
     for i, e in enumerate(entries):
         where = f"{path}: exemplar {i}"
         if not isinstance(e, dict):
-            raise ValueError(f"{where}: expected an object, got {type(e).__name__}")
+            raise InputError(f"{where}: expected an object, got {type(e).__name__}")
         cid = e.get("category_id", by_name.get(e.get("category")))
         if not isinstance(cid, int) or cid not in index.categories:
-            raise ValueError(f"{where}: unknown category {e.get('category_id', e.get('category'))!r}")
+            raise InputError(f"{where}: unknown category {e.get('category_id', e.get('category'))!r}")
         bbox = e.get("bbox")
         if (not isinstance(bbox, (list, tuple)) or len(bbox) != 4
                 or not all(isinstance(v, (int, float)) and np.isfinite(v) for v in bbox) or bbox[2] <= 0 or bbox[3] <= 0):
-            raise ValueError(f"{where}: 'bbox' must be [x, y, w, h] with w, h > 0, got {bbox!r}")
+            raise InputError(f"{where}: 'bbox' must be [x, y, w, h] with w, h > 0, got {bbox!r}")
         box = (float(bbox[0]), float(bbox[1]), float(bbox[0] + bbox[2]), float(bbox[1] + bbox[3]))
         image_id, file_name = e.get("image_id"), None
         if image_id is not None:
             if image_id not in index.images:
-                raise ValueError(f"{where}: image_id {image_id!r} is not in {index.path}")
+                raise InputError(f"{where}: image_id {image_id!r} is not in {index.path}")
         else:
             file_name = e.get("file_name")
             if not isinstance(file_name, str) or not file_name:
-                raise ValueError(f"{where}: needs an 'image_id' of the annotation file or a 'file_name'")
+                raise InputError(f"{where}: needs an 'image_id' of the annotation file or a 'file_name'")
         ann_id = e.get("ann_id") if isinstance(e.get("ann_id"), int) else None
         if cid in wanted:
             out.append(Exemplar(cid, box, image_id, ann_id, file_name))

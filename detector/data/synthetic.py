@@ -32,6 +32,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from ..errors import InputError
 from .splits import SYNTHETIC_PATTERNS, SYNTHETIC_SHAPES, synthetic_categories, synthetic_split
 
 VERSION = 2
@@ -281,7 +282,7 @@ def generate_synthetic(root: str, size: str = "small", seed: int = 0, workers: i
         The ``meta.json`` content (size, seed, counts, version, seconds taken).
     """
     if size not in SIZES:
-        raise ValueError(f"unknown synthetic size {size!r}; expected one of {list(SIZES)}")
+        raise InputError(f"unknown synthetic size {size!r}; expected one of {list(SIZES)}")
     spec = SIZES[size]
     n_train = spec.num_train if num_train is None else num_train
     n_val = spec.num_val if num_val is None else num_val
@@ -326,21 +327,21 @@ def build_synthetic(root: str, size: str = "small", seed: int = 0, workers: int 
     if missing (into a temporary folder renamed into place, so concurrent callers are safe).
 
     Raises:
-        ValueError: ``root`` exists but holds something else (another size / seed, or other data).
+        InputError (a ValueError): ``root`` exists but holds something else (another size / seed, or other data).
     """
     meta_path = os.path.join(root, "meta.json")
     if os.path.isfile(meta_path):
         with open(meta_path, "r", encoding="utf-8") as f:
             meta = json.load(f)
         if (meta.get("size"), meta.get("seed"), meta.get("version")) != (size, seed, VERSION):
-            raise ValueError(f"{root} holds the synthetic benchmark size={meta.get('size')} seed={meta.get('seed')} "
+            raise InputError(f"{root} holds the synthetic benchmark size={meta.get('size')} seed={meta.get('seed')} "
                              f"version={meta.get('version')}, not size={size} seed={seed} version={VERSION}; "
                              f"delete the folder or choose another data.root")
         if "num_test" not in meta:
             _add_test_split(root, meta, workers, verbose)
         return root
     if os.path.isdir(root) and os.listdir(root):
-        raise ValueError(f"{root} exists and is not a synthetic benchmark (no meta.json); choose another data.root")
+        raise InputError(f"{root} exists and is not a synthetic benchmark (no meta.json); choose another data.root")
     tmp = f"{root.rstrip(os.sep)}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)

@@ -4,6 +4,10 @@ A checkpoint is a dict of tensors and plain Python values only (no pickled objec
 optimiser, scheduler and scaler state dicts, ``epoch`` and ``iteration``, the RNG states (numpy and
 Python states converted to tensors and lists), the resolved config as a dict, the git revision, and
 ``model_class`` so that a checkpoint of another model is recognised.
+
+A write either leaves the complete new file or none (a SIGKILL leaves at most a hidden
+``.checkpoint_*.tmp*`` file, removed by :func:`remove_stale_temporaries`); a failing write raises
+:class:`CheckpointWriteError` and keeps the previous checkpoints. Errors read as one line.
 """
 from __future__ import annotations
 
@@ -12,18 +16,18 @@ import os
 import random
 import re
 import subprocess
+import zipfile
 from typing import Any, Optional
 
 import numpy as np
 import torch
 
+from ..errors import CheckpointError, CheckpointWriteError
+
 FORMAT_VERSION = 1
 MODEL_CLASS = "OneShotDETR"
 _PATTERN = re.compile(r"checkpoint_(\d+)\.pth$")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read or does not belong to this model."""
+_TEMPORARY = ".checkpoint_*.pth.tmp*"
 
 
 def git_revision(path: Optional[str] = None) -> str:
@@ -71,25 +75,63 @@ def set_rng_state(state: dict) -> None:
 
 def save_checkpoint(path: str, state: dict) -> str:
     """Write ``state`` to ``path`` atomically: a temporary file in the same folder, flushed, then
-    renamed over ``path`` (a crash leaves the previous file intact)."""
+    renamed over ``path`` (a crash leaves the previous file intact). :class:`CheckpointWriteError`
+    (one line, the temporary file removed) when the disk refuses the write."""
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise CheckpointWriteError(f"cannot write checkpoint {path}: {_write_failure(e)}; "
+                                   f"the previous checkpoints are intact") from None
     return path
+
+
+def _write_failure(error: BaseException) -> str:
+    """The operating system's reason for a failed write (torch wraps it in a RuntimeError)."""
+    seen: Optional[BaseException] = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.strerror:
+            return f"{seen.strerror} (errno {seen.errno})"
+        seen = seen.__cause__ or seen.__context__
+    return _first_sentence(re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", str(error))) or type(error).__name__
+
+
+def remove_stale_temporaries(folder: str) -> list[str]:
+    """Delete the temporary files of checkpoint writes that a killed process left in ``folder``;
+    returns their paths. Call only when no other process writes checkpoints there."""
+    removed = []
+    for p in glob.glob(os.path.join(folder, _TEMPORARY)):
+        try:
+            os.remove(p)
+            removed.append(p)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def checkpoint_iteration(path: str) -> Optional[int]:
+    """The iteration in a ``checkpoint_<iteration>.pth`` file name, or ``None``."""
+    m = _PATTERN.search(os.path.basename(path))
+    return int(m.group(1)) if m else None
 
 
 def list_checkpoints(folder: str) -> list[str]:
     """``checkpoint_<iteration>.pth`` files in ``folder``, oldest (lowest iteration) first."""
     found = []
     for p in glob.glob(os.path.join(folder, "checkpoint_*.pth")):
-        m = _PATTERN.search(os.path.basename(p))
-        if m:
-            found.append((int(m.group(1)), p))
+        it = checkpoint_iteration(p)
+        if it is not None:
+            found.append((it, p))
     return [p for _, p in sorted(found)]
 
 
@@ -100,10 +142,13 @@ def latest_checkpoint(folder: str) -> Optional[str]:
 
 
 def save_rotating(folder: str, iteration: int, state: dict, keep: int) -> str:
-    """Save ``checkpoint_<iteration>.pth`` in ``folder`` and delete all but the newest ``keep``."""
+    """Save ``checkpoint_<iteration>.pth`` in ``folder`` and delete the older ones beyond the
+    newest ``keep`` (``keep`` <= 0 keeps all). The file just written and any of a later iteration
+    are never deleted, whatever their names sort as."""
     path = save_checkpoint(os.path.join(folder, f"checkpoint_{iteration:08d}.pth"), state)
     if keep > 0:
-        for old in list_checkpoints(folder)[:-keep]:
+        older = [p for p in list_checkpoints(folder) if checkpoint_iteration(p) < iteration]
+        for old in older[:max(len(older) - (keep - 1), 0)]:
             try:
                 os.remove(old)
             except FileNotFoundError:
@@ -111,21 +156,69 @@ def save_rotating(folder: str, iteration: int, state: dict, keep: int) -> str:
     return path
 
 
+def drop_checkpoints_after(folder: str, iteration: int) -> list[str]:
+    """Delete the checkpoints of ``folder`` past ``iteration`` (left by the run a resume from
+    ``iteration`` replaces); returns their paths."""
+    dropped = [p for p in list_checkpoints(folder) if checkpoint_iteration(p) > iteration]
+    for p in dropped:
+        try:
+            os.remove(p)
+        except FileNotFoundError:
+            pass
+    return dropped
+
+
+def _first_sentence(text: str) -> str:
+    """The first line and sentence of an exception message (torch appends paragraphs of advice)."""
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line.split(". ")[0].rstrip(".")[:200]
+
+
+def _unreadable(path: str, e: Exception) -> CheckpointError:
+    """One line saying why ``torch.load`` failed, without torch's paragraphs of advice."""
+    if isinstance(e, EOFError) or os.path.getsize(path) == 0:
+        return CheckpointError(f"{path}: not a readable checkpoint: the file is empty or truncated")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    # torch writes zip archives; a cut one has no central directory, a damaged start no signature.
+    if magic != b"PK\x03\x04" or not zipfile.is_zipfile(path):
+        return CheckpointError(f"{path}: not a readable checkpoint: truncated, corrupted or not a PyTorch file")
+    if "Weights only load failed" in str(e):
+        return CheckpointError(f"{path}: not a checkpoint of this project (it holds pickled Python objects, which "
+                               f"are not loaded for safety; tools/train.py writes tensors and plain values only)")
+    return CheckpointError(f"{path}: not a readable checkpoint: corrupted ({_first_sentence(str(e)) or type(e).__name__})")
+
+
 def load_checkpoint(path: str, map_location: Any = "cpu") -> dict:
     """Read a checkpoint with ``weights_only=True``; a clear :class:`CheckpointError` when the file
     is missing, unreadable, or not a checkpoint of this project's model."""
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path}: is a folder, not a checkpoint file (checkpoint_<iteration>.pth)")
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means "not our checkpoint"
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
+        raise _unreadable(path, e) from None
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{path}: not a checkpoint of this project (no 'model' entry)")
     if state.get("model_class") != MODEL_CLASS or "config" not in state:
         raise CheckpointError(f"{path}: a checkpoint of another model ({state.get('model_class', 'unknown')!r}); "
                               f"expected {MODEL_CLASS!r} written by tools/train.py")
     return state
+
+
+def load_weights(model: torch.nn.Module, weights: dict, path: str) -> None:
+    """``model.load_state_dict(weights)`` (strict); :class:`CheckpointError` naming ``path`` when
+    the weights do not fit the model of the config (another size, missing or extra tensors)."""
+    try:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+    except RuntimeError as e:  # a tensor of another shape
+        lines = [line.strip() for line in str(e).splitlines() if "size mismatch" in line] or [str(e).splitlines()[-1]]
+        raise CheckpointError(f"{path}: weights do not fit the model of this config ({lines[0][:200]})") from None
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: weights do not fit the model (missing {list(missing)[:5]}, "
+                              f"unexpected {list(unexpected)[:5]})")
 
 
 def checkpoint_state(model: torch.nn.Module, config: dict, **extra: Any) -> dict:

@@ -51,3 +51,58 @@ def test_foreign_and_missing_checkpoints_get_clear_errors(tmp_path):
         load_checkpoint(str(tmp_path / "junk.pth"))
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(str(tmp_path / "missing.pth"))
+
+
+def test_rotation_never_deletes_the_checkpoint_it_just_wrote(tmp_path, tiny_cfg):
+    """A folder holding checkpoints of later iterations (an abandoned run) used to lose the new one."""
+    model, _, _ = build_model(tiny_cfg())
+    state = checkpoint_state(model, to_dict(tiny_cfg()), iteration=0)
+    for it in (2, 20):
+        save_rotating(str(tmp_path), it, state, keep=2)
+    path = save_rotating(str(tmp_path), 4, state, keep=1)
+    assert os.path.isfile(path) and path.endswith("checkpoint_00000004.pth")
+    names = [os.path.basename(p) for p in list_checkpoints(str(tmp_path))]
+    assert names == ["checkpoint_00000004.pth", "checkpoint_00000020.pth"]  # older ones rotated, later ones kept
+
+
+def test_a_failing_disk_leaves_the_previous_checkpoint_and_no_temporary(tmp_path, tiny_cfg, monkeypatch):
+    import errno
+
+    from detector.errors import CheckpointWriteError
+
+    model, _, _ = build_model(tiny_cfg())
+    state = checkpoint_state(model, to_dict(tiny_cfg()), iteration=2)
+    save_rotating(str(tmp_path), 2, state, keep=2)
+    real_save = torch.save
+
+    def full_disk(obj, f):
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(CheckpointWriteError, match=r"cannot write checkpoint .*checkpoint_00000004\.pth: No space left "
+                                                   r"on device \(errno 28\); the previous checkpoints are intact"):
+        save_rotating(str(tmp_path), 4, state, keep=2)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint_00000002.pth"]
+    assert load_checkpoint(str(tmp_path / "checkpoint_00000002.pth"))["iteration"] == 2
+
+
+def test_truncated_and_corrupted_checkpoints_read_as_one_line(tmp_path, tiny_cfg):
+    model, _, _ = build_model(tiny_cfg())
+    path = save_checkpoint(str(tmp_path / "c.pth"), checkpoint_state(model, to_dict(tiny_cfg())))
+    data = open(path, "rb").read()
+    (tmp_path / "truncated.pth").write_bytes(data[: len(data) // 3])
+    corrupted = bytearray(data)
+    corrupted[100:400] = b"\xff" * 300  # zip entries' headers
+    (tmp_path / "corrupted.pth").write_bytes(bytes(corrupted))
+    (tmp_path / "empty.pth").write_bytes(b"")
+    (tmp_path / "no_signature.pth").write_bytes(b"\0" * 4 + data[4:])
+    for name, message in (("truncated", "truncated, corrupted or not a PyTorch file"),
+                          ("corrupted", "not a readable checkpoint: corrupted ("),
+                          ("empty", "empty or truncated"), ("no_signature", "truncated, corrupted or not a PyTorch")):
+        with pytest.raises(CheckpointError) as err:
+            load_checkpoint(str(tmp_path / f"{name}.pth"))
+        text = str(err.value)
+        assert text.startswith(str(tmp_path / f"{name}.pth")) and message in text
+        assert "\n" not in text and "trusted source" not in text and "miniz" not in text

@@ -1,6 +1,7 @@
 """tools/infer.py and the OneShotDetector API: the results.json contract and clear errors on bad input."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -93,7 +94,7 @@ def test_bad_support_boxes(files, box, message):
 
 def test_bad_images_and_checkpoints_get_clear_errors(files, tmp_path):
     det = OneShotDetector.from_checkpoint(files["ckpt"])
-    with pytest.raises(InputError, match="cannot read"):
+    with pytest.raises(InputError, match=r"notes\.txt: not a recognised image format"):
         det.predict(str(files["queries"] / "notes.txt"), str(files["support"]))
     with pytest.raises(InputError, match="not found"):
         det.predict(str(tmp_path / "missing.png"), str(files["support"]))
@@ -131,3 +132,71 @@ def test_cli_rejects_a_foreign_checkpoint(files, tmp_path):
     r = run_infer("--checkpoint", str(tmp_path / "foreign.pth"), "--query", str(files["queries"] / "a.png"),
                   "--support", str(files["support"]), "--output", str(tmp_path / "r.json"))
     assert r.returncode == 2 and "not a checkpoint of this project" in r.stderr and "Traceback" not in r.stderr
+
+
+def call_infer(*argv):
+    import detector_tools.infer as infer_tool
+
+    try:
+        return infer_tool.main(list(argv))
+    except SystemExit as e:  # argparse
+        return e.code
+
+
+def test_a_corrupt_image_in_a_folder_is_skipped_and_listed(files, tmp_path, capsys):
+    queries = tmp_path / "queries"
+    shutil.copytree(files["queries"], queries)
+    (queries / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    out = tmp_path / "out" / "results.json"
+    rc = call_infer("--checkpoint", files["ckpt"], "--query", str(queries), "--support", str(files["support"]),
+                    "--output", str(out), "--score-threshold", "0", "--visualize", str(tmp_path / "vis"))
+    stdout, stderr = capsys.readouterr()
+    assert rc == 3  # done, with images skipped
+    assert stderr.count("\n") == 1 and stderr.startswith("warning: skipped query image: ") and "broken.png" in stderr
+    results = json.loads(out.read_text())
+    assert [os.path.basename(e["image"]) for e in results] == ["a.png", "b.jpg", "broken.png"]
+    assert "not a recognised image format" in results[2]["error"] and "detections" not in results[2]
+    assert all("error" not in e and len(e["detections"]) == 6 for e in results[:2])
+    assert sorted(os.listdir(tmp_path / "vis")) == ["a.png", "b.png"] and "1 skipped" in stdout
+
+
+@pytest.mark.parametrize("case, needles", [
+    ("huge", ["huge.png: 20000x20000 pixels (400.0 megapixels) is over the limit of 64 megapixels"]),
+    ("limit", ["support image: ", "support.png: 50x40 pixels (0.002 megapixels) is over the limit of 0.001 megapixels"]),
+    ("output_folder", ["--output", "is a folder; give a file name"]),
+    ("visualize_file", ["--visualize", "support.png: is a file, not a folder"]),
+    ("cuda", ["--device cuda: no CUDA GPU is available"]),
+    ("batch0", ["argument --batch-size: must be >= 1, got 0"]),
+    ("threshold", ["argument --score-threshold: must be in [0, 1], got 30"]),
+    ("corrupt_single", ["broken.png: not a recognised image format"]),
+    ("all_corrupt", ["none of its 1 images can be used"]),
+    ("bad_support", ["support image: ", "notes.txt: not a recognised image format"]),
+    ("truncated_ckpt", ["trunc.pth: not a readable checkpoint"]),
+    ("empty_folder", ["no images (.png"]),
+])
+def test_infer_mistakes_are_one_line_and_write_nothing(files, tmp_path, capsys, fake_png, case, needles):
+    if case == "cuda" and torch.cuda.is_available():
+        pytest.skip("needs a machine without a GPU")
+    a_png = str(files["queries"] / "a.png")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "broken.png").write_bytes(b"nope")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "trunc.pth").write_bytes(open(files["ckpt"], "rb").read()[:4000])
+    query, extra = {
+        "huge": (fake_png(tmp_path / "huge.png", 20000, 20000), []), "limit": (a_png, ["--max-megapixels", "0.001"]),
+        "output_folder": (a_png, ["--output", str(tmp_path / "empty")]),
+        "visualize_file": (a_png, ["--visualize", str(files["support"])]), "cuda": (a_png, ["--device", "cuda"]),
+        "batch0": (a_png, ["--batch-size", "0"]), "threshold": (a_png, ["--score-threshold", "30"]),
+        "corrupt_single": (str(tmp_path / "bad" / "broken.png"), []), "all_corrupt": (str(tmp_path / "bad"), []),
+        "bad_support": (a_png, ["--support", str(files["queries"] / "notes.txt")]),
+        "truncated_ckpt": (a_png, ["--checkpoint", str(tmp_path / "trunc.pth")]),
+        "empty_folder": (str(tmp_path / "empty"), []),
+    }[case]
+    out = tmp_path / "out" / "results.json"
+    rc = call_infer("--checkpoint", files["ckpt"], "--query", query, "--support", str(files["support"]),
+                    "--output", str(out), *extra)
+    _, stderr = capsys.readouterr()
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert rc == 2 and len(lines) == 1 and "Traceback" not in stderr, stderr
+    assert all(n in lines[0] for n in needles), lines[0]
+    assert not (tmp_path / "out").exists() and os.listdir(tmp_path / "empty") == []

@@ -7,21 +7,10 @@ import subprocess
 import sys
 import time
 
-import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = os.path.join(ROOT, "configs", "tiny.yaml")
-
-
-@pytest.fixture(scope="module")
-def bench(tmp_path_factory):
-    """The tiny synthetic benchmark, written once for this module."""
-    from detector.data import build_synthetic
-
-    root = tmp_path_factory.mktemp("bench") / "synthetic_tiny"
-    build_synthetic(str(root), "tiny", workers=1)
-    return str(root)
 
 
 def train_cmd(bench, out, *extra):
@@ -68,10 +57,7 @@ def test_train_writes_the_output_folder_and_evaluate_reads_it(bench, tmp_path):
     assert set(dets[0]) == {"image_id", "category_id", "bbox", "score", "run"}
 
 
-def test_sigkill_then_resume_ends_with_the_same_weights(bench, tmp_path):
-    ref = subprocess.run(train_cmd(bench, tmp_path / "ref", "train.max_iters=8",
-                                   "eval.runs=1"), capture_output=True, text=True, timeout=300, env=env(), cwd=ROOT)
-    assert ref.returncode == 0, ref.stderr[-3000:]
+def test_sigkill_then_resume_ends_with_the_same_weights(bench, reference, tmp_path):
     killed = tmp_path / "killed"
     proc = subprocess.Popen(train_cmd(bench, killed, "train.max_iters=8", "eval.runs=1"), env=env(), cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -90,7 +76,7 @@ def test_sigkill_then_resume_ends_with_the_same_weights(bench, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     logged = [json.loads(x)["iter"] for x in open(killed / "metrics.jsonl") if '"train"' in x]
     assert logged == sorted(set(logged)) and logged[-1] == 8  # no duplicate lines from the killed run
-    a, b = final_weights(tmp_path / "ref"), final_weights(killed)
+    a, b = final_weights(reference), final_weights(killed)
     assert a["iteration"] == b["iteration"] == 8
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert all(torch.equal(x, y) for x, y in zip(a["optimizer"]["state"][0].values(), b["optimizer"]["state"][0].values()))

@@ -1,0 +1,102 @@
+"""What every command-line tool does the same way: parsing, exit codes and one-line errors.
+
+Exit codes:
+
+* 0: done;
+* 1: the run started and could not go on (:class:`~detector.errors.RunError`: a non-finite loss,
+  a failing disk; one line), or a bug (any other exception, with its traceback);
+* 2: a mistake in what the user gave (:class:`~detector.errors.UserError`, or a command line
+  argparse cannot parse): one line on stderr naming the file, option or key and the problem;
+* 3: done, but some inputs were skipped (folder inference; each is listed in the output).
+
+Options and ``key=value`` overrides may come in any order (``parse_intermixed_args``).
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from typing import Callable, Optional, Sequence
+
+from .errors import RunError, UserError
+
+EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_PARTIAL = 0, 1, 2, 3
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose errors are one line (``prog: error: ... (see --help)``,
+    exit code 2) instead of the usage block, and whose default ``parse`` lets options and
+    positional overrides mix."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(**kwargs)
+
+    def error(self, message: str):
+        self.exit(EXIT_INPUT, f"{self.prog}: error: {message} (see --help)\n")
+
+    def parse(self, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+        """``parse_intermixed_args``: ``--no-progress train.lr=1e-3 --resume`` parses."""
+        return self.parse_intermixed_args(argv)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """argparse type: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
+def one_line(error: BaseException) -> str:
+    """The message of ``error`` on one line. An error re-raised from a DataLoader worker carries
+    the worker's traceback in its message; its last line is the original message."""
+    text = str(error).strip()
+    if "Original Traceback" in text:
+        text = re.sub(r"^[A-Za-z_][\w.]*(Error|Exception): ", "", text.splitlines()[-1].strip())
+    return " ".join(line.strip() for line in text.splitlines() if line.strip()) or type(error).__name__
+
+
+def report(error: BaseException) -> int:
+    """Print ``error: <message>`` (one line) on stderr; the exit code of its kind."""
+    print(f"error: {one_line(error)}", file=sys.stderr, flush=True)
+    return EXIT_INPUT if isinstance(error, UserError) else EXIT_FAILED
+
+
+def guarded(body: Callable[..., int], *args, **kwargs) -> int:
+    """``body(*args, **kwargs)``, with user and run errors turned into one line and an exit code;
+    every other exception (a bug) propagates with its traceback."""
+    try:
+        return body(*args, **kwargs)
+    except (UserError, RunError) as e:
+        return report(e)
+
+
+def warn(message: str) -> None:
+    """``warning: <message>`` on stderr."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)
