@@ -60,7 +60,9 @@ def plan(variants, layouts, seeds) -> list[dict]:
 
 
 def train_command(config: str, run: dict, out_dir: str, threads: int, overrides: list[str]) -> list[str]:
-    return [sys.executable, "-m", "tools.train", "--config", config, "--no-progress",
+    """The training subprocess of one run; ``--overwrite``: a run folder left by an unfinished
+    attempt (no metrics.json) or a ``--rerun`` starts over."""
+    return [sys.executable, "-m", "tools.train", "--config", config, "--no-progress", "--overwrite",
             f"train.output_dir={os.path.join(out_dir, run['name'])}", f"model.attention={run['variant']}",
             f"model.support_layout={run['layout']}", f"train.seed={run['seed']}", f"train.num_threads={threads}",
             *overrides]
