@@ -50,6 +50,8 @@ class ModelConfig:
     support_conditioning: bool = True  # add the pooled support embedding to object queries and a similarity logit
     correlation_channels: int = 0  # per-cell exemplar correlation channels added to the values (0: off)
     correlation_dropout: float = 0.0  # training: share of images whose correlation is left out, so the keys must learn too
+    shot_keys: str = "joint"  # several exemplars: keys of all k in one softmax ("joint") or their mean ("mean")
+    shot_correlation: str = "max"  # several exemplars: correlation = best match over all k ("max") or the mean of each one's
     look_forward_twice: bool = True  # box loss of layer l also trains layer l-1's refinement (DINO)
     support_size: int = 128  # side of the square support crop in pixels
 
@@ -132,6 +134,7 @@ class EvalConfig:
     max_detections: int = 100  # detections kept per item
     nms_iou: float = 0.0  # class-agnostic NMS of each item's detections at this IoU (0: off, as DETR)
     absent_per_image: int = 1  # "absent class" protocol: absent categories queried per image
+    shots: int = 1  # exemplars per item (k-shot; shot 0 is the one-shot exemplar, the others come from other images)
 
 
 @dataclass
@@ -255,6 +258,8 @@ def validate(cfg: Config) -> None:
         "model.support_layout": (m.support_layout, ("resize", "pad", "box")),
         "model.query_content": (m.query_content, ("learned", "proposal")),
         "model.attention_impl": (m.attention_impl, ("reference", "fused")),
+        "model.shot_keys": (m.shot_keys, ("joint", "mean")),
+        "model.shot_correlation": (m.shot_correlation, ("max", "mean")),
         "train.lr_schedule": (cfg.train.lr_schedule, ("step", "cosine", "constant")),
         "train.stage": (cfg.train.stage, ("oneshot", "pretrain")),
         "eval.split": (cfg.eval.split, ("val", "test")),
@@ -282,7 +287,7 @@ _MINIMA = {
     "train.keep_checkpoints": 0, "train.checkpoint_every": 0, "train.checkpoint_every_iters": 0,
     "train.eval_every": 0, "train.eval_runs": 0, "train.num_threads": 0, "train.time_budget_min": 0,
     "train.lr": 0, "train.lr_backbone": 0, "data.num_workers": 0,
-    "eval.runs": 1, "eval.batch_size": 1, "eval.max_detections": 1,
+    "eval.runs": 1, "eval.batch_size": 1, "eval.max_detections": 1, "eval.shots": 1,
 }
 
 
