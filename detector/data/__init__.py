@@ -90,5 +90,5 @@ def _eval_dataset(cfg, split: str, train_index: Optional[CocoIndex] = None) -> t
                                  support_margin=d.support_margin, min_exemplar_area=d.min_exemplar_area,
                                  exemplar_file=d.exemplar_file,
                                  absent_per_image=cfg.eval.absent_per_image if cfg.eval.absent_class else 0,
-                                 split_name=split)
+                                 split_name=split, shots=cfg.eval.shots)
     return dataset, categories.to_info()
