@@ -14,6 +14,7 @@ from ..utils.box_ops import box_cxcywh_to_xyxy, inverse_sigmoid
 from .backbone import Backbone, FeatureBatch
 from . import kshot
 from .box_frame import SupportGrid
+from .nms import distinct_top_k
 from .position_encoding import PositionEmbeddingSine
 from .relative_bias import cell_centres
 from .support_correlation import SupportCorrelation
@@ -43,7 +44,11 @@ def select_distinct(scores: Tensor, boxes: Tensor, k: int, iou_threshold: float)
     with 4 anchors, 0.9 ms over 320).
 
     ``scores [B, N]``, ``boxes [B, N, 4]`` (cxcywh) -> ``[B, k]`` long, survivors in score order first.
+    While the model is exported to ONNX the same indices come from :func:`~detector.models.nms.distinct_top_k`
+    (the loop over images would be unrolled for the traced batch size).
     """
+    if torch.onnx.is_in_onnx_export():
+        return distinct_top_k(scores, boxes, k, iou_threshold)
     picked = []
     m = min(scores.shape[1], 8 * k)
     with torch.no_grad():
@@ -385,7 +390,8 @@ class OneShotDETR(nn.Module):
             keys, values, key_padding_mask, memory, q_feat, q_mask = kshot.cross_inputs(self, q_feat, q_mask, encoded)
         grid_hw, valid_hw = tuple(q_feat.shape[-2:]), valid_extent(q_mask)
 
-        b, num = len(query), self.num_queries + (self.num_queries_one2many if self.training else 0)
+        # The batch size as a tensor dimension, not len(): an ONNX trace keeps it dynamic.
+        b, num = q_feat.shape[0], self.num_queries + (self.num_queries_one2many if self.training else 0)
         reference, top, enc_outputs = self._select(memory, q_mask, grid_hw, valid_hw, num, embedding.get("proposals"))
         content = self.query_embed.weight[:num][None].expand(b, num, -1)
         if self.support_to_query is not None:
