@@ -138,8 +138,8 @@ class OneShotDETR(nn.Module):
                  proposal_conditioning: bool = False, support_conditioning: bool = True,
                  fusion_encoder: Optional[SupportFusionEncoder] = None,
                  correlation: Optional[SupportCorrelation] = None, support_margin: float = 0.1,
-                 query_content: str = "learned", correlation_dropout: float = 0.0, shot_keys: str = "joint",
-                 shot_correlation: str = "max"):
+                 query_content: str = "learned", correlation_dropout: float = 0.0, shot_keys: str = "mean",
+                 shot_correlation: str = "mean"):
         super().__init__()
         kshot.check_choices(shot_keys, shot_correlation)
         self.shot_keys, self.shot_correlation = shot_keys, shot_correlation
