@@ -128,13 +128,23 @@ class OneShotDataset(_OneShotBase):
         stage: ``"oneshot"``, or ``"pretrain"``: UP-DETR-style, the exemplar is a random patch of
             the query image itself and the target is that patch (``category_id`` 0).
         cache_mb: memory for decoded images kept between samples (per process; 0: none).
+        shots: exemplars per item (k-shot training; 1: the one-shot item, unchanged). With ``k > 1``
+            each item carries ``support_images``: ``k`` exemplars drawn independently from other
+            images, or, for a share ``single_share`` of the items (drawn per sample), one exemplar
+            ``k`` times, which the k-shot model treats as one exemplar (:mod:`detector.models.kshot`):
+            one model then learns both cases.
+        single_share: see ``shots``.
     """
 
     def __init__(self, annotations: Union[str, CocoIndex], image_dir: str, category_ids: Iterable[int], *,
                  support_size: int, query_transform: QueryTransform, support_margin: float = 0.1,
                  min_exemplar_area: float = 1024.0, augment_support: bool = True, class_balanced: bool = False,
-                 seed: int = 0, stage: str = "oneshot", cache_mb: float = 0.0):
+                 seed: int = 0, stage: str = "oneshot", cache_mb: float = 0.0, shots: int = 1,
+                 single_share: float = 0.5):
         super().__init__(_as_index(annotations, image_dir), image_dir, support_size, support_margin, cache_mb)
+        if shots < 1 or not 0.0 <= single_share <= 1.0:
+            raise ValueError(f"shots must be >= 1 and single_share in [0, 1], got {shots}, {single_share}")
+        self.shots, self.single_share = int(shots), float(single_share)
         if seed < 0:
             raise ValueError(f"seed must be non-negative, got {seed}")
         if stage not in ("oneshot", "pretrain"):
@@ -188,8 +198,15 @@ class OneShotDataset(_OneShotBase):
         boxes, ignore = self._query_boxes(image_id, category_id)
         query, boxes_n, ignore_n = self.query_transform(image, boxes, ignore, rng)
         support = self._support(exemplar, self.support_transform, rng)
-        return {"query_image": query, "support_image": support,
-                "target": _target(boxes_n, ignore_n, image_id, category_id, (rec.height, rec.width), tuple(query.shape[1:]))}
+        target = _target(boxes_n, ignore_n, image_id, category_id, (rec.height, rec.width), tuple(query.shape[1:]))
+        if self.shots > 1:  # after every draw of the one-shot item, so that shots=1 draws exactly as before
+            if rng.random() < self.single_share:
+                supports = [support] * self.shots
+            else:
+                extra = [self.pool.sample(category_id, image_id, rng) for _ in range(self.shots - 1)]
+                supports = [support] + [self._support(e, self.support_transform, rng) for e in extra]
+            return {"query_image": query, "support_images": supports, "target": target}
+        return {"query_image": query, "support_image": support, "target": target}
 
     def _pretrain_item(self, image: np.ndarray, image_id: int, rng: np.random.Generator) -> dict:
         h, w = image.shape[:2]

@@ -71,3 +71,27 @@ def test_items_and_collate_carry_k_exemplars(tiny_root):
                        three[2]["support_images"][1])
     q1, s1, t1 = collate_oneshot([one[0], one[1], one[2]])
     assert torch.equal(q1.tensors, query.tensors) and torch.equal(s1.tensors, support[0].tensors)
+
+
+def test_training_items_with_several_exemplars(tiny_root):
+    """train_shots = 1 draws exactly the one-shot item; k > 1 adds k - 1 exemplars from other images
+    after every one-shot draw, or repeats the first one for a share of the items."""
+    from detector.data import OneShotDataset, QueryTransform
+
+    def train(**kw):
+        qt = QueryTransform(train=True, augment=True, shorter_sides=(96, 128), max_size=128)
+        return OneShotDataset(f"{tiny_root}/annotations/train.json", f"{tiny_root}/images/train", SPLIT.seen_ids,
+                              support_size=48, query_transform=qt, min_exemplar_area=100, seed=1, **kw)
+
+    one, default, mixed = train(shots=1), train(), train(shots=3)
+    copies, distinct = train(shots=3, single_share=1.0), train(shots=3, single_share=0.0)
+    kinds = set()
+    for i in range(12):
+        a, b, m = one[i], default[i], mixed[i]
+        assert torch.equal(a["support_image"], b["support_image"]) and torch.equal(a["query_image"], b["query_image"])
+        assert len(m["support_images"]) == 3 and torch.equal(m["support_images"][0], a["support_image"])
+        assert torch.equal(m["query_image"], a["query_image"]) and torch.equal(m["target"]["boxes"], a["target"]["boxes"])
+        kinds.add(all(torch.equal(s, m["support_images"][0]) for s in m["support_images"]))
+        assert all(torch.equal(s, a["support_image"]) for s in copies[i]["support_images"])
+        assert len(distinct[i]["support_images"]) == 3
+    assert kinds == {True, False}  # both kinds of items occur
