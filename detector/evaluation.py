@@ -246,6 +246,25 @@ def evaluate_oneshot(predict: PredictFn, dataset, runs: int = 5, seen_ids: Itera
     return metrics
 
 
+def oracle_predict(dataset, same_category_only: bool = False) -> PredictFn:
+    """A ``predict`` for :func:`evaluate_oneshot` that ignores the exemplar and answers every
+    non-ignored ground-truth box of the query image at score 1: the *class-agnostic oracle*
+    (perfect localisation, no idea of the class), the score a detector must beat to show that it
+    uses the exemplar at all. ``same_category_only``: only the queried category's boxes (a perfect
+    detector; AP 1)."""
+
+    def predict(query, support, targets):
+        out = []
+        for t in targets:
+            anns = [a for a in dataset.index.by_image[int(t["image_id"])] if not a.ignore
+                    and (not same_category_only or a.category_id == int(t["category_id"]))]
+            boxes = torch.tensor([a.box_xyxy for a in anns], dtype=torch.float32).reshape(-1, 4)
+            out.append({"scores": torch.ones(len(boxes)), "boxes": boxes})
+        return out
+
+    return predict
+
+
 def write_metrics(metrics: dict, path: str) -> str:
     """Write ``metrics`` as JSON to ``path`` (a ``.json`` file, or a folder: ``<folder>/metrics.json``);
     returns the file written."""

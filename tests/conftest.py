@@ -53,3 +53,14 @@ def fake_png():
         return str(path)
 
     return make
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test (tiny shapes run faster so, and a busy machine's other
+    processes disturb them less); the previous count is restored after it. Use with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

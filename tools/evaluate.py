@@ -1,7 +1,9 @@
 """Evaluate a checkpoint with the one-shot protocol (seen / unseen AP50 and AP over exemplar runs).
 
 ``python tools/evaluate.py --checkpoint CKPT [--config FILE] [key=value ...] [--output-dir DIR]
-[--coco-results]``
+[--coco-results]``; ``python tools/evaluate.py --class-agnostic-oracle --config FILE [key=value ...]``
+scores the class-agnostic oracle (every ground-truth box of the image at score 1, whatever the
+exemplar) on the same items instead.
 
 Without ``--config`` the config stored in the checkpoint is used (overrides still apply). Writes
 ``metrics.json`` and ``metrics.md`` (seen / unseen AP50 and AP, per-run spread, per-category AP) in
@@ -24,28 +26,33 @@ from detector.cli import ArgumentParser, guarded  # noqa: E402
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = ArgumentParser(description=__doc__)
-    p.add_argument("--checkpoint", required=True, help="checkpoint written by tools/train.py")
+    p.add_argument("--checkpoint", default="", help="checkpoint written by tools/train.py")
+    p.add_argument("--class-agnostic-oracle", action="store_true",
+                   help="instead of a model, score every ground-truth box of the image at 1 whatever the "
+                        "exemplar (the bound a detector must beat to show it uses the exemplar); needs --config")
     p.add_argument("--config", default="", help="YAML config (default: the one stored in the checkpoint)")
     p.add_argument("--output-dir", default="", help="where metrics.json / metrics.md go (default: checkpoint folder)")
     p.add_argument("--coco-results", action="store_true", help="also write the detections in COCO results format")
     p.add_argument("--device", default="", help="cpu | cuda (default: cuda when available)")
     p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. eval.runs=5 data.split=2")
-    return p.parse(argv)
+    args = p.parse(argv)
+    if args.class_agnostic_oracle == bool(args.checkpoint):
+        p.error("give --checkpoint, or --class-agnostic-oracle with --config")
+    if args.class_agnostic_oracle and not args.config:
+        p.error("--class-agnostic-oracle needs --config (the data to score it on)")
+    return args
 
 
-def evaluate_checkpoint(checkpoint: str, config: str = "", overrides=(), output_dir: str = "",
-                        coco_results: bool = False, device: str = "") -> tuple[dict, str]:
-    """Load, evaluate, write; returns ``(metrics, output_dir)``."""
+def load_for_evaluation(checkpoint: str, overrides=(), config: str = "", device: str = ""):
+    """``(cfg, model, postprocessor, device, dataset, split_info, cache)``: the checkpoint's model
+    frozen on ``device`` and the items of its ``eval.split``, with a feature cache for the backbone
+    (shared by every evaluation of this model). Also used by ``tools/analysis/support_paths.py``."""
     from detector.data import build_eval_dataset
-    from detector.engine import run_evaluation, write_evaluation
     from detector.features import FeatureCache
     from detector.inference import load_model
-    from detector.run_folder import check_output_path
     from detector.utils.device import resolve_device
 
     dev = resolve_device(device, "--device")
-    if output_dir:
-        check_output_path(output_dir, "--output-dir")
     cfg, model, postprocessor = load_model(checkpoint, overrides, config)
     if cfg.train.num_threads > 0:
         import torch
@@ -55,11 +62,24 @@ def evaluate_checkpoint(checkpoint: str, config: str = "", overrides=(), output_
     for p in model.parameters():
         p.requires_grad_(False)
     dataset, split_info = build_eval_dataset(cfg, cfg.eval.split)
+    return cfg, model, postprocessor, dev, dataset, split_info, FeatureCache(model.backbone)
+
+
+def evaluate_checkpoint(checkpoint: str, config: str = "", overrides=(), output_dir: str = "",
+                        coco_results: bool = False, device: str = "") -> tuple[dict, str]:
+    """Load, evaluate, write; returns ``(metrics, output_dir)``."""
+    from detector.engine import run_evaluation, write_evaluation
+    from detector.run_folder import check_output_path
+
+    if output_dir:
+        check_output_path(output_dir, "--output-dir")
+    cfg, model, postprocessor, dev, dataset, split_info, cache = load_for_evaluation(checkpoint, overrides, config,
+                                                                                      device)
     out = output_dir or os.path.dirname(os.path.abspath(checkpoint))
     os.makedirs(out, exist_ok=True)
     record: list = []
     metrics = run_evaluation(model, postprocessor, dataset, split_info, cfg, dev, cfg.eval.runs,
-                             cache=FeatureCache(model.backbone), record=record, progress=True)
+                             cache=cache, record=record, progress=True)
     write_evaluation(metrics, out)
     if coco_results:
         write_coco_results(record, len(dataset), os.path.join(out, "coco_results.json"))
@@ -87,11 +107,33 @@ def main(argv=None) -> int:
     return guarded(_main, argv)
 
 
+def evaluate_oracle(config: str, overrides=(), output_dir: str = "") -> tuple[dict, str]:
+    """The class-agnostic oracle (:func:`detector.evaluation.oracle_predict`) on the config's
+    ``eval.split`` with ``eval.runs`` runs; written to ``output_dir`` (default
+    ``outputs/oracle_<split>``)."""
+    from detector.config import load_config
+    from detector.data import build_eval_dataset
+    from detector.engine import write_evaluation
+    from detector.evaluation import evaluate_oneshot, oracle_predict
+
+    cfg = load_config(config, overrides)
+    dataset, info = build_eval_dataset(cfg, cfg.eval.split)
+    metrics = evaluate_oneshot(oracle_predict(dataset), dataset, runs=cfg.eval.runs, seen_ids=info["seen_ids"],
+                               unseen_ids=info["unseen_ids"], batch_size=cfg.eval.batch_size,
+                               max_detections=cfg.eval.max_detections)
+    out = output_dir or os.path.join("outputs", f"oracle_{cfg.eval.split}")
+    write_evaluation({"split": cfg.eval.split, **metrics}, out)
+    return {"split": cfg.eval.split, **metrics}, out
+
+
 def _main(argv=None) -> int:
     args = parse_args(argv)
     start = time.time()
-    metrics, out = evaluate_checkpoint(args.checkpoint, args.config, args.overrides, args.output_dir,
-                                       args.coco_results, args.device)
+    if args.class_agnostic_oracle:
+        metrics, out = evaluate_oracle(args.config, args.overrides, args.output_dir)
+    else:
+        metrics, out = evaluate_checkpoint(args.checkpoint, args.config, args.overrides, args.output_dir,
+                                           args.coco_results, args.device)
     from detector.evaluation import format_metrics_table
 
     print(format_metrics_table(metrics))

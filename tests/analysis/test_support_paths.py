@@ -51,12 +51,7 @@ def make_checkpoint(path, bench, keys_unused: bool):
     return save_checkpoint(str(path), checkpoint_state(model, to_dict(cfg)))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_an_unused_path_changes_nothing_and_a_used_one_changes_the_detections(bench, tmp_path):

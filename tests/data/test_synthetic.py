@@ -8,7 +8,7 @@ import torch
 
 from detector.data import CocoIndex, OneShotEvalDataset, build_synthetic, generate_synthetic, synthetic_split
 from detector.data.synthetic import VERSION, render_image
-from detector.evaluation import evaluate_oneshot
+from detector.evaluation import evaluate_oneshot, oracle_predict
 
 SPLIT = synthetic_split()
 
@@ -82,18 +82,6 @@ def test_build_synthetic_checks_what_is_there(tmp_path):
         assert json.load(f)["version"] == VERSION
 
 
-def _oracle(dataset, correct_category_only):
-    def predict(query, support, targets):
-        out = []
-        for t in targets:
-            anns = [a for a in dataset.index.by_image[t["image_id"]]
-                    if not correct_category_only or a.category_id == t["category_id"]]
-            boxes = torch.tensor([a.box_xyxy for a in anns], dtype=torch.float32).reshape(-1, 4)
-            out.append({"scores": torch.ones(len(boxes)), "boxes": boxes})
-        return out
-    return predict
-
-
 def test_class_agnostic_oracle_cannot_pass_without_the_support(tmp_path):
     root = str(tmp_path / "oracle")
     generate_synthetic(root, "tiny", seed=1, workers=1, num_train=2, num_val=160, image_size=96)
@@ -101,9 +89,9 @@ def test_class_agnostic_oracle_cannot_pass_without_the_support(tmp_path):
                             support_size=32, eval_size=96, min_exemplar_area=64)
     kwargs = dict(runs=1, seen_ids=SPLIT.seen_ids, unseen_ids=SPLIT.unseen_ids, batch_size=32)
     assert len([it for it in ds.items if it.category_id in SPLIT.unseen_ids]) >= 60
-    blind = evaluate_oneshot(_oracle(ds, correct_category_only=False), ds, **kwargs)
+    blind = evaluate_oneshot(oracle_predict(ds), ds, **kwargs)
     assert blind["unseen_ap50"] <= 0.5 and blind["seen_ap50"] <= 0.5
-    perfect = evaluate_oneshot(_oracle(ds, correct_category_only=True), ds, **kwargs)
+    perfect = evaluate_oneshot(oracle_predict(ds, same_category_only=True), ds, **kwargs)
     assert perfect["unseen_ap50"] == pytest.approx(1.0) and perfect["seen_ap"] == pytest.approx(1.0)
 
 

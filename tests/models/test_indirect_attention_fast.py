@@ -20,13 +20,7 @@ from detector.structures import ImageBatch
 TOL = dict(atol=2e-5, rtol=2e-5)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # These shapes are tiny: one thread is faster, and immune to a busy machine's other processes.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 DECODER = ["model.backbone.pretrained=none", "model.d_model=32", "model.num_heads=4", "model.num_decoder_layers=2",
            "model.dim_feedforward=64", "model.bias_hidden_dim=16"]

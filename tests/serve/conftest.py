@@ -45,8 +45,5 @@ def serve_files(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _serve_tests_on_one_thread(one_thread):
+    """Every test of this folder runs torch on one thread (``one_thread`` of tests/conftest.py)."""

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -102,3 +103,21 @@ def test_bad_config_and_missing_resume_fail_clearly(bench, tmp_path):
     r = subprocess.run(train_cmd(bench, tmp_path / "empty") + ["--resume"], capture_output=True, text=True,
                        timeout=120, env=env(), cwd=ROOT)
     assert r.returncode == 2 and "no checkpoint" in r.stderr
+
+
+def test_the_class_agnostic_oracle_bounds_what_ignoring_the_exemplar_scores(bench, tmp_path):
+    """Every box of the image at score 1 localises perfectly but cannot tell the queried class from
+    the others, so it stays far from 1; a checkpoint is not needed."""
+    from tools.evaluate import main as evaluate_main
+
+    out = tmp_path / "oracle"
+    assert evaluate_main(["--class-agnostic-oracle", "--config", TINY, f"data.root={bench}", "eval.split=test",
+                          "eval.runs=1", "--output-dir", str(out)]) == 0
+    metrics = json.load(open(out / "metrics.json"))
+    assert metrics["split"] == "test"
+    for split in ("seen", "unseen"):
+        assert 0.1 < metrics[f"{split}_ap50"] < 0.7
+        assert metrics[f"{split}_ap"] <= metrics[f"{split}_ap50"] + 1e-9
+    with pytest.raises(SystemExit) as e:
+        evaluate_main(["--class-agnostic-oracle", f"data.root={bench}"])
+    assert e.value.code == 2

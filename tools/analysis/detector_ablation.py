@@ -15,8 +15,8 @@ Variants (``model.attention``): ``indirect`` (keys from the support, values from
 box-relative bias), ``misaligned`` (the same without the bias: the paper's naive misaligned
 attention), ``double_cross`` (the query features first cross-attend to the support in an encoder,
 then object queries attend to the result: keys and values from one image). ``--layouts`` adds the
-support layouts to compare (``pad``, the official one, and/or ``resize``); ``double_cross`` does not
-depend on the layout and runs once.
+support layouts to compare (``box``, the exemplar laid into each object query's box; ``pad``, the
+official one; ``resize``); ``double_cross`` does not depend on the layout and runs once.
 
 Every run is a subprocess ``python -m tools.train`` (so a crash or a kill loses one run, and a
 rerun skips the runs whose ``metrics.json`` exists). ``--parallel N`` runs N at once with
@@ -42,7 +42,7 @@ if _REPO not in sys.path:
     sys.path.insert(0, _REPO)
 
 VARIANTS = ("indirect", "misaligned", "double_cross")
-LAYOUTS = ("pad", "resize")
+LAYOUTS = ("box", "pad", "resize")
 
 
 def run_name(variant: str, layout: str, seed: int) -> str:

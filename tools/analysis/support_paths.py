@@ -93,22 +93,11 @@ def _top_scores(record: list) -> np.ndarray:
 
 def probe(checkpoint: str, overrides=(), runs: int = 2, seed: int = 0, device: str = "", progress: bool = True) -> dict:
     """Run the probe (module docstring); returns the ``support_paths.json`` dict."""
-    from detector.data import build_eval_dataset
-    from detector.engine import run_evaluation, select_device
-    from detector.features import FeatureCache
-    from detector.inference import load_model
+    from detector.engine import run_evaluation
+    from tools.evaluate import load_for_evaluation
 
-    cfg, model, postprocessor = load_model(checkpoint, overrides)
-    dev = select_device(device)
-    if cfg.train.num_threads > 0:
-        import torch
-
-        torch.set_num_threads(cfg.train.num_threads)
-    model.to(dev).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    dataset, split_info = build_eval_dataset(cfg, cfg.eval.split)
-    cache = FeatureCache(model.backbone)
+    cfg, model, postprocessor, dev, dataset, split_info, cache = load_for_evaluation(checkpoint, overrides,
+                                                                                      device=device)
 
     def evaluate(fed) -> tuple[dict, np.ndarray]:
         record: list = []
@@ -151,27 +140,30 @@ def markdown_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv=None) -> argparse.Namespace:
+    from detector.cli import ArgumentParser, positive_int
+
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--checkpoint", required=True, help="checkpoint written by tools/train.py")
     p.add_argument("--output-dir", required=True, help="where support_paths.json / .md go")
-    p.add_argument("--runs", type=int, default=2, help="exemplar runs per evaluation (default 2)")
+    p.add_argument("--runs", type=positive_int, default=2, help="exemplar runs per evaluation (default 2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the wrong-exemplar draw")
     p.add_argument("--device", default="", help="cpu | cuda (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. eval.split=val")
-    args = p.parse_intermixed_args(argv)
-    if args.runs < 1:
-        p.error("--runs must be at least 1")
-    from detector.config import ConfigError
-    from detector.utils.checkpoint import CheckpointError
+    return p.parse(argv)
 
+
+def main(argv=None) -> int:
+    from detector.cli import guarded
+
+    return guarded(_main, argv)
+
+
+def _main(argv=None) -> int:
+    args = parse_args(argv)
     start = time.time()
-    try:
-        result = probe(args.checkpoint, args.overrides, args.runs, args.seed, args.device, not args.no_progress)
-    except (ConfigError, CheckpointError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    result = probe(args.checkpoint, args.overrides, args.runs, args.seed, args.device, not args.no_progress)
     result["seconds"] = round(time.time() - start, 1)
     os.makedirs(args.output_dir, exist_ok=True)
     with open(os.path.join(args.output_dir, "support_paths.json"), "w", encoding="utf-8") as f:
