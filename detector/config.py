@@ -50,6 +50,8 @@ class ModelConfig:
     support_conditioning: bool = True  # add the pooled support embedding to object queries and a similarity logit
     correlation_channels: int = 0  # per-cell exemplar correlation channels added to the values (0: off)
     correlation_dropout: float = 0.0  # training: share of images whose correlation is left out, so the keys must learn too
+    shot_keys: str = "mean"  # several exemplars: keys of their mean ("mean") or of all k in one softmax ("joint"); docs/RESULTS.md section 5
+    shot_correlation: str = "mean"  # several exemplars: correlation = mean of each one's best match ("mean") or the best over all k ("max")
     look_forward_twice: bool = True  # box loss of layer l also trains layer l-1's refinement (DINO)
     support_size: int = 128  # side of the square support crop in pixels
 
@@ -93,6 +95,8 @@ class DataConfig:
     num_workers: int = 2  # data loader workers
     train_cache_mb: float = 0.0  # decoded training images kept in memory between epochs (per process; 0: none)
     synthetic_seed: int = 0  # generation seed of the synthetic benchmark (part of its identity in meta.json)
+    train_shots: int = 1  # exemplars per training item (k-shot training; 1: one-shot)
+    train_single_share: float = 0.5  # with train_shots > 1: share of items given one exemplar train_shots times
 
 
 @dataclass
@@ -132,6 +136,7 @@ class EvalConfig:
     max_detections: int = 100  # detections kept per item
     nms_iou: float = 0.0  # class-agnostic NMS of each item's detections at this IoU (0: off, as DETR)
     absent_per_image: int = 1  # "absent class" protocol: absent categories queried per image
+    shots: int = 1  # exemplars per item (k-shot; shot 0 is the one-shot exemplar, the others come from other images)
 
 
 @dataclass
@@ -255,6 +260,8 @@ def validate(cfg: Config) -> None:
         "model.support_layout": (m.support_layout, ("resize", "pad", "box")),
         "model.query_content": (m.query_content, ("learned", "proposal")),
         "model.attention_impl": (m.attention_impl, ("reference", "fused")),
+        "model.shot_keys": (m.shot_keys, ("joint", "mean")),
+        "model.shot_correlation": (m.shot_correlation, ("max", "mean")),
         "train.lr_schedule": (cfg.train.lr_schedule, ("step", "cosine", "constant")),
         "train.stage": (cfg.train.stage, ("oneshot", "pretrain")),
         "eval.split": (cfg.eval.split, ("val", "test")),
@@ -268,6 +275,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("model.query_content=proposal needs model.two_stage=true (the proposals give the content)")
     if m.num_queries < 1 or m.num_decoder_layers < 1:
         raise ConfigError("model.num_queries and model.num_decoder_layers must be >= 1")
+    if not 0.0 <= cfg.data.train_single_share <= 1.0:
+        raise ConfigError(f"data.train_single_share={cfg.data.train_single_share!r} must be in [0, 1]")
     if not 0.0 <= m.correlation_dropout < 1.0:
         raise ConfigError(f"model.correlation_dropout={m.correlation_dropout!r} must be in [0, 1)")
     for key, iou in (("model.proposal_nms", m.proposal_nms), ("eval.nms_iou", cfg.eval.nms_iou)):
@@ -282,7 +291,8 @@ _MINIMA = {
     "train.keep_checkpoints": 0, "train.checkpoint_every": 0, "train.checkpoint_every_iters": 0,
     "train.eval_every": 0, "train.eval_runs": 0, "train.num_threads": 0, "train.time_budget_min": 0,
     "train.lr": 0, "train.lr_backbone": 0, "data.num_workers": 0,
-    "eval.runs": 1, "eval.batch_size": 1, "eval.max_detections": 1,
+    "eval.runs": 1, "eval.batch_size": 1, "eval.max_detections": 1, "eval.shots": 1,
+    "data.train_shots": 1,
 }
 
 

@@ -88,6 +88,11 @@ def move_targets(targets: list[dict], device: torch.device) -> list[dict]:
     return [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
 
 
+def each_support(support, fn: Callable):
+    """``fn`` applied to one support batch, or to each of a list of ``k`` (k-shot)."""
+    return [fn(s) for s in support] if isinstance(support, list) else fn(support)
+
+
 def make_predict(model: torch.nn.Module, postprocessor: Callable, device: torch.device,
                  cache: Optional[FeatureCache] = None, amp: Optional[torch.dtype] = None,
                  support_size: int = 32, record: Optional[list] = None,
@@ -97,19 +102,20 @@ def make_predict(model: torch.nn.Module, postprocessor: Callable, device: torch.
     With a ``cache``, exemplar crops are encoded padded to ``support_size`` as the collate pads them.
     With ``record``, each item's ``(image_id, category_id, result)`` is appended to it. With
     ``path_supports(targets) -> {path: ImageBatch}``, those support paths of the model see other
-    exemplars than the items' own (the support-path probe)."""
+    exemplars than the items' own (the support-path probe). ``support`` may be a list of ``k``
+    batches (k-shot items), passed to the model as such."""
 
     @torch.no_grad()
     def predict(query, support, targets):
         model.eval()
         others = path_supports(targets) if path_supports is not None else {}
         if cache is not None:
-            query, support = cache(query), cache(support, support_size)
+            query, support = cache(query), each_support(support, lambda s: cache(s, support_size))
             others = {path: cache(batch, support_size) for path, batch in others.items()}
         sizes = torch.stack([torch.as_tensor(t["orig_size"]) for t in targets]).to(device)
         others = {path: batch.to(device) for path, batch in others.items()}
         with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
-            outputs = model(query.to(device), support.to(device), path_supports=others or None)
+            outputs = model(query.to(device), each_support(support, lambda s: s.to(device)), path_supports=others or None)
         results = [{k: v.float().cpu() for k, v in r.items()} for r in postprocessor(outputs, sizes)]
         if record is not None:
             record.extend((int(t["image_id"]), int(t["category_id"]), r) for t, r in zip(targets, results))
@@ -122,9 +128,9 @@ def run_evaluation(model, postprocessor, dataset, split_info, cfg: Config, devic
                    cache: Optional[FeatureCache] = None, record: Optional[list] = None, progress: bool = False,
                    path_supports: Optional[Callable] = None) -> dict:
     """The protocol (:func:`detector.evaluation.evaluate_oneshot`) on ``dataset`` with ``runs``
-    exemplar runs; ``record`` collects the raw per-item detections and ``path_supports`` feeds
-    support paths other exemplars (see :func:`make_predict`). The metrics name the evaluated set
-    (``split``: ``val`` or ``test``)."""
+    exemplar runs (``dataset.shots`` exemplars per item); ``record`` collects the raw per-item
+    detections and ``path_supports`` feeds support paths other exemplars (see :func:`make_predict`).
+    The metrics name the evaluated set (``split``: ``val`` or ``test``) and record ``shots``."""
     from .evaluation import evaluate_oneshot
 
     predict = make_predict(model, postprocessor, device, cache, amp_dtype(device, cfg.train.amp),
@@ -325,8 +331,9 @@ def train(cfg: Config, resume: Optional[str] = None, device: Optional[torch.devi
         generator = torch.Generator().manual_seed(t.seed * 1000 + epoch)
         for query, support, targets in DataLoader(train_set, generator=generator, **loader_kwargs):
             if cache is not None:
-                query, support = cache(query), cache(support, cfg.model.support_size)
-            query, support, targets = query.to(device), support.to(device), move_targets(targets, device)
+                query, support = cache(query), each_support(support, lambda s: cache(s, cfg.model.support_size))
+            query, targets = query.to(device), move_targets(targets, device)
+            support = each_support(support, lambda s: s.to(device))
             with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
                 outputs = train_model(query, support)
                 losses = criterion(outputs, targets)

@@ -21,6 +21,10 @@ without the class count as false positives. It is reported under its own key onl
   over runs (ddof 0); ``*_min`` / ``*_max`` of the AP50 too (``seen_ap50_min``, ...).
 * ``runs``: number of runs; ``per_run``: list of ``{"run", "seen_ap50", "seen_ap", "unseen_ap50",
   "unseen_ap"}``.
+* ``shots``: exemplars per item (``eval.shots``, k-shot; 1 = the published one-shot protocol). With
+  ``k > 1``, shot 0 is the one-shot exemplar of the run and the other ``k - 1`` are drawn
+  reproducibly from the category's other candidates outside the image
+  (:meth:`detector.data.support.ExemplarPool.eval_choice`).
 * ``num_items_seen``, ``num_items_unseen``, ``num_categories_seen``, ``num_categories_unseen``.
 * ``per_category``: list of ``{"category_id", "name", "split" ("seen" | "unseen"), "num_items",
   "num_instances", "ap50", "ap" (means over runs), "ap50_per_run"}``.
@@ -155,7 +159,8 @@ def evaluate_oneshot(predict: PredictFn, dataset, runs: int = 5, seen_ids: Itera
     """Run the protocol (module docstring) and return the metrics dict (keys documented there).
 
     Args:
-        predict: ``predict(query: ImageBatch, support: ImageBatch, targets: list[dict])`` -> one
+        predict: ``predict(query: ImageBatch, support: ImageBatch, targets: list[dict])`` (``support``
+            a list of ``k`` batches when the dataset has ``shots = k > 1``) -> one
             ``{"scores": [K], "boxes": [K, 4]}`` per item, boxes ``xyxy`` in absolute pixels of the
             item's *original* image (``targets[i]["orig_size"]``).
         dataset: an :class:`detector.data.OneShotEvalDataset` (``items``, ``set_run``,
@@ -203,7 +208,9 @@ def evaluate_oneshot(predict: PredictFn, dataset, runs: int = 5, seen_ids: Itera
                                    "unseen_ap50": _set_mean(absent_scores, unseen, 1),
                                    "unseen_ap": _set_mean(absent_scores, unseen, 0)})
 
-    metrics: dict = {"protocol": PROTOCOL, "runs": runs}
+    shots = int(getattr(dataset, "shots", 1))
+    protocol = PROTOCOL if shots == 1 else PROTOCOL + f"; {shots} exemplars per item (shots 1.. from other images)"
+    metrics: dict = {"protocol": protocol, "runs": runs, "shots": shots}
     for key in ("seen_ap50", "seen_ap", "unseen_ap50", "unseen_ap"):
         s = _stats([p[key] for p in per_run])
         metrics[key], metrics[f"{key}_std"] = s["mean"], s["std"]
@@ -281,7 +288,9 @@ def format_metrics_table(metrics: dict, per_category: bool = True) -> str:
     lines = [f"| set | AP50 | AP50 std (min-max) over {metrics['runs']} runs | AP | categories | items |",
              "|---|---|---|---|---|---|"]
     if metrics.get("split"):
-        lines.insert(0, f"Evaluation set: {metrics['split']}\n")
+        shots = metrics.get("shots", 1)
+        note = f", {shots} exemplars per item" if shots > 1 else ""
+        lines.insert(0, f"Evaluation set: {metrics['split']}{note}\n")
     for split in ("seen", "unseen"):
         spread = (f"{_pct(metrics.get(f'{split}_ap50_std'))} ({_pct(metrics.get(f'{split}_ap50_min'))}-"
                   f"{_pct(metrics.get(f'{split}_ap50_max'))})")

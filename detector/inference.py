@@ -2,7 +2,8 @@
 
 Images may be paths, PIL images or numpy arrays (rules in :func:`load_image`). The exemplar is the
 whole support image, or the box ``support_box = (x, y, w, h)`` (pixels) cut from it with the
-training context margin. Both go through the data pipeline's evaluation transforms (query: longer
+training context margin. Several exemplars of one class (k-shot): ``predict(query, [img1, img2],
+support_boxes=[box1, box2])``, or several boxes of one support image. Both go through the data pipeline's evaluation transforms (query: longer
 side ``data.eval_size``; exemplar: longer side ``model.support_size``); boxes come back in pixels of
 the original query image. Images of more than ``max_pixels`` pixels (default
 :data:`DEFAULT_MAX_PIXELS`) are refused before they are decoded.
@@ -182,22 +183,53 @@ class OneShotDetector:
                              self.cfg.data.support_margin)
         return self.support_transform(np.asarray(crop)), crop
 
+    def prepare_supports(self, support_images, support_boxes=None) -> list[tuple[torch.Tensor, Image.Image]]:
+        """``k >= 1`` exemplars of one class -> ``[(tensor [3, h, w], crop)]``, one per exemplar
+        (:meth:`prepare_support` each).
+
+        ``support_images``: one image, or a list of them. ``support_boxes``: ``None`` (each whole
+        image), one box ``(x, y, w, h)`` (one support image), or a list of boxes (``None`` entries:
+        the whole image), one per support image, or several for a single support image (several
+        exemplars cut from it). :class:`InputError` when the two do not pair up.
+        """
+        images = list(support_images) if isinstance(support_images, (list, tuple)) else [support_images]
+        if not images:
+            raise InputError("no support image: give one, or a list of k >= 1")
+        if support_boxes is None:
+            boxes = [None] * len(images)
+        elif _is_box(support_boxes):
+            boxes = [support_boxes]
+        else:
+            boxes = list(support_boxes)
+        if len(images) == 1 and len(boxes) > 1:
+            images = images * len(boxes)
+        if not boxes or len(boxes) != len(images):
+            raise InputError(f"{len(images)} support images but {len(boxes)} support boxes: give one box per "
+                             f"support image, or several boxes for one support image")
+        return [self.prepare_support(image, box) for image, box in zip(images, boxes)]
+
     @torch.no_grad()
-    def predict_batch(self, query_images: Sequence[ImageLike], support_image: ImageLike,
-                      support_box: Optional[Sequence[float]] = None, score_threshold: float = 0.3) -> list[dict]:
-        """Several query images, one exemplar, one batched forward pass. Returns one dict per query
-        image: ``{"width", "height", "detections": [{"bbox": [x, y, w, h], "score"}]}`` (pixels of
-        the original image, highest score first)."""
+    def predict_batch(self, query_images: Sequence[ImageLike], support_images, support_boxes=None,
+                      score_threshold: float = 0.3, *, support_box: Optional[Sequence[float]] = None) -> list[dict]:
+        """Several query images, ``k >= 1`` exemplars of one class (:meth:`prepare_supports` says how
+        ``support_images`` and ``support_boxes`` pair up; ``support_box`` is the one-exemplar
+        spelling of ``support_boxes``), one batched forward pass. Returns one dict per query image:
+        ``{"width", "height", "detections": [{"bbox": [x, y, w, h], "score"}]}`` (pixels of the
+        original image, highest score first). One exemplar is the one-shot model, unchanged."""
+        if support_box is not None:
+            if support_boxes is not None:
+                raise InputError("give support_box (one exemplar) or support_boxes, not both")
+            support_boxes = support_box
         if len(query_images) == 0:
             return []
-        support, _ = self.prepare_support(support_image, support_box)
+        shots = [t for t, _ in self.prepare_supports(support_images, support_boxes)]
         prepared = [self.prepare_query(q) for q in query_images]
         query = ImageBatch.from_tensors([p[0] for p in prepared]).to(self.device)
         # Padded to the square support_size, as collate_oneshot pads exemplar crops.
-        support_batch = ImageBatch.from_tensors([support] * len(prepared),
-                                                size_divisibility=self.cfg.model.support_size).to(self.device)
+        batches = [ImageBatch.from_tensors([t] * len(prepared), size_divisibility=self.cfg.model.support_size)
+                   .to(self.device) for t in shots]
         sizes = torch.tensor([p[1] for p in prepared], dtype=torch.long, device=self.device)
-        outputs = self.model(query, support_batch)
+        outputs = self.model(query, batches[0] if len(batches) == 1 else batches)
         results = []
         for (_, (h, w)), r in zip(prepared, self.postprocessor(outputs, sizes)):
             keep = r["scores"] >= score_threshold
@@ -207,13 +239,21 @@ class OneShotDetector:
             results.append({"width": int(w), "height": int(h), "detections": dets})
         return results
 
-    def predict(self, query_image: ImageLike, support_image: ImageLike, support_box: Optional[Sequence[float]] = None,
-                score_threshold: float = 0.3) -> dict:
-        """One query image: ``{"image", "width", "height", "detections": [{"bbox": [x, y, w, h],
-        "score"}]}`` as one entry of ``results.json`` (``image`` is the path, or ``None``)."""
-        result = self.predict_batch([query_image], support_image, support_box, score_threshold)[0]
+    def predict(self, query_image: ImageLike, support_images, support_boxes=None, score_threshold: float = 0.3, *,
+                support_box: Optional[Sequence[float]] = None) -> dict:
+        """One query image, ``k >= 1`` exemplars (as :meth:`predict_batch`): ``{"image", "width",
+        "height", "detections": [{"bbox": [x, y, w, h], "score"}]}`` as one entry of
+        ``results.json`` (``image`` is the path, or ``None``)."""
+        result = self.predict_batch([query_image], support_images, support_boxes, score_threshold,
+                                    support_box=support_box)[0]
         name = os.fspath(query_image) if isinstance(query_image, (str, os.PathLike)) else None
         return {"image": name, **result}
+
+
+def _is_box(value) -> bool:
+    """One ``(x, y, w, h)`` box (four numbers), as opposed to a list of boxes."""
+    return (isinstance(value, (list, tuple, np.ndarray)) and len(value) == 4
+            and all(isinstance(v, (int, float, np.number)) for v in value))
 
 
 __all__ = ["OneShotDetector", "InputError", "CheckpointError", "DEFAULT_MAX_PIXELS", "load_image", "load_model",

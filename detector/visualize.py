@@ -83,6 +83,22 @@ def draw_detections(query: Image.Image, exemplar: Image.Image, detections: Seque
     return canvas
 
 
+def tile_exemplars(exemplars: Sequence[Image.Image]) -> Image.Image:
+    """Several exemplar crops side by side (k-shot), each scaled to the tallest one's height, on a
+    white background with a 4-pixel gap; one crop comes back as it is."""
+    if len(exemplars) == 1:
+        return exemplars[0]
+    height = max(e.height for e in exemplars)
+    scaled = [e.convert("RGB").resize((max(1, round(e.width * height / e.height)), height)) for e in exemplars]
+    gap = 4
+    canvas = Image.new("RGB", (sum(e.width for e in scaled) + gap * (len(scaled) - 1), height), (255, 255, 255))
+    x = 0
+    for e in scaled:
+        canvas.paste(e, (x, 0))
+        x += e.width + gap
+    return canvas
+
+
 def save_detections(path: str, query: Image.Image | np.ndarray, exemplar: Image.Image | np.ndarray,
                     detections: Sequence[dict], title: str = "") -> str:
     """:func:`draw_detections` written as a PNG to ``path`` (folders created)."""

@@ -8,7 +8,8 @@ exemplar) on the same items instead.
 Without ``--config`` the config stored in the checkpoint is used (overrides still apply). Writes
 ``metrics.json`` and ``metrics.md`` (seen / unseen AP50 and AP, per-run spread, per-category AP) in
 the output folder (default: the checkpoint's folder), and with ``--coco-results`` the detections in
-COCO results format. Overrides may come anywhere among the options. Exit codes: 0 done, 2 a bad
+COCO results format. Overrides may come anywhere among the options; ``eval.shots=k`` gives every
+item k exemplars (k-shot; ``tools/kshot_table.py`` tabulates several k). Exit codes: 0 done, 2 a bad
 option, checkpoint, config or data file (one line; nothing written).
 """
 from __future__ import annotations

@@ -3,6 +3,9 @@
 ``python tools/infer.py --checkpoint CKPT --query IMG_OR_FOLDER --support IMG [--support-box x,y,w,h]
 --output results.json [--visualize OUT_DIR] [--score-threshold T]``
 
+Several exemplars of one class (k-shot): repeat ``--support`` (and ``--support-box``, one per
+``--support``), or give one ``--support`` with several ``--support-box`` (exemplars cut from one image).
+
 ``results.json`` is a list, one entry per query image: ``{"image", "width", "height",
 "detections": [{"bbox": [x, y, w, h], "score"}]}`` in pixels of the original image. Several query
 images are run in batches of ``--batch-size``. In a folder, an image that cannot be used (corrupt,
@@ -54,9 +57,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = ArgumentParser(description=__doc__)
     p.add_argument("--checkpoint", required=True, help="checkpoint written by tools/train.py")
     p.add_argument("--query", required=True, help="query image or folder of images")
-    p.add_argument("--support", required=True, help="support image (holds the exemplar)")
-    p.add_argument("--support-box", type=parse_box, default=None,
-                   help="exemplar box x,y,w,h in support-image pixels (default: the whole support image)")
+    p.add_argument("--support", required=True, action="append",
+                   help="support image (holds the exemplar); repeat it for several exemplars of one class")
+    p.add_argument("--support-box", type=parse_box, action="append", default=None,
+                   help="exemplar box x,y,w,h in support-image pixels (default: the whole support image); "
+                        "one per --support, or several for one --support")
     p.add_argument("--output", default="results.json", help="where to write the results JSON")
     p.add_argument("--visualize", default="", help="folder for one PNG per query image (boxes + exemplar)")
     p.add_argument("--score-threshold", type=fraction, default=0.3, help="keep detections scoring at least this (0-1)")
@@ -66,6 +71,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default; 1 is faster on a busy machine)")
     return p.parse(argv)
+
+
+def pair_supports(args: argparse.Namespace) -> tuple[list[str], list]:
+    """``(support paths, boxes)`` of the k exemplars, one entry each (box ``None``: the whole image):
+    one ``--support-box`` per ``--support``, none, or several for a single ``--support``."""
+    supports, boxes = list(args.support), list(args.support_box or [])
+    if not boxes:
+        return supports, [None] * len(supports)
+    if len(supports) == 1:
+        return supports * len(boxes), boxes
+    if len(boxes) != len(supports):
+        raise InputError(f"{len(supports)} --support but {len(boxes)} --support-box: give one box per support "
+                         f"image, none, or several boxes for a single --support")
+    return supports, boxes
 
 
 def check_output_paths(args: argparse.Namespace) -> None:
@@ -115,7 +134,7 @@ def run(args: argparse.Namespace) -> tuple[list[dict], int]:
     """``(results, number of skipped images)``; writes ``--output`` (and pictures)."""
     from detector.inference import OneShotDetector, crop_exemplar, load_image
     from detector.utils.device import resolve_device
-    from detector.visualize import save_detections
+    from detector.visualize import save_detections, tile_exemplars
 
     check_output_paths(args)
     if args.threads > 0:
@@ -126,8 +145,11 @@ def run(args: argparse.Namespace) -> tuple[list[dict], int]:
     queries = list_queries(args.query)
     device = resolve_device(args.device, "--device")
     detector = OneShotDetector.from_checkpoint(args.checkpoint, device=device, max_pixels=max_pixels)
-    support = load_image(args.support, "support image", max_pixels)
-    exemplar = crop_exemplar(support, args.support_box, 0.0)  # also validates the box before any work
+    supports, boxes = pair_supports(args)
+    images = {path: load_image(path, "support image", max_pixels) for path in dict.fromkeys(supports)}
+    supports = [images[path] for path in supports]
+    # Also validates the boxes before any work.
+    exemplar = tile_exemplars([crop_exemplar(s, b, 0.0) for s, b in zip(supports, boxes)])
     images, errors = load_queries(queries, max_pixels, single=not os.path.isdir(args.query))
     if not images:
         raise InputError(f"--query {args.query}: none of its {len(queries)} images can be used "
@@ -137,7 +159,7 @@ def run(args: argparse.Namespace) -> tuple[list[dict], int]:
     entries = [dict(e) for e in errors]
     for start in range(0, len(images), args.batch_size):
         chunk = images[start:start + args.batch_size]
-        predictions = detector.predict_batch([im for _, _, im in chunk], support, args.support_box, args.score_threshold)
+        predictions = detector.predict_batch([im for _, _, im in chunk], supports, boxes, args.score_threshold)
         for (i, path, image), r in zip(chunk, predictions):
             entries.append({"index": i, "image": path, **r})
             if args.visualize:

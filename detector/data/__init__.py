@@ -60,7 +60,7 @@ def build_datasets(cfg) -> tuple[OneShotDataset, OneShotEvalDataset, dict]:
                            query_transform=query_transform, support_margin=d.support_margin,
                            min_exemplar_area=d.min_exemplar_area, augment_support=d.augment,
                            class_balanced=d.class_balanced, seed=cfg.train.seed, stage=cfg.train.stage,
-                           cache_mb=d.train_cache_mb)
+                           cache_mb=d.train_cache_mb, shots=d.train_shots, single_share=d.train_single_share)
     return train, _eval_dataset(cfg, "val", train_index)[0], split.to_info()
 
 
@@ -90,5 +90,5 @@ def _eval_dataset(cfg, split: str, train_index: Optional[CocoIndex] = None) -> t
                                  support_margin=d.support_margin, min_exemplar_area=d.min_exemplar_area,
                                  exemplar_file=d.exemplar_file,
                                  absent_per_image=cfg.eval.absent_per_image if cfg.eval.absent_class else 0,
-                                 split_name=split)
+                                 split_name=split, shots=cfg.eval.shots)
     return dataset, categories.to_info()

@@ -4,6 +4,7 @@ Item dict (training and evaluation alike)::
 
     query_image    FloatTensor [3, h, w] in [0, 1]   the image searched, transformed, unpadded
     support_image  FloatTensor [3, hs, ws] in [0, 1] the exemplar crop, longer side = support_size
+                   (evaluation with shots=k > 1: ``support_images``, a list of k such crops instead)
     target:
       boxes          FloatTensor [N, 4]  cxcywh normalised to the transformed, unpadded query image
       labels         LongTensor [N]      zeros (one class: "matches the exemplar"); N may be 0
@@ -20,7 +21,8 @@ randomness comes from ``numpy.random.default_rng([seed, epoch, index])``.
 
 Evaluation (:class:`OneShotEvalDataset`): one item per (image, evaluated category with a
 non-ignored instance in it); run ``r``'s exemplar is chosen as in PAPER.md section 5
-(:meth:`detector.data.support.ExemplarPool.eval_choice`). Optional "absent class" items query
+(:meth:`detector.data.support.ExemplarPool.eval_choice`), and with ``shots=k`` the other ``k - 1``
+from other images too, reproducibly (the same method). Optional "absent class" items query
 categories the image does not contain; they come after the comparable items.
 """
 from __future__ import annotations
@@ -126,13 +128,23 @@ class OneShotDataset(_OneShotBase):
         stage: ``"oneshot"``, or ``"pretrain"``: UP-DETR-style, the exemplar is a random patch of
             the query image itself and the target is that patch (``category_id`` 0).
         cache_mb: memory for decoded images kept between samples (per process; 0: none).
+        shots: exemplars per item (k-shot training; 1: the one-shot item, unchanged). With ``k > 1``
+            each item carries ``support_images``: ``k`` exemplars drawn independently from other
+            images, or, for a share ``single_share`` of the items (drawn per sample), one exemplar
+            ``k`` times, which the k-shot model treats as one exemplar (:mod:`detector.models.kshot`):
+            one model then learns both cases.
+        single_share: see ``shots``.
     """
 
     def __init__(self, annotations: Union[str, CocoIndex], image_dir: str, category_ids: Iterable[int], *,
                  support_size: int, query_transform: QueryTransform, support_margin: float = 0.1,
                  min_exemplar_area: float = 1024.0, augment_support: bool = True, class_balanced: bool = False,
-                 seed: int = 0, stage: str = "oneshot", cache_mb: float = 0.0):
+                 seed: int = 0, stage: str = "oneshot", cache_mb: float = 0.0, shots: int = 1,
+                 single_share: float = 0.5):
         super().__init__(_as_index(annotations, image_dir), image_dir, support_size, support_margin, cache_mb)
+        if shots < 1 or not 0.0 <= single_share <= 1.0:
+            raise ValueError(f"shots must be >= 1 and single_share in [0, 1], got {shots}, {single_share}")
+        self.shots, self.single_share = int(shots), float(single_share)
         if seed < 0:
             raise ValueError(f"seed must be non-negative, got {seed}")
         if stage not in ("oneshot", "pretrain"):
@@ -186,8 +198,15 @@ class OneShotDataset(_OneShotBase):
         boxes, ignore = self._query_boxes(image_id, category_id)
         query, boxes_n, ignore_n = self.query_transform(image, boxes, ignore, rng)
         support = self._support(exemplar, self.support_transform, rng)
-        return {"query_image": query, "support_image": support,
-                "target": _target(boxes_n, ignore_n, image_id, category_id, (rec.height, rec.width), tuple(query.shape[1:]))}
+        target = _target(boxes_n, ignore_n, image_id, category_id, (rec.height, rec.width), tuple(query.shape[1:]))
+        if self.shots > 1:  # after every draw of the one-shot item, so that shots=1 draws exactly as before
+            if rng.random() < self.single_share:
+                supports = [support] * self.shots
+            else:
+                extra = [self.pool.sample(category_id, image_id, rng) for _ in range(self.shots - 1)]
+                supports = [support] + [self._support(e, self.support_transform, rng) for e in extra]
+            return {"query_image": query, "support_images": supports, "target": target}
+        return {"query_image": query, "support_image": support, "target": target}
 
     def _pretrain_item(self, image: np.ndarray, image_id: int, rng: np.random.Generator) -> dict:
         h, w = image.shape[:2]
@@ -226,6 +245,8 @@ class OneShotEvalDataset(_OneShotBase):
         cache_mb: memory for decoded images kept between items and runs (per process; an item's
             query image is also other items' query and exemplar image).
         split_name: which evaluation set this is (``"val"`` or ``"test"``), recorded in the metrics.
+        shots: exemplars per item (k-shot); shot 0 is the one-shot exemplar, so ``shots=1`` is the
+            one-shot protocol, unchanged.
 
     Attributes:
         items: the :class:`EvalItem` s, comparable (present) items first, ordered by image id
@@ -236,9 +257,12 @@ class OneShotEvalDataset(_OneShotBase):
     def __init__(self, annotations: Union[str, CocoIndex], image_dir: str, category_ids: Iterable[int], *,
                  support_size: int, eval_size: int, support_margin: float = 0.1, min_exemplar_area: float = 1024.0,
                  exemplar_file: str = "", absent_per_image: int = 0, cache_mb: float = 512.0,
-                 split_name: str = "val"):
+                 split_name: str = "val", shots: int = 1):
         super().__init__(_as_index(annotations, image_dir), image_dir, support_size, support_margin, cache_mb)
+        if shots < 1:
+            raise ValueError(f"shots must be >= 1, got {shots}")
         self.split_name = split_name
+        self.shots = int(shots)
         self.category_ids = sorted(set(category_ids))
         self.query_transform = QueryTransform(train=False, eval_size=eval_size)
         self.support_transform = SupportTransform(support_size, augment=False)
@@ -271,10 +295,11 @@ class OneShotEvalDataset(_OneShotBase):
     def __len__(self) -> int:
         return len(self.items)
 
-    def exemplar(self, index: int, run: Optional[int] = None) -> Exemplar:
-        """The exemplar of item ``index`` in run ``run`` (default: the current run)."""
+    def exemplar(self, index: int, run: Optional[int] = None, shot: int = 0) -> Exemplar:
+        """The exemplar of item ``index`` in run ``run`` (default: the current run); ``shot`` picks
+        one of its ``shots`` exemplars (0: the one-shot exemplar)."""
         item = self.items[index]
-        return self.pool.eval_choice(item.category_id, item.image_id, self.run if run is None else run)
+        return self.pool.eval_choice(item.category_id, item.image_id, self.run if run is None else run, shot)
 
     def ground_truth(self, index: int) -> list[dict]:
         """Item ``index``'s ground truth for COCOeval: the queried category's instances in the
@@ -288,9 +313,10 @@ class OneShotEvalDataset(_OneShotBase):
                 out.append({"bbox": [x0, y0, x1 - x0, y1 - y0], "area": a.area, "iscrowd": int(a.ignore)})
         return out
 
-    def support_image(self, index: int, run: Optional[int] = None) -> torch.Tensor:
-        """The exemplar crop ``[3, hs, ws]`` of item ``index`` in run ``run`` (default: the current run)."""
-        return self._support(self.exemplar(index, run), self.support_transform, None)
+    def support_image(self, index: int, run: Optional[int] = None, shot: int = 0) -> torch.Tensor:
+        """The exemplar crop ``[3, hs, ws]`` of item ``index`` in run ``run`` (default: the current
+        run), shot ``shot``."""
+        return self._support(self.exemplar(index, run, shot), self.support_transform, None)
 
     def __getitem__(self, index: int) -> dict:
         item = self.items[index]
@@ -300,6 +326,9 @@ class OneShotEvalDataset(_OneShotBase):
         target = _target(boxes_n, ignore_n, item.image_id, item.category_id, (rec.height, rec.width),
                          tuple(query.shape[1:]))
         target["index"] = index
+        if self.shots > 1:
+            supports = [self.support_image(index, shot=s) for s in range(self.shots)]
+            return {"query_image": query, "support_images": supports, "target": target}
         return {"query_image": query, "support_image": self.support_image(index), "target": target}
 
 
@@ -311,11 +340,19 @@ def collate_supports(supports: list[torch.Tensor]) -> ImageBatch:
     return ImageBatch.from_tensors(supports, size_divisibility=side)  # rounds every side up to exactly `side`
 
 
-def collate_oneshot(items: list[dict]) -> tuple[ImageBatch, ImageBatch, list[dict]]:
+def collate_oneshot(items: list[dict]) -> tuple[ImageBatch, ImageBatch | list[ImageBatch], list[dict]]:
     """Items -> ``(query, support, targets)``.
 
     ``query``: the query images padded to a common size (multiple of 32). ``support``: the
-    exemplar crops (:func:`collate_supports`). ``targets``: the items' target dicts.
+    exemplar crops (:func:`collate_supports`); for items with ``support_images`` (k-shot), a list
+    of ``k`` such batches, batch ``s`` holding every item's exemplar ``s``. ``targets``: the items'
+    target dicts.
     """
     query = ImageBatch.from_tensors([it["query_image"] for it in items], size_divisibility=32)
-    return query, collate_supports([it["support_image"] for it in items]), [it["target"] for it in items]
+    targets = [it["target"] for it in items]
+    if "support_images" in items[0]:
+        k = len(items[0]["support_images"])
+        if any(len(it["support_images"]) != k for it in items):
+            raise ValueError("every item of a batch needs the same number of exemplars")
+        return query, [collate_supports([it["support_images"][s] for it in items]) for s in range(k)], targets
+    return query, collate_supports([it["support_image"] for it in items]), targets

@@ -9,6 +9,9 @@
 * Evaluation choice (:meth:`ExemplarPool.eval_choice`, PAPER.md section 5): the candidates of the
   category outside the query image, shuffled by a generator seeded with the query image id;
   run ``r`` takes position ``r`` (modulo the number of candidates). Identical in every process.
+  With several exemplars per item (k-shot), shot 0 is that exemplar and shots ``1 .. k-1`` are the
+  other candidates outside the image, shuffled by a generator seeded with (image id, category id,
+  run), in that order (cycling when there are fewer than ``k - 1``).
 * Crop (:func:`crop_support`): the box enlarged by ``margin`` of its width / height on each side,
   clipped to the image, integer pixel bounds (floor / ceil).
 """
@@ -94,10 +97,14 @@ class ExemplarPool:
         allowed = np.flatnonzero(self._image_ids[category_id] != exclude_image)
         return lst[int(allowed[rng.integers(len(allowed))])] if len(allowed) else None
 
-    def eval_choice(self, category_id: int, image_id: int, run: int) -> Optional[Exemplar]:
+    def eval_choice(self, category_id: int, image_id: int, run: int, shot: int = 0) -> Optional[Exemplar]:
         """The exemplar of run ``run`` for the item (``image_id``, ``category_id``): candidates
         outside the image, shuffled with ``numpy.random.default_rng(image_id)``, position
-        ``run % len``. ``None`` when there is no candidate."""
+        ``run % len``. ``None`` when there is no candidate.
+
+        ``shot > 0`` (k-shot): the other candidates outside the image, shuffled with
+        ``default_rng([image_id, category_id, run])``, position ``(shot - 1) % len``; shot 0's own
+        candidate again only when it is the only one."""
         ids = self._image_ids.get(category_id)
         if ids is None:
             return None
@@ -105,7 +112,12 @@ class ExemplarPool:
         if len(allowed) == 0:
             return None
         order = np.random.default_rng(int(image_id)).permutation(len(allowed))
-        return self.by_category[category_id][int(allowed[order[run % len(allowed)]])]
+        first = int(allowed[order[run % len(allowed)]])
+        if shot == 0:
+            return self.by_category[category_id][first]
+        others = allowed[allowed != first] if len(allowed) > 1 else allowed
+        extra = np.random.default_rng([int(image_id), int(category_id), int(run)]).permutation(len(others))
+        return self.by_category[category_id][int(others[extra[(shot - 1) % len(others)]])]
 
 
 def crop_box_with_margin(box_xyxy: Sequence[float], margin: float, image_hw: tuple[int, int]) -> tuple[int, int, int, int]:

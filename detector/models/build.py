@@ -49,5 +49,6 @@ def build_model(cfg: Config) -> tuple[OneShotDETR, SetCriterion, PostProcess]:
                         support_conditioning=m.support_conditioning, fusion_encoder=fusion,
                         correlation=SupportCorrelation(m.d_model, m.correlation_channels) if m.correlation_channels else None,
                         support_margin=cfg.data.support_margin, query_content=m.query_content,
-                        correlation_dropout=m.correlation_dropout)
+                        correlation_dropout=m.correlation_dropout, shot_keys=m.shot_keys,
+                        shot_correlation=m.shot_correlation)
     return model, build_criterion(cfg.loss), PostProcess(cfg.eval.max_detections, cfg.eval.nms_iou)

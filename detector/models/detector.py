@@ -12,7 +12,9 @@ from torchvision.ops import nms
 from ..structures import ImageBatch
 from ..utils.box_ops import box_cxcywh_to_xyxy, inverse_sigmoid
 from .backbone import Backbone, FeatureBatch
+from . import kshot
 from .box_frame import SupportGrid
+from .nms import distinct_top_k
 from .position_encoding import PositionEmbeddingSine
 from .relative_bias import cell_centres
 from .support_correlation import SupportCorrelation
@@ -42,7 +44,11 @@ def select_distinct(scores: Tensor, boxes: Tensor, k: int, iou_threshold: float)
     with 4 anchors, 0.9 ms over 320).
 
     ``scores [B, N]``, ``boxes [B, N, 4]`` (cxcywh) -> ``[B, k]`` long, survivors in score order first.
+    While the model is exported to ONNX the same indices come from :func:`~detector.models.nms.distinct_top_k`
+    (the loop over images would be unrolled for the traced batch size).
     """
+    if torch.onnx.is_in_onnx_export():
+        return distinct_top_k(scores, boxes, k, iou_threshold)
     picked = []
     m = min(scores.shape[1], 8 * k)
     with torch.no_grad():
@@ -122,6 +128,8 @@ class OneShotDETR(nn.Module):
         correlation_dropout: in training, the share of images whose correlation is left out (path
             dropout): the decoder then cannot rely on the correlation alone and must also learn to
             find the exemplar through the keys. Evaluation always uses it.
+        shot_keys, shot_correlation: with several exemplars per query image (k-shot), how the keys
+            and the correlation combine them (:mod:`detector.models.kshot`); unused with one.
     """
 
     def __init__(self, backbone: Backbone, decoder: Decoder, attention: str = "indirect",
@@ -130,8 +138,11 @@ class OneShotDETR(nn.Module):
                  proposal_conditioning: bool = False, support_conditioning: bool = True,
                  fusion_encoder: Optional[SupportFusionEncoder] = None,
                  correlation: Optional[SupportCorrelation] = None, support_margin: float = 0.1,
-                 query_content: str = "learned", correlation_dropout: float = 0.0):
+                 query_content: str = "learned", correlation_dropout: float = 0.0, shot_keys: str = "mean",
+                 shot_correlation: str = "mean"):
         super().__init__()
+        kshot.check_choices(shot_keys, shot_correlation)
+        self.shot_keys, self.shot_correlation = shot_keys, shot_correlation
         if attention not in ATTENTIONS:
             raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
         if support_layout not in LAYOUTS:
@@ -341,16 +352,19 @@ class OneShotDETR(nn.Module):
         reference = torch.gather(enc_boxes, 1, top[..., None].expand(b, num, 4)).detach()
         return reference, top, {"pred_logits": enc_logits, "pred_boxes": enc_boxes}
 
-    def forward(self, query: ImageBatch | FeatureBatch, support: ImageBatch | FeatureBatch,
+    def forward(self, query: ImageBatch | FeatureBatch, support: ImageBatch | FeatureBatch | list,
                 path_supports: Optional[dict] = None) -> dict:
         """Detect the support's class in the query images.
 
         Args:
             query: ``[B, 3, H, W]`` images searched (or their precomputed backbone body features,
                 a :class:`FeatureBatch`, when the backbone is frozen).
-            support: ``[B, 3, S, S]`` exemplar crops, one per query image (or their body features).
+            support: ``[B, 3, S, S]`` exemplar crops, one per query image (or their body features);
+                or a list of ``k`` such batches, ``k`` exemplars of one class per query image
+                (k-shot, combined as :mod:`detector.models.kshot` says). A list of one is the
+                one-shot path, bit for bit.
             path_supports: optional ``{path: support batch}`` feeding some of :attr:`support_paths`
-                other exemplars than ``support`` (same shapes): the probe of
+                other exemplars than ``support`` (same shapes; one exemplar only): the probe of
                 ``tools/analysis/support_paths.py``. Paths not named see ``support``.
 
         Returns:
@@ -358,16 +372,26 @@ class OneShotDETR(nn.Module):
             query image), ``aux_outputs`` (earlier layers), and when used ``enc_outputs``
             (proposals) and, in training with hybrid matching, ``one2many`` (same keys).
         """
-        if len(query) != len(support):
-            raise ValueError(f"{len(query)} query images but {len(support)} supports: one support per query image")
+        shots = kshot.as_shots(support)
+        for s in shots:
+            if len(query) != len(s):
+                raise ValueError(f"{len(query)} query images but {len(s)} supports: one support per query image")
         q_feat, q_mask = self.backbone(query)
-        supports = self._encode_supports(support, path_supports)
-        embedding = {path: masked_mean(*supports[path]) for path in ("object_queries", "logits", "proposals")
-                     if path in supports}
-        keys, values, key_padding_mask, memory, q_feat, q_mask = self._cross_inputs(q_feat, q_mask, supports)
+        pooled = ("object_queries", "logits", "proposals")
+        if len(shots) == 1:
+            supports = self._encode_supports(shots[0], path_supports)
+            embedding = {path: masked_mean(*supports[path]) for path in pooled if path in supports}
+            keys, values, key_padding_mask, memory, q_feat, q_mask = self._cross_inputs(q_feat, q_mask, supports)
+        else:
+            if path_supports:
+                raise ValueError("path_supports needs one exemplar per query image, not a list of them")
+            encoded = [self._encode_supports(s, None) for s in shots]
+            embedding = kshot.mean_embeddings(encoded, pooled, masked_mean)
+            keys, values, key_padding_mask, memory, q_feat, q_mask = kshot.cross_inputs(self, q_feat, q_mask, encoded)
         grid_hw, valid_hw = tuple(q_feat.shape[-2:]), valid_extent(q_mask)
 
-        b, num = len(query), self.num_queries + (self.num_queries_one2many if self.training else 0)
+        # The batch size as a tensor dimension, not len(): an ONNX trace keeps it dynamic.
+        b, num = q_feat.shape[0], self.num_queries + (self.num_queries_one2many if self.training else 0)
         reference, top, enc_outputs = self._select(memory, q_mask, grid_hw, valid_hw, num, embedding.get("proposals"))
         content = self.query_embed.weight[:num][None].expand(b, num, -1)
         if self.support_to_query is not None:

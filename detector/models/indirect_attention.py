@@ -63,7 +63,9 @@ class AttentionSink(NamedTuple):
 def key_scores(q: Tensor, k: Tensor, frame: Optional[BoxFrame]) -> Tensor:
     """``q.k / sqrt(d_head)`` over the value positions: ``[B, heads, Q, N]``. With a ``frame``,
     ``k`` holds the support's own grid ``[B, heads, Hs*Ws, d_head]`` and the frame lays the scores
-    into each object query's box (:mod:`detector.models.box_frame`)."""
+    into each object query's box (:mod:`detector.models.box_frame`); a k-shot
+    :class:`~detector.models.kshot.ExemplarFrame` (the same ``scores`` method) lays and combines
+    the scores of several exemplars' keys, one after the other in ``k``."""
     scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
     return frame.scores(scores) if frame is not None else scores
 

@@ -12,6 +12,7 @@ from torch.utils.checkpoint import checkpoint
 from ..utils.box_ops import inverse_sigmoid
 from .box_frame import SupportGrid, box_frame
 from .indirect_attention import IndirectAttention, recompute_except_attention
+from .kshot import ExemplarKeys
 from .relative_bias import BoxRelativePositionBias
 from .position_encoding import box_sine_embedding
 
@@ -68,7 +69,8 @@ class DecoderLayer(nn.Module):
         """``object_queries, query_pos [B, Q, d]``; ``keys, values [B, N, d]`` (position encodings
         included; with a ``frame``, ``keys`` is the support grid ``[B, Hs*Ws, d]``);
         ``key_padding_mask [B, N]``; ``bias`` a ``FactoredBias`` or ``None``; ``self_attn_mask
-        [Q, Q]`` bool (True = blocked) or ``None``; ``frame`` a ``BoxFrame`` or ``None``. Returns
+        [Q, Q]`` bool (True = blocked) or ``None``; ``frame`` a ``BoxFrame``, a k-shot
+        ``ExemplarFrame`` or ``None``. Returns
         ``[B, Q, d]``."""
         x = object_queries
         h = self.norm1(x)
@@ -136,7 +138,8 @@ class Decoder(nn.Module):
             reference_boxes: ``[B, Q, 4]`` initial boxes, cxcywh normalised to the unpadded query image.
             keys, values: ``[B, N, d]`` with ``N = H * W`` of ``grid_hw``; or ``keys`` a
                 :class:`~detector.models.box_frame.SupportGrid` (the ``box`` layout): each layer then
-                lays the support into every object query's current reference box.
+                lays the support into every object query's current reference box; or an
+                :class:`~detector.models.kshot.ExemplarKeys` (several exemplars).
             key_padding_mask: ``[B, N]`` bool, True = excluded.
             grid_hw: ``(H, W)`` of the value grid.
             valid_hw: ``[B, 2]`` rows/columns of the grid inside each unpadded query image.
@@ -153,8 +156,11 @@ class Decoder(nn.Module):
         for i, layer in enumerate(self.layers):
             query_pos = self.ref_point_head(box_sine_embedding(ref_in, self.d_model // 4))
             bias = self.biases[i](ref_in, grid_hw, valid_hw) if self.biases is not None else None
-            frame = box_frame(ref_in, grid_hw, valid_hw, keys) if isinstance(keys, SupportGrid) else None
-            key_source = keys.features if isinstance(keys, SupportGrid) else keys
+            if isinstance(keys, ExemplarKeys):  # several exemplars (k-shot)
+                frame, key_source = keys.frame(ref_in, grid_hw, valid_hw), keys.features
+            else:
+                frame = box_frame(ref_in, grid_hw, valid_hw, keys) if isinstance(keys, SupportGrid) else None
+                key_source = keys.features if isinstance(keys, SupportGrid) else keys
             if self.recompute_layers and torch.is_grad_enabled():
                 x = checkpoint(layer, x, query_pos, key_source, values, key_padding_mask, bias, self_attn_mask, frame,
                                use_reentrant=False, context_fn=recompute_except_attention)

@@ -200,3 +200,31 @@ def test_infer_mistakes_are_one_line_and_write_nothing(files, tmp_path, capsys, 
     assert rc == 2 and len(lines) == 1 and "Traceback" not in stderr, stderr
     assert all(n in lines[0] for n in needles), lines[0]
     assert not (tmp_path / "out").exists() and os.listdir(tmp_path / "empty") == []
+
+
+def test_several_exemplars_api_and_cli(files, tmp_path, capsys):
+    """k-shot: a list of one is the one-shot call; the API and the CLI (repeated --support /
+    --support-box, or several boxes of one support image) agree; counts that do not pair up are refused."""
+    det = OneShotDetector.from_checkpoint(files["ckpt"])
+    query, support = str(files["queries"] / "a.png"), str(files["support"])
+    other = str(files["queries"] / "b.jpg")
+    one = det.predict(query, support, support_box=(5, 5, 30, 20), score_threshold=0.0)
+    assert det.predict(query, [support], [(5, 5, 30, 20)], score_threshold=0.0) == one
+    two = det.predict(query, [support, other], support_boxes=[(5, 5, 30, 20), None], score_threshold=0.0)
+    assert two["detections"] != one["detections"]
+    boxes = [(5, 5, 30, 20), (0, 10, 40, 25)]
+    from_one_image = det.predict(query, support, boxes, score_threshold=0.0)
+    assert from_one_image == det.predict(query, [support, support], boxes, score_threshold=0.0)
+    out = tmp_path / "k.json"
+    rc = call_infer("--checkpoint", files["ckpt"], "--query", query, "--support", support, "--support-box", "5,5,30,20",
+                    "--support", other, "--output", str(out), "--score-threshold", "0")
+    assert rc == 2 and "2 --support but 1 --support-box" in capsys.readouterr().err and not out.exists()
+    rc = call_infer("--checkpoint", files["ckpt"], "--query", query, "--support", support, "--support-box", "5,5,30,20",
+                    "--support-box", "0,10,40,25", "--output", str(out), "--score-threshold", "0",
+                    "--visualize", str(tmp_path / "vis"))
+    assert rc == 0 and json.loads(out.read_text())[0]["detections"] == from_one_image["detections"]
+    assert (tmp_path / "vis" / "a.png").exists()
+    with pytest.raises(InputError, match="2 support images but 3 support boxes"):
+        det.predict(query, [support, other], [None, None, None])
+    with pytest.raises(InputError, match="no support image"):
+        det.predict(query, [])
