@@ -318,13 +318,18 @@ class OneShotDETR(nn.Module):
             s_feat, s_mask = supports["correlation"]
             match = self.correlation(q_feat.flatten(2).transpose(1, 2), s_feat.flatten(2).transpose(1, 2),
                                      s_mask.flatten(1))
-            if self.training and self.correlation_dropout > 0:
-                keep = torch.rand(len(match), device=match.device) >= self.correlation_dropout
-                match = match * keep[:, None, None].to(match.dtype)
-            values = values + match
-            if self.fusion_encoder is not None:
-                keys = values
+            keys, values = self._add_correlation(keys, values, match)
         return keys, values, key_padding_mask, memory, q_feat, q_mask
+
+    def _add_correlation(self, keys, values: Tensor, match: Tensor):
+        """The correlation channels ``match [B, N, d]`` added to the ``values [B, N, d]``; in training
+        left out for a random ``correlation_dropout`` share of the images. Returns ``(keys, values)``:
+        the double cross-attention baseline reads its keys from the values, so they change too."""
+        if self.training and self.correlation_dropout > 0:
+            keep = torch.rand(len(match), device=match.device) >= self.correlation_dropout
+            match = match * keep[:, None, None].to(match.dtype)
+        values = values + match
+        return (values if self.fusion_encoder is not None else keys), values
 
     def _select(self, memory: Tensor, q_mask: Tensor, grid_hw, valid_hw: Tensor, num: int,
                 proposal_embedding: Optional[Tensor]) -> tuple[Tensor, Tensor, Optional[dict]]:

@@ -171,12 +171,7 @@ def cross_inputs(model, q_feat: Tensor, q_mask: Tensor, shots: Sequence[dict]):
         sims = [model.correlation.similarity(_tokens(q_feat), _tokens(s["correlation"][0]), _tokens(s["correlation"][1]))
                 for s in shots]
         match = model.correlation.out(combine_correlation(sims, model.shot_correlation))
-        if model.training and model.correlation_dropout > 0:
-            keep = torch.rand(len(match), device=match.device) >= model.correlation_dropout
-            match = match * keep[:, None, None].to(match.dtype)
-        values = values + match
-        if model.fusion_encoder is not None:
-            keys = values
+        keys, values = model._add_correlation(keys, values, match)
     return keys, values, key_padding_mask, memory, q_feat, q_mask
 
 
