@@ -73,7 +73,7 @@ class LossConfig:
 
 @dataclass
 class DataConfig:
-    dataset: str = "synthetic"  # "synthetic" | "coco" | "voc" | "custom"
+    dataset: str = "synthetic"  # "synthetic" | "pasted" (stage 1 on real photos) | "coco" | "voc" | "custom"
     root: str = "datasets/synthetic_small"  # data root (folder with images/ and annotation files)
     train_annotations: str = "annotations/train.json"  # relative to root unless absolute
     train_images: str = "images/train"  # relative to root unless absolute
@@ -84,6 +84,7 @@ class DataConfig:
     split: int = 1  # COCO split 1-4 (ignored by other datasets)
     split_file: str = ""  # custom seen/unseen split file (names or ids), for dataset "custom"
     synthetic_size: str = "small"  # synthetic benchmark size: "tiny" | "small" | "full"
+    pasted_size: str = "small"  # pasted-patch set size (dataset "pasted", detector/data/pasted.py): "tiny" | "small"
     query_min_size: tuple = (400, 544)  # training: shorter side drawn from this range ...
     query_max_size: int = 512  # ... and the longer side capped at this
     eval_size: int = 512  # evaluation: longer side resized to this
@@ -265,6 +266,7 @@ def validate(cfg: Config) -> None:
         "train.lr_schedule": (cfg.train.lr_schedule, ("step", "cosine", "constant")),
         "train.stage": (cfg.train.stage, ("oneshot", "pretrain")),
         "eval.split": (cfg.eval.split, ("val", "test")),
+        "data.dataset": (cfg.data.dataset, ("synthetic", "pasted", "coco", "voc", "custom")),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:

@@ -14,6 +14,7 @@ from .coco_oneshot import EvalItem, OneShotDataset, OneShotEvalDataset, collate_
 from .image_io import ImageReadError, read_image
 from .splits import Split, coco_split, custom_split, resolve_split, synthetic_split, voc_split
 from .support import Exemplar, ExemplarPool, crop_support, read_exemplar_file
+from .pasted import build_pasted, generate_pasted
 from .synthetic import build_synthetic, generate_synthetic
 from .transforms import QueryTransform, SupportTransform
 
@@ -21,7 +22,7 @@ __all__ = [
     "Annotation", "CocoIndex", "EvalItem", "Exemplar", "ExemplarPool", "ImageReadError", "ImageRecord",
     "OneShotDataset", "OneShotEvalDataset", "QueryTransform", "Split", "SupportTransform", "build_datasets",
     "build_eval_dataset",
-    "build_synthetic", "coco_split", "collate_oneshot", "collate_supports", "crop_support", "custom_split", "generate_synthetic",
+    "build_pasted", "build_synthetic", "generate_pasted", "prepare_generated", "coco_split", "collate_oneshot", "collate_supports", "crop_support", "custom_split", "generate_synthetic",
     "read_exemplar_file", "read_image", "resolve_split", "synthetic_split", "under_root", "voc_split",
 ]
 
@@ -32,12 +33,23 @@ def under_root(root: str, path: str) -> str:
     return path if os.path.isabs(path) else os.path.join(root, path)
 
 
+def prepare_generated(cfg) -> None:
+    """Generate the data of a generated ``cfg.data.dataset`` (synthetic, pasted) into
+    ``cfg.data.root`` when it is not there yet; nothing for the others."""
+    d = cfg.data
+    if d.dataset == "synthetic":
+        build_synthetic(d.root, d.synthetic_size, d.synthetic_seed, workers=max(1, min(2, os.cpu_count() or 1)))
+    elif d.dataset == "pasted":
+        build_pasted(d.root, d.pasted_size, d.synthetic_seed)
+
+
 def build_datasets(cfg) -> tuple[OneShotDataset, OneShotEvalDataset, dict]:
     """``(train_dataset, val_dataset, split_info)`` for ``cfg.data.dataset`` in
     synthetic / coco / voc / custom.
 
     * synthetic: the benchmark of ``cfg.data.synthetic_size`` is generated into ``cfg.data.root``
-      first if it is not there (a minute for ``small``).
+      first if it is not there (a minute for ``small``); pasted (stage 1 on real photos,
+      :mod:`detector.data.pasted`) likewise, of ``cfg.data.pasted_size``.
     * The split comes from the training file's categories (:func:`resolve_split`); the validation
       file must have the same categories.
     * Training queries seen categories only (``cfg.train.seed`` seeds the sampling,
@@ -49,8 +61,7 @@ def build_datasets(cfg) -> tuple[OneShotDataset, OneShotEvalDataset, dict]:
     test set is :func:`build_eval_dataset` ``(cfg, "test")``.
     """
     d = cfg.data
-    if d.dataset == "synthetic":
-        build_synthetic(d.root, d.synthetic_size, d.synthetic_seed, workers=max(1, min(2, os.cpu_count() or 1)))
+    prepare_generated(cfg)
     train_images = under_root(d.root, d.train_images)
     train_index = CocoIndex(under_root(d.root, d.train_annotations), train_images)
     split = resolve_split(d.dataset, train_index.categories, d.split, d.split_file)
@@ -69,9 +80,7 @@ def build_eval_dataset(cfg, split: str) -> tuple[OneShotEvalDataset, dict]:
     choosing settings) or ``"test"`` (``data.test_*``, held out: the synthetic benchmark's test
     split). The seen / unseen split is resolved from the file's categories, which must be the
     training file's (:func:`build_datasets` checks that for ``val``)."""
-    d = cfg.data
-    if d.dataset == "synthetic":
-        build_synthetic(d.root, d.synthetic_size, d.synthetic_seed, workers=max(1, min(2, os.cpu_count() or 1)))
+    prepare_generated(cfg)
     return _eval_dataset(cfg, split)
 
 

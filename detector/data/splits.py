@@ -152,6 +152,15 @@ def synthetic_split(categories: Mapping[int, str] | None = None) -> Split:
     seen = tuple(cid for cid in sorted(names) if cid not in unseen)
     return Split("synthetic split", seen, unseen, names)
 
+def pasted_split(categories: dict[int, str]) -> Split:
+    """Seen = the patches of the training images (named ``train-patch-*``), unseen = the others
+    (``val-patch-*``, cut from photos training never saw)."""
+    names = {int(k): str(v) for k, v in categories.items()}
+    seen = tuple(sorted(c for c, n in names.items() if n.startswith("train-")))
+    unseen = tuple(sorted(c for c in names if c not in set(seen)))
+    return Split("pasted patches", seen, unseen, names)
+
+
 
 def _read_split_file(path: str) -> tuple[list, list | None]:
     if not os.path.isfile(path):
@@ -228,7 +237,7 @@ def custom_split(path: str, categories: Mapping[int, str]) -> Split:
 
 
 def resolve_split(dataset: str, categories: Mapping[int, str], split: int = 1, split_file: str = "") -> Split:
-    """The split of ``dataset`` (``"coco"`` | ``"voc"`` | ``"synthetic"`` | ``"custom"``) over the
+    """The split of ``dataset`` (``"coco"`` | ``"voc"`` | ``"synthetic"`` | ``"pasted"`` | ``"custom"``) over the
     annotation file's ``categories`` (id -> name)."""
     if dataset == "coco":
         return coco_split(split, categories)
@@ -236,8 +245,10 @@ def resolve_split(dataset: str, categories: Mapping[int, str], split: int = 1, s
         return voc_split(categories)
     if dataset == "synthetic":
         return synthetic_split(categories)
+    if dataset == "pasted":
+        return pasted_split(categories)
     if dataset == "custom":
         if not split_file:
             raise InputError("data.dataset=custom needs data.split_file (a file listing the unseen categories)")
         return custom_split(split_file, categories)
-    raise InputError(f"unknown data.dataset {dataset!r}; expected synthetic, coco, voc or custom")
+    raise InputError(f"unknown data.dataset {dataset!r}; expected synthetic, pasted, coco, voc or custom")

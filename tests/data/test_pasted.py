@@ -1,0 +1,137 @@
+"""The pasted-patch set (stage 1 on real photos): determinism, content, split, refusals, and that
+its photos never include the real-photo benchmark's."""
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from detector.config import load_config
+from detector.data import CocoIndex, build_datasets, build_pasted, generate_pasted
+from detector.data import pasted as pasted_mod
+from detector.data.photo_packages import UNLABELLED_PHOTOS, find_package_file
+from detector.data.splits import pasted_split
+from detector.errors import InputError
+
+BENCHMARK_FILES = ("OSBS_029.png", "OSBS_029.tif", "SOAP_061.png", "2019_YELL_2_541000_4977000_image_crop.png",
+                   "2019_YELL_2_528000_4978000_image_crop2.png")
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """Six textured 'photos' written as PNG files (paths)."""
+    folder = tmp_path_factory.mktemp("photos")
+    paths = []
+    for i in range(6):
+        rng = np.random.default_rng(i)
+        base = rng.integers(0, 256, (24, 32, 3)).astype(np.uint8)
+        image = np.asarray(Image.fromarray(base).resize((160, 120), Image.BILINEAR))
+        path = str(folder / f"photo{i}.png")
+        Image.fromarray(image).save(path)
+        paths.append(path)
+    return paths
+
+
+def _load(root, split):
+    with open(os.path.join(root, "annotations", f"{split}.json")) as f:
+        return json.load(f)
+
+
+def test_generation_is_deterministic(tmp_path, photos):
+    a, b, c = (str(tmp_path / n) for n in "abc")
+    generate_pasted(a, "tiny", seed=1, photo_paths=photos, verbose=False)
+    generate_pasted(b, "tiny", seed=1, photo_paths=photos, verbose=False)
+    generate_pasted(c, "tiny", seed=2, photo_paths=photos, verbose=False)
+    assert _load(a, "train") == _load(b, "train")
+    with open(os.path.join(a, "images", "train", "000003.jpg"), "rb") as f1, \
+            open(os.path.join(b, "images", "train", "000003.jpg"), "rb") as f2:
+        assert f1.read() == f2.read()
+    assert _load(a, "train")["annotations"] != _load(c, "train")["annotations"]
+
+
+def test_content_patches_recur_in_two_images_and_split(tmp_path, photos):
+    root = generate_pasted(str(tmp_path / "p"), "tiny", seed=0, photo_paths=photos, verbose=False)
+    train, val = _load(root, "train"), _load(root, "val")
+    assert train["categories"] == val["categories"]  # one category list, as the split needs
+    size = pasted_mod.SIZES["tiny"].image_size
+    for data in (train, val):
+        per_cat = {}
+        for a in data["annotations"]:
+            x, y, w, h = a["bbox"]
+            assert 0 <= x and 0 <= y and x + w <= size + 1e-6 and y + h <= size + 1e-6 and w > 1 and h > 1
+            per_cat.setdefault(a["category_id"], set()).add(a["image_id"])
+        assert max(len(v) for v in per_cat.values()) == 2  # each patch in (at most) two images
+        assert sum(len(v) == 2 for v in per_cat.values()) >= len(per_cat) // 2
+    counts = {}
+    for a in train["annotations"]:
+        counts[(a["image_id"], a["category_id"])] = counts.get((a["image_id"], a["category_id"]), 0) + 1
+    assert max(counts.values()) >= 2  # look-alikes: several copies of one patch in one image
+    names = {c["id"]: c["name"] for c in train["categories"]}
+    split = pasted_split(names)
+    assert {a["category_id"] for a in train["annotations"]} <= set(split.seen_ids)
+    assert {a["category_id"] for a in val["annotations"]} <= set(split.unseen_ids)
+    with open(os.path.join(root, "meta.json")) as f:
+        meta = json.load(f)
+    assert not set(meta["photos"]["train"]) & set(meta["photos"]["val"])  # val patches from unseen photos
+
+
+def test_copies_are_changed_not_identical():
+    rng = np.random.default_rng(0)
+    photo = np.random.default_rng(1).integers(0, 256, (200, 200, 3)).astype(np.uint8)
+    patch = pasted_mod.make_patch(rng, {"p": photo}, ["p"], 256)
+    (a, ma), (b, mb) = pasted_mod._copy(rng, patch), pasted_mod._copy(rng, patch)
+    assert a.shape[:2] == ma.shape and ma.max() <= 1.0 and ma.max() > 0.5
+    assert not np.array_equal(ma, mb) or not np.allclose(a, b)
+
+
+def test_build_refuses_another_set(tmp_path, photos):
+    root = generate_pasted(str(tmp_path / "p"), "tiny", seed=0, photo_paths=photos, verbose=False)
+    assert build_pasted(root, "tiny", 0) == root  # same size and seed: reused
+    with pytest.raises(InputError, match="holds a pasted-patch set"):
+        build_pasted(root, "small", 0)
+
+
+def test_no_photos_is_one_clear_error(monkeypatch):
+    monkeypatch.setattr(pasted_mod, "find_package_file", lambda *a: None)
+    with pytest.raises(InputError, match="make setup"):
+        pasted_mod.load_photos()
+
+
+def test_training_items_target_every_copy_of_the_exemplar_patch(tmp_path, photos):
+    root = generate_pasted(str(tmp_path / "p"), "tiny", seed=0, photo_paths=photos, verbose=False)
+    cfg = load_config("configs/pretrain_photos.yaml", [f"data.root={root}", "data.pasted_size=tiny",
+                                                         "data.query_min_size=[128,128]", "data.query_max_size=128",
+                                                         "data.eval_size=128", "data.min_exemplar_area=64"])
+    train, val, info = build_datasets(cfg)
+    assert info["name"] == "pasted patches" and info["unseen_ids"]
+    index = CocoIndex(os.path.join(root, "annotations", "train.json"))
+    item = train[0]
+    t = item["target"]
+    image_id, category_id = int(t["image_id"]), int(t["category_id"])
+    wanted = [a for a in index.by_image[image_id] if a.category_id == category_id]
+    assert len(t["boxes"]) == len(wanted) >= 1  # every copy of the patch is a target, the others are not
+    assert len(val.items) > 0
+
+
+def test_unlabelled_photos_exclude_the_real_photo_benchmark():
+    names = {os.path.basename(rel) for _, rel in UNLABELLED_PHOTOS}
+    assert not names & set(BENCHMARK_FILES)
+    tiles = [find_package_file("deepforest", f"data/{n}") for n in BENCHMARK_FILES[:1] + BENCHMARK_FILES[2:]]
+    if any(t is None for t in tiles):
+        pytest.skip("deepforest's tiles are not installed (make setup installs requirements-photos.txt)")
+    from detector.data.image_io import read_image
+    benchmark = {read_image(t).tobytes()[:4096] for t in tiles}
+    for package, rel in UNLABELLED_PHOTOS:
+        path = find_package_file(package, rel)
+        if path is not None:
+            assert read_image(path).tobytes()[:4096] not in benchmark, rel
+
+
+def test_package_photos_are_found_when_installed():
+    found = [find_package_file(p, r) for p, r in UNLABELLED_PHOTOS]
+    if not any(found):
+        pytest.skip("the photo packages are not installed (make setup installs requirements-photos.txt)")
+    photos = pasted_mod.load_photos()
+    assert len(photos) == sum(f is not None for f in found) >= 20
+    assert all(im.ndim == 3 and im.shape[2] == 3 and max(im.shape[:2]) <= pasted_mod.MAX_PHOTO_SIDE for im in photos.values())
