@@ -223,7 +223,7 @@ class OneShotDetector:
             raise InputError("rescale=exemplar needs the object size the model was trained on: set "
                              "infer.object_size (--object-size, object_size=) to it, in model-input pixels")
         if any(b is None for b in support_boxes):
-            raise InputError("rescale=exemplar needs an exemplar box (support_box) cut from the query image or one "
+            raise InputError("rescale=exemplar needs an exemplar box (--support-box, support_box=) cut from the query image or one "
                              "at its scale; a whole support image tells nothing of the query's scale")
         sides = [float(np.sqrt(float(b[2]) * float(b[3]))) for b in support_boxes]
         return opts.object_size / float(np.mean(sides))

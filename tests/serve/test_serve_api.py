@@ -58,7 +58,9 @@ def test_health_model_and_page(client, serve_files):
                                   "nms_iou": 0.0}
     assert model["limits"] == {"max_upload_bytes": 256 * 1024, "max_pixels": 1_000_000, "workers": 1, "queue_size": 2,
                                "read_timeout_s": 30.0}
-    assert model["predict_fields"] == ["query", "support", "support_box", "score_threshold"]
+    assert model["predict_fields"] == ["query", "support", "support_box", "score_threshold", "size", "rescale",
+                                       "object_size", "tile_overlap", "max_detections"]
+    assert model["infer"]["rescale"] == "fit" and model["infer"]["max_detections"] == 1000
     page = client.get("/")
     assert page.status_code == 200 and 'id="find"' in page.text and "/static/app.js" in page.text
     assert "default-src 'self'" in page.headers["content-security-policy"]
