@@ -140,6 +140,21 @@ class EvalConfig:
     shots: int = 1  # exemplars per item (k-shot; shot 0 is the one-shot exemplar, the others come from other images)
 
 
+RESCALE_MODES = ("fit", "exemplar", "native")  # infer.rescale
+MIN_INFER_SIZE = 32  # the smallest working resolution: a few cells of the backbone's stride-16 map
+
+
+@dataclass
+class InferConfig:
+    size: int = 0  # working resolution: the resized query's longer side ("fit") or the tile side; 0: data.eval_size
+    rescale: str = "fit"  # query scale: "fit" (longer side -> size) | "exemplar" (exemplar side -> object_size) | "native" (own pixels)
+    object_size: float = 0.0  # object side sqrt(w*h) the model was trained on, in model-input pixels ("exemplar"; 0: not known)
+    tile_overlap: float = 0.25  # overlap of neighbouring tiles, a fraction of the tile side, in [0, 1)
+    max_detections: int = 1000  # detections kept per query image after the tiles are merged
+    tile_batch: int = 8  # tiles per forward pass
+    merge_iou: float = 0.5  # class-agnostic NMS across tiles after the ownership rule (0: off); single tiles get none
+
+
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -147,6 +162,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
 
 
 def _coerce(value: Any, default: Any, where: str) -> Any:
@@ -267,6 +283,7 @@ def validate(cfg: Config) -> None:
         "train.stage": (cfg.train.stage, ("oneshot", "pretrain")),
         "eval.split": (cfg.eval.split, ("val", "test")),
         "data.dataset": (cfg.data.dataset, ("synthetic", "pasted", "coco", "voc", "custom")),
+        "infer.rescale": (cfg.infer.rescale, RESCALE_MODES),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:
@@ -281,7 +298,12 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.train_single_share={cfg.data.train_single_share!r} must be in [0, 1]")
     if not 0.0 <= m.correlation_dropout < 1.0:
         raise ConfigError(f"model.correlation_dropout={m.correlation_dropout!r} must be in [0, 1)")
-    for key, iou in (("model.proposal_nms", m.proposal_nms), ("eval.nms_iou", cfg.eval.nms_iou)):
+    if 0 < cfg.infer.size < MIN_INFER_SIZE:
+        raise ConfigError(f"infer.size={cfg.infer.size!r} must be 0 (data.eval_size) or >= {MIN_INFER_SIZE} pixels")
+    if not 0.0 <= cfg.infer.tile_overlap < 1.0:
+        raise ConfigError(f"infer.tile_overlap={cfg.infer.tile_overlap!r} must be in [0, 1) (a fraction of the tile side)")
+    for key, iou in (("model.proposal_nms", m.proposal_nms), ("eval.nms_iou", cfg.eval.nms_iou),
+                     ("infer.merge_iou", cfg.infer.merge_iou)):
         if not 0.0 <= iou <= 1.0:
             raise ConfigError(f"{key}={iou!r} must be an IoU threshold in [0, 1] (0 = off)")
     _validate_ranges(cfg)
@@ -295,6 +317,7 @@ _MINIMA = {
     "train.lr": 0, "train.lr_backbone": 0, "data.num_workers": 0,
     "eval.runs": 1, "eval.batch_size": 1, "eval.max_detections": 1, "eval.shots": 1,
     "data.train_shots": 1,
+    "infer.size": 0, "infer.object_size": 0, "infer.max_detections": 1, "infer.tile_batch": 1,
 }
 
 

@@ -5,7 +5,10 @@ whole support image, or the box ``support_box = (x, y, w, h)`` (pixels) cut from
 training context margin. Several exemplars of one class (k-shot): ``predict(query, [img1, img2],
 support_boxes=[box1, box2])``, or several boxes of one support image. Both go through the data pipeline's evaluation transforms (query: longer
 side ``data.eval_size``; exemplar: longer side ``model.support_size``); boxes come back in pixels of
-the original query image. Images of more than ``max_pixels`` pixels (default
+the original query image. Real photos (large images, small objects, more objects than the model's
+object queries): ``predict(..., rescale="exemplar" | "native", size=...)`` scales the query and cuts it
+into tiles of side ``size`` (:mod:`detector.tiling`); :class:`detector.config.InferConfig` has the
+options and their defaults. Images of more than ``max_pixels`` pixels (default
 :data:`DEFAULT_MAX_PIXELS`) are refused before they are decoded.
 
 Bad inputs raise :class:`InputError`, unusable checkpoints :class:`CheckpointError` (both
@@ -13,19 +16,22 @@ importable from ``detector``), each with a one-line message naming the input and
 """
 from __future__ import annotations
 
+import math
 import os
+from dataclasses import dataclass, replace
 from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
 from PIL import Image
 
-from .config import Config, ConfigError, from_dict
+from .config import MIN_INFER_SIZE, RESCALE_MODES, Config, ConfigError, from_dict
 from .data.image_io import ImageReadError, check_pixels, read_image, to_rgb_uint8
 from .data.support import crop_box_with_margin
-from .data.transforms import QueryTransform, SupportTransform
+from .data.transforms import QueryTransform, SupportTransform, resize, to_tensor
 from .errors import CheckpointError, InputError
 from .structures import ImageBatch
+from .tiling import merge_tiles, shift_to_image, tile_grid
 from .utils.box_ops import box_xyxy_to_xywh
 from .utils.checkpoint import load_checkpoint, load_weights
 from .utils.device import resolve_device
@@ -170,10 +176,11 @@ class OneShotDetector:
         cfg, model, postprocessor = load_model(path)
         return cls(model, postprocessor, cfg, device, max_pixels)
 
-    def prepare_query(self, image: ImageLike) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Query image -> (resized ``[3, h, w]`` tensor, original ``(height, width)``)."""
+    def prepare_query(self, image: ImageLike, transform: Optional[QueryTransform] = None) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Query image -> (resized ``[3, h, w]`` tensor, original ``(height, width)``), by
+        ``transform`` (default: the evaluation transform, longer side ``data.eval_size``)."""
         array = np.asarray(load_image(image, "query image", self.max_pixels))
-        tensor, _, _ = self.query_transform(array, np.zeros((0, 4)), np.zeros(0, dtype=bool))
+        tensor, _, _ = (transform or self.query_transform)(array, np.zeros((0, 4)), np.zeros(0, dtype=bool))
         return tensor, (array.shape[0], array.shape[1])
 
     def prepare_support(self, image: ImageLike, support_box: Optional[Sequence[float]] = None) -> tuple[torch.Tensor, Image.Image]:
@@ -192,62 +199,196 @@ class OneShotDetector:
         the whole image), one per support image, or several for a single support image (several
         exemplars cut from it). :class:`InputError` when the two do not pair up.
         """
-        images = list(support_images) if isinstance(support_images, (list, tuple)) else [support_images]
-        if not images:
-            raise InputError("no support image: give one, or a list of k >= 1")
-        if support_boxes is None:
-            boxes = [None] * len(images)
-        elif _is_box(support_boxes):
-            boxes = [support_boxes]
-        else:
-            boxes = list(support_boxes)
-        if len(images) == 1 and len(boxes) > 1:
-            images = images * len(boxes)
-        if not boxes or len(boxes) != len(images):
-            raise InputError(f"{len(images)} support images but {len(boxes)} support boxes: give one box per "
-                             f"support image, or several boxes for one support image")
-        return [self.prepare_support(image, box) for image, box in zip(images, boxes)]
+        return [self.prepare_support(image, box) for image, box in zip(*pair_supports(support_images, support_boxes))]
+
+    def infer_options(self, size: Optional[int] = None, rescale: Optional[str] = None,
+                      object_size: Optional[float] = None, tile_overlap: Optional[float] = None,
+                      max_detections: Optional[int] = None) -> InferOptions:
+        """The options of one call: each argument, or the ``cfg.infer`` value where it is ``None``
+        (``size`` 0: ``data.eval_size``). :class:`InputError` (one line naming it) for a bad one."""
+        c = self.cfg.infer
+        pick = lambda value, default: default if value is None else value  # noqa: E731
+        opts = InferOptions(size=pick(size, c.size), rescale=pick(rescale, c.rescale),
+                            object_size=pick(object_size, c.object_size), tile_overlap=pick(tile_overlap, c.tile_overlap),
+                            max_detections=pick(max_detections, c.max_detections))
+        opts.check()
+        return replace(opts, size=opts.size or self.cfg.data.eval_size)
+
+    def query_scale(self, opts: InferOptions, support_boxes: Sequence) -> float:
+        """The factor applied to the query image in mode ``exemplar`` (``object_size`` over the mean
+        ``sqrt(w * h)`` of the exemplar boxes) or ``native`` (1); ``fit`` depends on each image."""
+        if opts.rescale == "native":
+            return 1.0
+        if opts.object_size <= 0:
+            raise InputError("rescale=exemplar needs the object size the model was trained on: set "
+                             "infer.object_size (--object-size, object_size=) to it, in model-input pixels")
+        if any(b is None for b in support_boxes):
+            raise InputError("rescale=exemplar needs an exemplar box (--support-box, support_box=) cut from the query image or one "
+                             "at its scale; a whole support image tells nothing of the query's scale")
+        sides = [float(np.sqrt(float(b[2]) * float(b[3]))) for b in support_boxes]
+        return opts.object_size / float(np.mean(sides))
+
+    @torch.no_grad()
+    def _forward(self, queries: list[torch.Tensor], shots: list[torch.Tensor], sizes_hw: list[tuple[int, int]]) -> list[dict]:
+        """One forward pass: query tensors ``[3, h, w]``, exemplar tensors ``[3, h', w']`` -> per
+        query ``{"scores" [K], "boxes" [K, 4]}`` (``xyxy`` pixels of an image of ``sizes_hw``)."""
+        query = ImageBatch.from_tensors(queries).to(self.device)
+        # Padded to the square support_size, as collate_oneshot pads exemplar crops.
+        batches = [ImageBatch.from_tensors([t] * len(queries), size_divisibility=self.cfg.model.support_size)
+                   .to(self.device) for t in shots]
+        sizes = torch.tensor(sizes_hw, dtype=torch.long, device=self.device)
+        outputs = self.model(query, batches[0] if len(batches) == 1 else batches)
+        return [{k: v.float().cpu() for k, v in r.items()} for r in self.postprocessor(outputs, sizes)]
+
+    def _predict_fit(self, query_images: Sequence[ImageLike], shots: list[torch.Tensor], opts: InferOptions) -> list[dict]:
+        """Mode ``fit``: each query resized to longer side ``opts.size``, all in one forward pass."""
+        transform = QueryTransform(train=False, augment=False, eval_size=opts.size)
+        prepared = [self.prepare_query(q, transform) for q in query_images]
+        found = self._forward([p[0] for p in prepared], shots, [p[1] for p in prepared])
+        return [{"height": h, "width": w, "scale": opts.size / max(h, w), "tiles": 1,
+                 "boxes": r["boxes"][:opts.max_detections], "scores": r["scores"][:opts.max_detections]}
+                for (_, (h, w)), r in zip(prepared, found)]
+
+    def _predict_tiled(self, query_image: ImageLike, shots: list[torch.Tensor], scale: float,
+                       opts: InferOptions) -> dict:
+        """Modes ``exemplar`` and ``native``: the query scaled by ``scale``, cut into tiles of side
+        ``opts.size`` (:mod:`detector.tiling`), ``infer.tile_batch`` tiles per forward pass, merged."""
+        array = np.asarray(load_image(query_image, "query image", self.max_pixels))
+        h, w = array.shape[:2]
+        sh, sw = max(1, round(h * scale)), max(1, round(w * scale))
+        self._check_scaled_pixels(opts, scale, sh, sw)
+        image = to_tensor(resize(array, (sh, sw)))
+        grid = tile_grid(sh, sw, opts.size, opts.tile_overlap)
+        boxes, scores, index = [], [], []
+        step = self.cfg.infer.tile_batch
+        for start in range(0, len(grid), step):
+            tiles = grid.tiles[start:start + step].tolist()
+            crops = [image[:, y0:y1, x0:x1] for x0, y0, x1, y1 in tiles]
+            for i, r in enumerate(self._forward(crops, shots, [(y1 - y0, x1 - x0) for x0, y0, x1, y1 in tiles])):
+                boxes.append(r["boxes"])
+                scores.append(r["scores"])
+                index.append(torch.full((len(r["scores"]),), start + i, dtype=torch.long))
+        boxes, scores, index = torch.cat(boxes), torch.cat(scores), torch.cat(index)
+        boxes = shift_to_image(boxes, index, grid.tiles)
+        iou = self.cfg.infer.merge_iou if len(grid) > 1 else 0.0
+        boxes, scores = merge_tiles(boxes, scores, index, grid.owned, iou, opts.max_detections)
+        boxes = boxes / scale
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
+        return {"height": h, "width": w, "scale": scale, "tiles": len(grid), "boxes": boxes, "scores": scores}
+
+    def _check_scaled_pixels(self, opts: InferOptions, scale: float, sh: int, sw: int) -> None:
+        """:class:`InputError` when the scaled query would be over the pixel limit (a tiny exemplar
+        box in mode ``exemplar`` can ask for an enormous image)."""
+        limit = self.max_pixels or DEFAULT_MAX_PIXELS
+        if sh * sw > limit:
+            raise InputError(f"rescale={opts.rescale}: the query scaled by {scale:.3g} would be {sw}x{sh} pixels, "
+                             f"over the limit of {limit / 1e6:g} megapixels (is the exemplar box far smaller than "
+                             f"object_size={opts.object_size:g}?)")
 
     @torch.no_grad()
     def predict_batch(self, query_images: Sequence[ImageLike], support_images, support_boxes=None,
-                      score_threshold: float = 0.3, *, support_box: Optional[Sequence[float]] = None) -> list[dict]:
+                      score_threshold: float = 0.3, *, support_box: Optional[Sequence[float]] = None,
+                      size: Optional[int] = None, rescale: Optional[str] = None, object_size: Optional[float] = None,
+                      tile_overlap: Optional[float] = None, max_detections: Optional[int] = None) -> list[dict]:
         """Several query images, ``k >= 1`` exemplars of one class (:meth:`prepare_supports` says how
         ``support_images`` and ``support_boxes`` pair up; ``support_box`` is the one-exemplar
-        spelling of ``support_boxes``), one batched forward pass. Returns one dict per query image:
-        ``{"width", "height", "detections": [{"bbox": [x, y, w, h], "score"}]}`` (pixels of the
-        original image, highest score first). One exemplar is the one-shot model, unchanged."""
+        spelling of ``support_boxes``). Returns one dict per query image: ``{"width", "height",
+        "scale", "tiles", "detections": [{"bbox": [x, y, w, h], "score"}]}`` (pixels of the original
+        image, highest score first; ``scale``: the factor applied to the query; ``tiles``: how many
+        tiles it was cut into). One exemplar is the one-shot model, unchanged.
+
+        ``size``, ``rescale``, ``object_size``, ``tile_overlap``, ``max_detections``: as in
+        :class:`detector.config.InferConfig` (``None``: the ``cfg.infer`` value). ``fit`` (the
+        default) runs all query images in one forward pass; ``exemplar`` and ``native`` scale each
+        query and cut it into tiles of side ``size`` when it is larger.
+        """
         if support_box is not None:
             if support_boxes is not None:
                 raise InputError("give support_box (one exemplar) or support_boxes, not both")
             support_boxes = support_box
+        opts = self.infer_options(size, rescale, object_size, tile_overlap, max_detections)
         if len(query_images) == 0:
             return []
-        shots = [t for t, _ in self.prepare_supports(support_images, support_boxes)]
-        prepared = [self.prepare_query(q) for q in query_images]
-        query = ImageBatch.from_tensors([p[0] for p in prepared]).to(self.device)
-        # Padded to the square support_size, as collate_oneshot pads exemplar crops.
-        batches = [ImageBatch.from_tensors([t] * len(prepared), size_divisibility=self.cfg.model.support_size)
-                   .to(self.device) for t in shots]
-        sizes = torch.tensor([p[1] for p in prepared], dtype=torch.long, device=self.device)
-        outputs = self.model(query, batches[0] if len(batches) == 1 else batches)
-        results = []
-        for (_, (h, w)), r in zip(prepared, self.postprocessor(outputs, sizes)):
-            keep = r["scores"] >= score_threshold
-            boxes = box_xyxy_to_xywh(r["boxes"][keep].float().cpu())
-            dets = [{"bbox": [round(float(v), 2) for v in b], "score": round(float(s), 4)}
-                    for b, s in zip(boxes, r["scores"][keep].float().cpu())]
-            results.append({"width": int(w), "height": int(h), "detections": dets})
-        return results
+        images, boxes = pair_supports(support_images, support_boxes)
+        shots = [self.prepare_support(image, box)[0] for image, box in zip(images, boxes)]  # checks the boxes
+        scale = None if opts.rescale == "fit" else self.query_scale(opts, boxes)
+        if scale is None:
+            found = self._predict_fit(query_images, shots, opts)
+        else:
+            found = [self._predict_tiled(q, shots, scale, opts) for q in query_images]
+        return [_result(r, score_threshold) for r in found]
 
     def predict(self, query_image: ImageLike, support_images, support_boxes=None, score_threshold: float = 0.3, *,
-                support_box: Optional[Sequence[float]] = None) -> dict:
-        """One query image, ``k >= 1`` exemplars (as :meth:`predict_batch`): ``{"image", "width",
-        "height", "detections": [{"bbox": [x, y, w, h], "score"}]}`` as one entry of
-        ``results.json`` (``image`` is the path, or ``None``)."""
+                support_box: Optional[Sequence[float]] = None, **options) -> dict:
+        """One query image, ``k >= 1`` exemplars (as :meth:`predict_batch`, whose keyword ``options``
+        ``size``, ``rescale``, ``object_size``, ``tile_overlap``, ``max_detections`` it takes):
+        ``{"image", "width", "height", "scale", "tiles", "detections": [{"bbox": [x, y, w, h],
+        "score"}]}`` as one entry of ``results.json`` (``image`` is the path, or ``None``)."""
         result = self.predict_batch([query_image], support_images, support_boxes, score_threshold,
-                                    support_box=support_box)[0]
+                                    support_box=support_box, **options)[0]
         name = os.fspath(query_image) if isinstance(query_image, (str, os.PathLike)) else None
         return {"image": name, **result}
+
+
+@dataclass(frozen=True)
+class InferOptions:
+    """The real-photo options of one :meth:`OneShotDetector.predict_batch` call
+    (:class:`detector.config.InferConfig` has their meaning)."""
+
+    size: int
+    rescale: str
+    object_size: float
+    tile_overlap: float
+    max_detections: int
+
+    def check(self) -> None:
+        """:class:`InputError` (one line naming the option) for a value outside its range."""
+        number = lambda v: isinstance(v, (int, float, np.number)) and not isinstance(v, bool)  # noqa: E731
+        integer = lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, bool)  # noqa: E731
+        checks = [
+            ("size", integer(self.size) and (self.size == 0 or self.size >= MIN_INFER_SIZE),
+             f"an integer >= {MIN_INFER_SIZE} (pixels), or 0 for data.eval_size"),
+            ("rescale", self.rescale in RESCALE_MODES, f"one of {', '.join(RESCALE_MODES)}"),
+            ("object_size", number(self.object_size) and 0 <= self.object_size < math.inf,
+             "a finite number >= 0 (pixels; 0: not known)"),
+            ("tile_overlap", number(self.tile_overlap) and 0 <= self.tile_overlap < 1, "a number in [0, 1)"),
+            ("max_detections", integer(self.max_detections) and self.max_detections >= 1, "an integer >= 1"),
+        ]
+        for name, ok, expected in checks:
+            if not ok:
+                raise InputError(f"{name}: expected {expected}, got {getattr(self, name)!r}")
+
+
+def pair_supports(support_images, support_boxes=None) -> tuple[list, list]:
+    """``(images, boxes)``, one entry per exemplar, by the rules of
+    :meth:`OneShotDetector.prepare_supports`; :class:`InputError` when they do not pair up."""
+    images = list(support_images) if isinstance(support_images, (list, tuple)) else [support_images]
+    if not images:
+        raise InputError("no support image: give one, or a list of k >= 1")
+    if support_boxes is None:
+        boxes = [None] * len(images)
+    elif _is_box(support_boxes):
+        boxes = [support_boxes]
+    else:
+        boxes = list(support_boxes)
+    if len(images) == 1 and len(boxes) > 1:
+        images = images * len(boxes)
+    if not boxes or len(boxes) != len(images):
+        raise InputError(f"{len(images)} support images but {len(boxes)} support boxes: give one box per "
+                         f"support image, or several boxes for one support image")
+    return images, boxes
+
+
+def _result(found: dict, score_threshold: float) -> dict:
+    """``{"height", "width", "scale", "tiles", "boxes" [K, 4] xyxy, "scores" [K]}`` -> a result entry
+    (detections scoring at least ``score_threshold``, ``bbox`` as ``[x, y, w, h]``)."""
+    keep = found["scores"] >= score_threshold
+    boxes = box_xyxy_to_xywh(found["boxes"][keep])
+    dets = [{"bbox": [round(float(v), 2) for v in b], "score": round(float(s), 4)}
+            for b, s in zip(boxes, found["scores"][keep])]
+    return {"width": int(found["width"]), "height": int(found["height"]), "scale": round(float(found["scale"]), 6),
+            "tiles": int(found["tiles"]), "detections": dets}
 
 
 def _is_box(value) -> bool:
@@ -256,5 +397,5 @@ def _is_box(value) -> bool:
             and all(isinstance(v, (int, float, np.number)) for v in value))
 
 
-__all__ = ["OneShotDetector", "InputError", "CheckpointError", "DEFAULT_MAX_PIXELS", "load_image", "load_model",
+__all__ = ["OneShotDetector", "InferOptions", "RESCALE_MODES", "pair_supports", "InputError", "CheckpointError", "DEFAULT_MAX_PIXELS", "load_image", "load_model",
            "crop_exemplar"]

@@ -10,6 +10,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 
 MIN_PICTURE_SIDE = 720  # the query image is enlarged to at least this longer side, so small objects show
+MAX_SCORE_LABELS = 100  # more detections than this (a tiled photo) get no score labels: colour alone tells the score
 
 
 def _font(size: int) -> ImageFont.ImageFont:
@@ -46,12 +47,28 @@ def _label(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, colour
     draw.text((x + 3 - x0, y + 2 - y0), text, fill=(0, 0, 0), font=font)
 
 
+def _box_style(detections: Sequence[dict], scale: float, picture_side: int) -> tuple[int, int]:
+    """``(line width, label font size)`` of the boxes: scaled with the picture, but no thicker than
+    an eighth and no larger than a third of the median box side (hundreds of small boxes on a
+    large photo stay apart and readable); font size 0: no score labels (see :data:`MAX_SCORE_LABELS`)."""
+    line = max(2, min(4, round(picture_side / 300)))
+    font_size = max(12, round(picture_side / 48))
+    if not detections:
+        return line, font_size
+    side = float(np.median([np.sqrt(max(d["bbox"][2], 0) * max(d["bbox"][3], 0)) for d in detections])) * scale
+    line = max(1, min(line, round(side / 8)))
+    font_size = 0 if len(detections) > MAX_SCORE_LABELS else max(10, min(font_size, round(side / 3)))
+    return line, font_size
+
+
 def draw_detections(query: Image.Image, exemplar: Image.Image, detections: Sequence[dict],
                     title: str = "") -> Image.Image:
     """The query image with each detection's box (``bbox`` = COCO ``[x, y, w, h]`` pixels of
     ``query``) and its score on a coloured label, the exemplar on a panel to its right and
     ``title`` as a caption below, wrapped to the picture's width. A query image whose longer side
-    is below :data:`MIN_PICTURE_SIDE` is enlarged to it. Returns a new RGB image."""
+    is below :data:`MIN_PICTURE_SIDE` is enlarged to it. Box lines and labels follow the boxes' size
+    (:func:`_box_style`); past :data:`MAX_SCORE_LABELS` detections the colour alone gives the score
+    (red: high, yellow: low). Returns a new RGB image."""
     query, exemplar = query.convert("RGB"), exemplar.convert("RGB")
     scale = max(1.0, MIN_PICTURE_SIDE / max(query.size))
     w, h = round(query.width * scale), round(query.height * scale)
@@ -72,12 +89,14 @@ def draw_detections(query: Image.Image, exemplar: Image.Image, detections: Seque
     draw.text((w + 2 * pad, pad), "exemplar", fill=(0, 0, 0), font=font)
     draw.rectangle([w + 2 * pad - 1, pad + head - 1, w + 2 * pad + ex.width, pad + head + ex.height],
                    outline=(0, 120, 255), width=2)
-    line = max(2, min(4, round(max(w, h) / 300)))
+    line, label_size = _box_style(detections, scale, max(w, h))
+    label_font = _font(label_size) if label_size else None
     for det in sorted(detections, key=lambda d: d["score"]):
         x, y, bw, bh = (v * scale for v in det["bbox"])
         colour = (255, int(200 * (1 - det["score"])), 0)
         draw.rectangle([pad + x, pad + y, pad + x + bw, pad + y + bh], outline=colour, width=line)
-        _label(draw, (pad + x, pad + y), f"{det['score']:.2f}", colour, font, (pad + w, body_h))
+        if label_font is not None:
+            _label(draw, (pad + x, pad + y), f"{det['score']:.2f}", colour, label_font, (pad + w, body_h))
     for i, line in enumerate(caption):
         draw.text((pad, body_h + i * line_h), line, fill=(0, 0, 0), font=font)
     return canvas

@@ -85,3 +85,93 @@ def test_a_missing_gpu_is_an_input_error(tmp_path):
         OneShotDetector.from_checkpoint(str(tmp_path / "never_read.pth"), device="cuda")
     with pytest.raises(InputError, match="not a device name"):
         OneShotDetector.from_checkpoint(str(tmp_path / "never_read.pth"), device="gpu0")
+
+
+# Real photos: the query's working size, its rescale and tiles (detector/tiling.py).
+
+def test_fit_is_today_s_pipeline_bit_for_bit(detector):
+    """The default (rescale=fit) is the evaluation transform and one forward pass, as before."""
+    from detector.structures import ImageBatch
+    from detector.utils.box_ops import box_xyxy_to_xywh
+
+    rng = np.random.default_rng(2)
+    query, support = rng.integers(0, 256, (90, 130, 3), dtype=np.uint8), rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    q, _, _ = detector.query_transform(query, np.zeros((0, 4)), np.zeros(0, dtype=bool))
+    s = detector.support_transform(np.asarray(support))
+    with torch.no_grad():
+        out = detector.model(ImageBatch.from_tensors([q]), ImageBatch.from_tensors([s], size_divisibility=32))
+        r = detector.postprocessor(out, torch.tensor([[90, 130]]))[0]
+    expected = [{"bbox": [round(float(v), 2) for v in b], "score": round(float(sc), 4)}
+                for b, sc in zip(box_xyxy_to_xywh(r["boxes"].float()), r["scores"].float())]
+    for options in ({}, {"rescale": "fit", "size": 64}, {"rescale": "fit", "size": 0}):
+        result = detector.predict(query, support, score_threshold=0.0, **options)
+        assert result["detections"] == expected
+        assert (result["scale"], result["tiles"]) == (round(64 / 130, 6), 1)
+
+
+def test_exemplar_rescale_gives_the_exemplar_the_trained_object_size(detector):
+    from detector.tiling import tile_grid
+
+    query = np.random.default_rng(3).integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    result = detector.predict(query, query, support_box=(10, 10, 20, 30), score_threshold=0.0, rescale="exemplar",
+                              object_size=40.0)
+    scale = 40.0 / np.sqrt(20 * 30)
+    assert result["scale"] == round(scale, 6)
+    assert result["tiles"] == len(tile_grid(round(60 * scale), round(80 * scale), 64, 0.25)) > 1
+    k_shot = detector.predict(query, query, support_boxes=[(0, 0, 10, 10), (0, 0, 30, 30)], rescale="exemplar",
+                              object_size=40.0)
+    assert k_shot["scale"] == 2.0  # the mean side of the k boxes: (10 + 30) / 2
+    for det in result["detections"]:  # boxes in pixels of the original image
+        x, y, w, h = det["bbox"]
+        assert 0 <= x <= x + w <= 80 + 1e-3 and 0 <= y <= y + h <= 60 + 1e-3
+
+
+def test_native_keeps_the_query_s_pixels_and_a_small_image_is_one_tile(detector):
+    query = np.random.default_rng(4).integers(0, 256, (50, 60, 3), dtype=np.uint8)
+    small = detector.predict(query, query, score_threshold=0.0, rescale="native")
+    assert (small["scale"], small["tiles"], small["width"], small["height"]) == (1.0, 1, 60, 50)
+    assert len(small["detections"]) == 4  # one tile: num_queries
+    assert detector.predict(query, query, rescale="native", size=32)["tiles"] == 6  # 2 x 3 tiles of 32 px
+
+
+def test_tiles_raise_the_detection_budget_up_to_max_detections(detector):
+    query = np.random.default_rng(5).integers(0, 256, (200, 300, 3), dtype=np.uint8)
+    fit = detector.predict(query, query, score_threshold=0.0)
+    tiled = detector.predict(query, query, score_threshold=0.0, rescale="native", tile_overlap=0.0)
+    assert len(fit["detections"]) == 4 and tiled["tiles"] == 20  # 4 x 5 tiles of 64 px
+    assert 4 < len(tiled["detections"]) <= 1000
+    scores = [d["score"] for d in tiled["detections"]]
+    assert scores == sorted(scores, reverse=True)
+    capped = detector.predict(query, query, score_threshold=0.0, rescale="native", max_detections=7)
+    assert len(capped["detections"]) == 7
+    batch = detector.predict_batch([query, query[:50, :60]], query, score_threshold=0.0, rescale="native")
+    assert [r["tiles"] for r in batch] == [24, 1]  # 4 x 6 tiles at the default overlap 0.25; one for the small image
+    assert batch[0]["detections"] == detector.predict(query, query, score_threshold=0.0, rescale="native")["detections"]
+
+
+def test_infer_defaults_come_from_the_config(detector):
+    query = np.random.default_rng(6).integers(0, 256, (50, 60, 3), dtype=np.uint8)
+    before = detector.cfg.infer.rescale
+    detector.cfg.infer.rescale = "native"
+    try:
+        assert detector.predict(query, query)["scale"] == 1.0
+    finally:
+        detector.cfg.infer.rescale = before
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"rescale": "exemplar", "support_box": (1, 1, 20, 20)}, r"set infer\.object_size \(--object-size, object_size=\)"),
+    ({"rescale": "exemplar", "object_size": 40.0}, "rescale=exemplar needs an exemplar box"),
+    ({"rescale": "zoom"}, "rescale: expected one of fit, exemplar, native, got 'zoom'"),
+    ({"size": 16}, "size: expected an integer >= 32"),
+    ({"size": 64.5}, "size: expected an integer"),
+    ({"tile_overlap": 1.0}, r"tile_overlap: expected a number in \[0, 1\)"),
+    ({"object_size": -1.0}, "object_size: expected a finite number >= 0"),
+    ({"max_detections": 0}, "max_detections: expected an integer >= 1"),
+    ({"rescale": "exemplar", "object_size": 4000.0, "support_box": (1, 1, 2, 2)}, "over the limit of 64 megapixels"),
+])
+def test_bad_real_photo_options_are_one_line_input_errors(detector, options, message):
+    query = np.zeros((40, 50, 3), np.uint8)
+    with pytest.raises(InputError, match=message) as e:
+        detector.predict(query, query, **options)
+    assert "\n" not in str(e.value)

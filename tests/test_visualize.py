@@ -55,3 +55,18 @@ def test_the_evaluation_legend_covers_every_series(tmp_path):
     path.write_text("\n".join(json.dumps(r) for r in [{"type": "train", "iter": 10, "loss": 1.0, "lr": 1e-3}] + evals))
     png = plot_training_curves(str(path), str(tmp_path / "curves.png"))
     assert Image.open(png).size[0] > 1000
+
+
+def test_hundreds_of_small_boxes_on_a_large_photo_stay_apart():
+    """A tiled photo: thin lines that follow the boxes' size, colour instead of hundreds of labels."""
+    from detector.visualize import MAX_SCORE_LABELS, _box_style
+
+    rng = np.random.default_rng(0)
+    many = [{"bbox": [float(x), float(y), 40.0, 40.0], "score": 0.5} for x, y in rng.uniform(0, 2400, (500, 2))]
+    line, font = _box_style(many, 1.0, 2500)
+    assert line <= 5 and font == 0 and len(many) > MAX_SCORE_LABELS
+    line, font = _box_style(many[:50], 1.0, 2500)
+    assert 10 <= font <= 40 // 3 + 1  # labels no larger than a third of the boxes
+    query = Image.new("RGB", (2500, 2400), (255, 255, 255))
+    out = draw_detections(query, Image.new("RGB", (40, 40)), many, title="500 detections")
+    assert out.width > 2500

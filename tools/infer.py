@@ -1,13 +1,33 @@
 """Find every instance of an exemplar's class in query images.
 
 ``python tools/infer.py --checkpoint CKPT --query IMG_OR_FOLDER --support IMG [--support-box x,y,w,h]
---output results.json [--visualize OUT_DIR] [--score-threshold T]``
+--output results.json [--visualize OUT_DIR] [--score-threshold T] [--rescale fit|exemplar|native]
+[--size N] [--object-size PX] [--tile-overlap F] [--max-detections N]``
+
+Real photos (large images, small objects, hundreds of them): the model was trained at one input
+size and finds at most its number of object queries per pass, so a big photo shrunk to that size
+loses its objects. Options (defaults: the checkpoint's ``infer`` config section):
+
+* ``--rescale fit`` (default): the query's longer side resized to ``--size``, one pass (as before);
+* ``--rescale exemplar``: the query scaled so that the exemplar box (``--support-box``, cut from
+  the query image or one at its scale) gets the object side the model was trained on,
+  ``--object-size`` pixels; then cut into tiles;
+* ``--rescale native``: the query at its own pixels (scale 1), cut into tiles;
+* ``--size N``: the working resolution: the longer side in ``fit``, the tile side otherwise
+  (0: the training ``data.eval_size``);
+* ``--tile-overlap F``: neighbouring tiles overlap by this fraction of the tile side, in [0, 1);
+* ``--max-detections N``: detections kept per query image after the tiles are merged.
+
+Each tile gives up to the model's number of detections, so the budget grows with the image; the
+tiles' detections are merged (each kept by the tile owning its centre, then a class-agnostic NMS
+at ``infer.merge_iou``). Every entry of ``results.json`` also gives ``scale`` (the factor applied to
+the query) and ``tiles``.
 
 Several exemplars of one class (k-shot): repeat ``--support`` (and ``--support-box``, one per
 ``--support``), or give one ``--support`` with several ``--support-box`` (exemplars cut from one image).
 
-``results.json`` is a list, one entry per query image: ``{"image", "width", "height",
-"detections": [{"bbox": [x, y, w, h], "score"}]}`` in pixels of the original image. Several query
+``results.json`` is a list, one entry per query image: ``{"image", "width", "height", "scale",
+"tiles", "detections": [{"bbox": [x, y, w, h], "score"}]}`` in pixels of the original image. Several query
 images are run in batches of ``--batch-size``. In a folder, an image that cannot be used (corrupt,
 not an image, over ``--max-megapixels``) is skipped with a warning and listed as
 ``{"image", "error"}`` (no ``detections``); the exit code is then 3. Exit codes: 0 done,
@@ -24,6 +44,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from detector.cli import (EXIT_OK, EXIT_PARTIAL, ArgumentParser, fraction, guarded, non_negative_float,  # noqa: E402
                           positive_int, warn)
+from detector.config import MIN_INFER_SIZE, RESCALE_MODES  # noqa: E402
 from detector.errors import InputError  # noqa: E402
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -68,9 +89,52 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=positive_int, default=8, help="query images per forward pass (>= 1)")
     p.add_argument("--max-megapixels", type=non_negative_float, default=64.0,
                    help="refuse larger images before decoding them (0: no limit; default 64)")
+    add_infer_options(p)
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default; 1 is faster on a busy machine)")
     return p.parse(argv)
+
+
+def add_infer_options(p: argparse.ArgumentParser) -> None:
+    """The real-photo options; each defaults to the checkpoint's ``infer`` config value."""
+    p.add_argument("--rescale", choices=RESCALE_MODES, default=None,
+                   help="fit: longer side -> --size, one pass (default); exemplar: scale the query so the exemplar "
+                        "box gets --object-size pixels, then tile; native: the query's own pixels, then tile")
+    p.add_argument("--size", type=working_size, default=None,
+                   help="working resolution in pixels: longer side (fit) or tile side (exemplar, native); "
+                        f"0: the training data.eval_size; else >= {MIN_INFER_SIZE}")
+    p.add_argument("--object-size", type=non_negative_float, default=None,
+                   help="object side sqrt(w*h) in model-input pixels the model was trained on (for --rescale "
+                        "exemplar; configs/synthetic.yaml: 45.7)")
+    p.add_argument("--tile-overlap", type=overlap_fraction, default=None,
+                   help="overlap of neighbouring tiles, a fraction of the tile side in [0, 1) (default 0.25)")
+    p.add_argument("--max-detections", type=positive_int, default=None,
+                   help="detections kept per query image after merging the tiles (default 1000)")
+
+
+def working_size(text: str) -> int:
+    """argparse type of ``--size``: 0 or an integer >= :data:`MIN_INFER_SIZE`."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer (pixels), got {text!r}") from None
+    if value != 0 and value < MIN_INFER_SIZE:
+        raise argparse.ArgumentTypeError(f"must be 0 (data.eval_size) or >= {MIN_INFER_SIZE}, got {value}")
+    return value
+
+
+def overlap_fraction(text: str) -> float:
+    """argparse type of ``--tile-overlap``: a number in [0, 1)."""
+    value = fraction(text)
+    if value >= 1.0:
+        raise argparse.ArgumentTypeError(f"must be below 1 (tiles that overlap entirely never advance), got {text}")
+    return value
+
+
+def infer_options(args: argparse.Namespace) -> dict:
+    """The keyword options of ``OneShotDetector.predict_batch`` given on the command line."""
+    names = ("size", "rescale", "object_size", "tile_overlap", "max_detections")
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
 def pair_supports(args: argparse.Namespace) -> tuple[list[str], list]:
@@ -150,6 +214,10 @@ def run(args: argparse.Namespace) -> tuple[list[dict], int]:
     supports = [images[path] for path in supports]
     # Also validates the boxes before any work.
     exemplar = tile_exemplars([crop_exemplar(s, b, 0.0) for s, b in zip(supports, boxes)])
+    options = infer_options(args)
+    opts = detector.infer_options(**options)
+    if opts.rescale != "fit":
+        detector.query_scale(opts, boxes)  # refuses exemplar mode without a box or object size before any work
     images, errors = load_queries(queries, max_pixels, single=not os.path.isdir(args.query))
     if not images:
         raise InputError(f"--query {args.query}: none of its {len(queries)} images can be used "
@@ -159,7 +227,8 @@ def run(args: argparse.Namespace) -> tuple[list[dict], int]:
     entries = [dict(e) for e in errors]
     for start in range(0, len(images), args.batch_size):
         chunk = images[start:start + args.batch_size]
-        predictions = detector.predict_batch([im for _, _, im in chunk], supports, boxes, args.score_threshold)
+        predictions = detector.predict_batch([im for _, _, im in chunk], supports, boxes, args.score_threshold,
+                                             **options)
         for (i, path, image), r in zip(chunk, predictions):
             entries.append({"index": i, "image": path, **r})
             if args.visualize:

@@ -2,9 +2,10 @@
 
 * ``GET /``: the page (``static/index.html``, ``app.js``, ``style.css``).
 * ``POST /api/predict``: the form of :mod:`detector.server.uploads` -> one entry of
-  ``results.json``: ``{"image", "width", "height", "detections": [{"bbox": [x, y, w, h], "score"}]}``.
+  ``results.json``: ``{"image", "width", "height", "scale", "tiles", "detections": [{"bbox": [x, y, w, h],
+  "score"}]}``.
 * ``GET /api/health``: ``{"status": "ok", "workers", "capacity", "admitted", "completed"}``.
-* ``GET /api/model``: config summary, checkpoint, device, limits, accepted fields.
+* ``GET /api/model``: config summary, checkpoint, device, the ``infer`` defaults, limits, accepted fields.
 
 Every refusal is ``{"error": "<one line>"}`` with a 4xx status; a full queue is 503 with
 ``Retry-After``. The detector is built once by the caller (``OneShotDetector.from_checkpoint``, which
@@ -63,7 +64,7 @@ def run_prediction(detector, job: PredictRequest, max_pixels: int) -> dict:
     try:
         result = detector.predict(query, support, support_box=job.support_box,
                                   score_threshold=job.score_threshold, **job.options)
-    except InputError as e:  # a box outside the support image
+    except InputError as e:  # a box outside the support image, rescale=exemplar without a box
         raise ApiError(400, str(e)) from None
     return {**result, "image": job.query.filename}
 
@@ -83,6 +84,7 @@ def model_summary(detector, checkpoint: str, limits: ServeLimits) -> dict:
         "inference": {"eval_size": cfg.data.eval_size, "support_size": m.support_size,
                       "support_margin": cfg.data.support_margin, "max_detections": cfg.eval.max_detections,
                       "nms_iou": cfg.eval.nms_iou},
+        "infer": asdict(cfg.infer),  # the defaults of the real-photo form fields
         "limits": asdict(limits),
         "predict_fields": accepted_fields(),
     }

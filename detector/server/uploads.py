@@ -7,8 +7,11 @@ Fields (``multipart/form-data``):
   the query image, the page's "same image").
 * ``support_box``: the exemplar ``x,y,w,h`` in support-image pixels (optional: the whole image).
 * ``score_threshold``: keep detections scoring at least this, in [0, 1] (default 0.3).
-* :data:`PREDICT_OPTIONS`: further keyword options of :meth:`OneShotDetector.predict`, passed
-  through as they are parsed. Empty today: the inference API has no other options yet.
+* :data:`PREDICT_OPTIONS`: the real-photo keyword options of :meth:`OneShotDetector.predict`
+  (optional; default: the checkpoint's ``infer`` config section), passed through as parsed:
+  ``size`` (0 or an integer >= 32: longer side in ``fit``, tile side otherwise), ``rescale``
+  (``fit`` | ``exemplar`` | ``native``), ``object_size`` (a number >= 0, model-input pixels),
+  ``tile_overlap`` (in [0, 1)), ``max_detections`` (an integer >= 1).
 
 Anything else (an unknown or repeated field, text where a file belongs, a body over the cap, a file
 that is not an image, a truncated image, too many pixels) is an :class:`ApiError` with a 4xx status
@@ -26,6 +29,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
+from ..config import MIN_INFER_SIZE, RESCALE_MODES
 from ..data.image_io import ImageReadError, ImageTooLargeError, read_image
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")  # PIL names; no formats run by helpers
@@ -67,10 +71,35 @@ def parse_threshold(text: str) -> float:
     return value
 
 
-# Options of OneShotDetector.predict the form passes through: field name -> parser of its text. The
-# inference API's real-photo options (working resolution, tiling) belong here once predict has them;
-# a field the model cannot honour is refused as unknown rather than silently ignored.
-PREDICT_OPTIONS: dict[str, Callable[[str], object]] = {}
+def _number(name: str, text: str, integer: bool, ok: Callable[[float], bool], expected: str):
+    """``text`` as an int (``integer``) or a finite float for which ``ok`` holds; :class:`ApiError`
+    (400) ``"<name>: expected <expected>, got '<text>'"`` otherwise."""
+    try:
+        value = int(text) if integer else float(text)
+    except ValueError:
+        value = None
+    if value is None or not math.isfinite(value) or not ok(value):
+        raise ApiError(400, f"{name}: expected {expected}, got {text[:60]!r}")
+    return value
+
+
+def parse_rescale(text: str) -> str:
+    """One of :data:`detector.config.RESCALE_MODES`; :class:`ApiError` (400) otherwise."""
+    if text not in RESCALE_MODES:
+        raise ApiError(400, f"rescale: expected one of {', '.join(RESCALE_MODES)}, got {text[:60]!r}")
+    return text
+
+
+# Options of OneShotDetector.predict the form passes through: field name -> parser of its text. A
+# field the model cannot honour is refused as unknown rather than silently ignored.
+PREDICT_OPTIONS: dict[str, Callable[[str], object]] = {
+    "size": lambda t: _number("size", t, True, lambda v: v == 0 or v >= MIN_INFER_SIZE,
+                              f"0 (the training size) or an integer >= {MIN_INFER_SIZE}"),
+    "rescale": parse_rescale,
+    "object_size": lambda t: _number("object_size", t, False, lambda v: v >= 0, "a number >= 0 (pixels)"),
+    "tile_overlap": lambda t: _number("tile_overlap", t, False, lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "max_detections": lambda t: _number("max_detections", t, True, lambda v: v >= 1, "an integer >= 1"),
+}
 FILE_FIELDS = ("query", "support")
 TEXT_FIELDS: dict[str, Callable[[str], object]] = {"support_box": parse_box, "score_threshold": parse_threshold,
                                                    **PREDICT_OPTIONS}

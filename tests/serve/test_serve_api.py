@@ -58,7 +58,9 @@ def test_health_model_and_page(client, serve_files):
                                   "nms_iou": 0.0}
     assert model["limits"] == {"max_upload_bytes": 256 * 1024, "max_pixels": 1_000_000, "workers": 1, "queue_size": 2,
                                "read_timeout_s": 30.0}
-    assert model["predict_fields"] == ["query", "support", "support_box", "score_threshold"]
+    assert model["predict_fields"] == ["query", "support", "support_box", "score_threshold", "size", "rescale",
+                                       "object_size", "tile_overlap", "max_detections"]
+    assert model["infer"]["rescale"] == "fit" and model["infer"]["max_detections"] == 1000
     page = client.get("/")
     assert page.status_code == 200 and 'id="find"' in page.text and "/static/app.js" in page.text
     assert "default-src 'self'" in page.headers["content-security-policy"]
@@ -80,6 +82,18 @@ def test_predict_equals_the_inference_api(client, detector, serve_files, box, th
         assert len(expected["detections"]) == 6  # everything: max_detections
     if threshold is None:  # the default 0.3 keeps some and drops some
         assert 0 < len(expected["detections"]) < 6
+
+
+def test_real_photo_fields_are_predict_s_options(client, detector, serve_files):
+    data = {"support_box": "10,10,20,20", "score_threshold": "0", "rescale": "exemplar", "object_size": "40",
+            "size": "32", "tile_overlap": "0.5", "max_detections": "8"}
+    r = client.post("/api/predict", files={"query": upload(serve_files["query"])}, data=data)
+    assert r.status_code == 200, r.text
+    expected = detector.predict(serve_files["query"], serve_files["query"], support_box=(10, 10, 20, 20),
+                                score_threshold=0.0, rescale="exemplar", object_size=40.0, size=32, tile_overlap=0.5,
+                                max_detections=8)
+    assert r.json() == {**expected, "image": "query.png"}
+    assert r.json()["scale"] == 2.0 and r.json()["tiles"] > 1 and len(r.json()["detections"]) == 8
 
 
 def test_without_support_the_exemplar_comes_from_the_query(client, detector, serve_files):
@@ -132,6 +146,17 @@ BAD = [  # (name, files (query/support replaced), data, status, message)
     ("threshold above 1", {}, {"score_threshold": "1.5"}, 400, "score_threshold"),
     ("threshold nan", {}, {"score_threshold": "nan"}, 400, "score_threshold"),
     ("unknown text field", {}, {"tile_size": "512"}, 400, "unknown field 'tile_size'"),
+    ("size too small", {}, {"size": "16"}, 400, "size: expected 0 (the training size) or an integer >= 32, got '16'"),
+    ("size not an integer", {}, {"size": "64.5"}, 400, "size: expected 0"),
+    ("rescale unknown", {}, {"rescale": "zoom"}, 400, "rescale: expected one of fit, exemplar, native, got 'zoom'"),
+    ("object size negative", {}, {"object_size": "-2"}, 400, "object_size: expected a number >= 0"),
+    ("object size inf", {}, {"object_size": "inf"}, 400, "object_size: expected a number >= 0"),
+    ("overlap 1", {}, {"tile_overlap": "1"}, 400, "tile_overlap: expected a number in [0, 1)"),
+    ("max detections 0", {}, {"max_detections": "0"}, 400, "max_detections: expected an integer >= 1"),
+    ("exemplar without object size", {}, {"rescale": "exemplar", "support_box": "1,1,20,20"}, 400,
+     "set infer.object_size"),
+    ("exemplar without a box", {}, {"rescale": "exemplar", "object_size": "40"}, 400,
+     "rescale=exemplar needs an exemplar box"),
     ("unknown file field", {"extra": ("e.png", b"x", "image/png")}, {}, 400, "unknown field 'extra'"),
     ("text as query", {"query": None}, {"query": "query.png"}, 400, "query: expected an image file, got text"),
     ("file as box", {"support_box": ("b.txt", b"1,2,3,4", "text/plain")}, {}, 400, "support_box: expected text"),

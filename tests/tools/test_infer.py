@@ -228,3 +228,39 @@ def test_several_exemplars_api_and_cli(files, tmp_path, capsys):
         det.predict(query, [support, other], [None, None, None])
     with pytest.raises(InputError, match="no support image"):
         det.predict(query, [])
+
+
+def test_cli_real_photo_options_match_the_api(files, tmp_path, capsys):
+    """--rescale/--size/--object-size/--tile-overlap/--max-detections are predict's keyword options."""
+    query = str(files["queries"] / "a.png")
+    options = {"rescale": "exemplar", "object_size": 40.0, "size": 32, "tile_overlap": 0.5, "max_detections": 9}
+    expected = OneShotDetector.from_checkpoint(files["ckpt"]).predict(query, query, support_box=(5, 5, 30, 20),
+                                                                      score_threshold=0.0, **options)
+    out = tmp_path / "r.json"
+    rc = call_infer("--checkpoint", files["ckpt"], "--query", query, "--support", query, "--support-box", "5,5,30,20",
+                    "--rescale", "exemplar", "--object-size", "40", "--size", "32", "--tile-overlap", "0.5",
+                    "--max-detections", "9", "--score-threshold", "0", "--output", str(out),
+                    "--visualize", str(tmp_path / "vis"))
+    assert rc == 0, capsys.readouterr().err
+    (result,) = json.loads(out.read_text())
+    assert result == expected and result["scale"] == round(40 / np.sqrt(600), 6) and result["tiles"] > 1
+    assert len(result["detections"]) == 9 and (tmp_path / "vis" / "a.png").exists()
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--size", "16"], "argument --size: must be 0 (data.eval_size) or >= 32, got 16"),
+    (["--size", "big"], "argument --size: expected an integer (pixels), got 'big'"),
+    (["--rescale", "zoom"], "argument --rescale: invalid choice: 'zoom'"),
+    (["--tile-overlap", "1"], "argument --tile-overlap: must be below 1"),
+    (["--object-size", "-3"], "argument --object-size: must be a finite number >= 0"),
+    (["--max-detections", "0"], "argument --max-detections: must be >= 1, got 0"),
+    (["--rescale", "exemplar", "--support-box", "5,5,30,20"], "set infer.object_size (--object-size"),
+    (["--rescale", "exemplar", "--object-size", "40"], "rescale=exemplar needs an exemplar box (--support-box"),
+])
+def test_cli_bad_real_photo_options_exit_2_with_one_line(files, tmp_path, capsys, extra, needle):
+    out = tmp_path / "out" / "results.json"
+    rc = call_infer("--checkpoint", files["ckpt"], "--query", str(files["queries"] / "a.png"), "--support",
+                    str(files["support"]), "--output", str(out), *extra)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert rc == 2 and len(lines) == 1 and needle in lines[0], lines
+    assert not (tmp_path / "out").exists()
