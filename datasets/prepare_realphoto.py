@@ -9,8 +9,9 @@ Needs ``deepforest==2.1.0`` installed as files (``make setup`` does it: ``pip in
 ``images/``, ``annotations.json`` (COCO, one category ``tree``), ``pairs.json`` (4 same-image and
 12 other-image pairs, each exemplar a tile's median-size tree) and ``meta.json``
 (:mod:`detector.data.realphoto`). An existing folder with the same content is kept; one with
-other content is refused (``--force`` replaces it). Exit codes: 0 done, 2 the package is missing
-or the folder holds something else (one line).
+other content is refused (``--force`` replaces a real-photo folder of other content, never any
+other folder). Exit codes: 0 done, 2 the package is missing or the folder holds something else
+(one line).
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def _main(argv=None) -> int:
                    help="output folder (default: datasets/realphoto)")
     p.add_argument("--packages", action="append", default=[], metavar="DIR",
                    help="a folder holding deepforest/ to search first (repeatable)")
-    p.add_argument("--force", action="store_true", help="replace an existing folder of other content")
+    p.add_argument("--force", action="store_true", help="replace a real-photo folder of other content (never another folder)")
     args = p.parse(argv)
     meta = prepare_realphoto(args.out, args.packages, force=args.force)
     counts = ", ".join(f"{name} {n}" for name, n in meta["num_instances"].items())

@@ -87,8 +87,8 @@ def _pair_ground_truth(bench: RealPhotoBenchmark):
     for j, pair in enumerate(bench.pairs):
         images.append({"id": j + 1})
         for a in bench.instances[pair["query_image_id"]]:
-            annotations.append({"id": len(annotations) + 1, "image_id": j + 1, "category_id": 1, "bbox": list(a["bbox"]),
-                                "area": float(a["bbox"][2] * a["bbox"][3]), "iscrowd": 0})
+            annotations.append({"id": len(annotations) + 1, "image_id": j + 1, "category_id": 1,
+                                "bbox": list(a["bbox"]), "area": float(a["bbox"][2] * a["bbox"][3]), "iscrowd": 0})
     return coco_ground_truth(images, annotations, [{"id": 1}])
 
 
@@ -209,11 +209,11 @@ def render_pair(bench: RealPhotoBenchmark, pair: dict, result: dict, count_thres
     support = load_image(bench.image_path(pair["support_image_id"]), "support image", None)
     exemplar = crop_exemplar(support, pair["support_box"], margin)
     shown = [d for d in result["detections"] if d["score"] >= count_threshold]
-    gt = [a["bbox"] for a in bench.instances[pair["query_image_id"]]] if show_ground_truth else []
+    trees = [a["bbox"] for a in bench.instances[pair["query_image_id"]]]
     title = (f"pair {pair['id']} ({pair['mode']}): {bench.images[pair['query_image_id']]['file_name']} searched with a "
              f"tree of {bench.images[pair['support_image_id']]['file_name']}; {len(shown)} detections >= "
-             f"{count_threshold:g} (red-yellow), {len(gt) or len(bench.instances[pair['query_image_id']])} trees"
-             f"{' (cyan)' if gt else ''}")
+             f"{count_threshold:g} (red-yellow), {len(trees)} trees{' (cyan)' if show_ground_truth else ''}")
+    gt = trees if show_ground_truth else []
     return draw_detections(query, exemplar, shown, title, ground_truth=gt, score_labels=len(shown) < 100,
                            exemplar_side=max(256, query.height // 6))
 

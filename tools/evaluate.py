@@ -154,13 +154,14 @@ def evaluate_realphoto_checkpoint(checkpoint: str, root: str, config: str = "", 
     for path, what in ((output_dir, "--output-dir"), (visualize, "--visualize")):
         if path:
             check_output_path(path, what)
+    dev = resolve_device(device, "--device")  # before the checkpoint is read
     bench = load_realphoto(root)
     cfg, model, postprocessor = load_model(checkpoint, overrides, config)
     if cfg.train.num_threads > 0:
         import torch
 
         torch.set_num_threads(cfg.train.num_threads)
-    detector = OneShotDetector(model, postprocessor, cfg, resolve_device(device, "--device"))
+    detector = OneShotDetector(model, postprocessor, cfg, dev)
     metrics, results = evaluate_realphoto(detector, bench, config_infer_options(cfg), progress=True)
     metrics = {"checkpoint": os.path.abspath(checkpoint), **metrics}
     out = output_dir or os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "realphoto")

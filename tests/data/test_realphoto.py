@@ -18,7 +18,8 @@ EXEMPLARS = {1: (3, [40.0, 30.0, 20.0, 20.0]), 2: (6, [29.0, 29.0, 16.0, 16.0]),
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("prepare_realphoto", os.path.join(REPO, "datasets", "prepare_realphoto.py"))
+    path = os.path.join(REPO, "datasets", "prepare_realphoto.py")
+    spec = importlib.util.spec_from_file_location("prepare_realphoto", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -94,8 +95,10 @@ def test_prepare_is_idempotent_and_refuses_other_content(fake_deepforest, tmp_pa
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("mine")
-    with pytest.raises(InputError, match="not a real-photo benchmark"):
-        prepare_realphoto(str(other), [fake_deepforest])
+    for force in (False, True):  # --force never deletes a folder that is not a real-photo benchmark
+        with pytest.raises(InputError, match="not a real-photo benchmark"):
+            prepare_realphoto(str(other), [fake_deepforest], force=force)
+    assert (other / "notes.txt").read_text() == "mine"
 
 
 def test_missing_package_exits_2_with_one_line(tmp_path, monkeypatch, capsys):
