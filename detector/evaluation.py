@@ -301,8 +301,12 @@ def write_metrics(metrics: dict, path: str) -> str:
     return path
 
 
-def _pct(v: Optional[float]) -> str:
+def format_percent(v: Optional[float]) -> str:
+    """A fraction as a percentage with one decimal (``0.5`` -> ``"50.0"``); ``"-"`` for ``None``."""
     return "-" if v is None else f"{100 * v:.1f}"
+
+
+_pct = format_percent  # the tables below
 
 
 def format_metrics_table(metrics: dict, per_category: bool = True) -> str:

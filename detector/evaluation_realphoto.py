@@ -36,14 +36,15 @@ from PIL import Image
 
 from .data.realphoto import MODES, RealPhotoBenchmark
 from .evaluation import coco_ground_truth, detections_array, load_detections, run_cocoeval, write_metrics
+from .evaluation import format_percent as _pct
 from .utils.box_ops import box_xywh_to_xyxy
 
 MAX_DETS = (1, 100, 1000)  # COCOeval maxDets; the last (the one reported) must exceed 574 trees
 COUNT_THRESHOLD = 0.3  # OneShotDetector.predict's default score_threshold; fixed a priori, not tuned
 PROTOCOL = ("real-photo one-shot: deepforest 2.1.0 tiles, exemplar = a tile's median-size tree; same_image = "
             "each tile with its own exemplar, other_image = with each other tile's; COCOeval per mode with one "
-            "pseudo-image per pair (ground truth: every tree of the query tile), area all, maxDets 1000; "
-            "count at score >= 0.3 (not tuned)")
+            "pseudo-image per pair (ground truth: every tree of the query tile), area all, maxDets {max_dets}; "
+            "count at score >= {threshold:g} (not tuned)")
 
 
 def config_infer_options(cfg) -> dict:
@@ -131,7 +132,8 @@ def score_pairs(bench: RealPhotoBenchmark, results: Sequence[dict], count_thresh
                          "support": bench.images[pair["support_image_id"]]["file_name"], "instances": instances,
                          "detections": len(result["detections"]), "detections_above": above,
                          "count_error": abs(above - instances), "ap50": ap50, "recall50": recall50})
-    metrics: dict = {"protocol": PROTOCOL, "max_dets": list(max_dets), "count_threshold": count_threshold}
+    metrics: dict = {"protocol": PROTOCOL.format(max_dets=max_dets[-1], threshold=count_threshold),
+                     "max_dets": list(max_dets), "count_threshold": count_threshold}
     for mode in MODES:
         idx = [j for j, p in enumerate(bench.pairs) if p["mode"] == mode]
         if not idx:
@@ -159,10 +161,6 @@ def evaluate_realphoto(detector, bench: RealPhotoBenchmark, options: Optional[di
                "inference_options": predict_options(detector.predict, options), **score_pairs(bench, results)}
     metrics["eval_time_s"] = round(time.time() - start, 2)
     return metrics, results
-
-
-def _pct(v: Optional[float]) -> str:
-    return "-" if v is None else f"{100 * v:.1f}"
 
 
 def format_realphoto_table(metrics: dict) -> str:

@@ -7,9 +7,9 @@ import pytest
 from PIL import Image
 
 from detector.data.realphoto import RealPhotoBenchmark, load_realphoto, prepare_realphoto
-from detector.evaluation_realphoto import (COUNT_THRESHOLD, MAX_DETS, format_realphoto_table, predict_options,
-                                           predict_pairs, render_pair, save_pair_pictures, score_pairs,
-                                           write_realphoto_evaluation)
+from detector.evaluation_realphoto import (COUNT_THRESHOLD, MAX_DETS, config_infer_options, format_realphoto_table,
+                                           predict_options, predict_pairs, render_pair, save_pair_pictures,
+                                           score_pairs, write_realphoto_evaluation)
 
 
 def _grid(n, side=10, step=20, columns=20):
@@ -107,6 +107,19 @@ def test_predict_options_keep_what_predict_takes():
     assert predict_options(predict, options) == {"size": 1024, "rescale": "exemplar"}
     assert predict_options(open_predict, options) == {"size": 1024, "rescale": "exemplar", "tile_overlap": 0.25}
     assert predict_options(predict, None) == {}
+
+
+def test_config_infer_options_read_an_infer_section_when_there_is_one(tiny_cfg):
+    import dataclasses
+
+    assert config_infer_options(tiny_cfg()) == {}  # no infer section (yet)
+
+    @dataclasses.dataclass
+    class Infer:
+        size: int = 1024
+        rescale: str = "exemplar"
+
+    assert config_infer_options(type("Cfg", (), {"infer": Infer()})()) == {"size": 1024, "rescale": "exemplar"}
 
 
 class _Recorder:
