@@ -21,59 +21,14 @@ import argparse
 import json
 import os
 import sys
-import xml.etree.ElementTree as ET
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from detector.data.splits import VOC_CLASSES  # noqa: E402
+from detector.data.voc_xml import parse_voc_xml  # noqa: E402
 
 SETS = {"voc_trainval0712.json": [("VOC2007", "trainval"), ("VOC2012", "trainval")],
         "voc_test2007.json": [("VOC2007", "test")]}
-
-
-def _text(node, path: str, tag: str) -> str:
-    child = node.find(tag)
-    if child is None or child.text is None or not child.text.strip():
-        raise ValueError(f"{path}: missing <{tag}>")
-    return child.text.strip()
-
-
-def _number(node, path: str, tag: str) -> float:
-    text = _text(node, path, tag)
-    try:
-        return float(text)
-    except ValueError:
-        raise ValueError(f"{path}: <{tag}> is not a number: {text!r}") from None
-
-
-def parse_voc_xml(path: str) -> dict:
-    """One VOC annotation file -> ``{"file_name", "width", "height", "objects": [{"name", "bbox"
-    (COCO xywh), "difficult"}]}``. ``ValueError`` naming the file for malformed XML, a missing
-    field, an unknown class or an inverted box."""
-    try:
-        root = ET.parse(path).getroot()
-    except ET.ParseError as e:
-        raise ValueError(f"{path}: not valid XML ({e})") from None
-    size = root.find("size")
-    if size is None:
-        raise ValueError(f"{path}: missing <size>")
-    out = {"file_name": _text(root, path, "filename"), "width": int(_number(size, path, "width")),
-           "height": int(_number(size, path, "height")), "objects": []}
-    for obj in root.findall("object"):
-        name = _text(obj, path, "name")
-        if name not in VOC_CLASSES:
-            raise ValueError(f"{path}: unknown VOC class {name!r}")
-        box = obj.find("bndbox")
-        if box is None:
-            raise ValueError(f"{path}: object {name!r} has no <bndbox>")
-        x0, y0, x1, y1 = (_number(box, path, t) for t in ("xmin", "ymin", "xmax", "ymax"))
-        if x1 < x0 or y1 < y0:
-            raise ValueError(f"{path}: object {name!r} has an inverted box {[x0, y0, x1, y1]}")
-        difficult = obj.find("difficult")
-        flag = int(difficult.text.strip()) if difficult is not None and difficult.text and difficult.text.strip() else 0
-        out["objects"].append({"name": name, "bbox": [x0 - 1.0, y0 - 1.0, x1 - x0 + 1.0, y1 - y0 + 1.0],
-                               "difficult": 1 if flag else 0})
-    return out
 
 
 def _read_ids(devkit: str, year: str, image_set: str) -> list[str]:
@@ -91,7 +46,7 @@ def convert(devkit: str, sets: list[tuple[str, str]]) -> tuple[dict, dict[str, s
     images, annotations, sources = [], [], {}
     for year, image_set in sets:
         for stem in _read_ids(devkit, year, image_set):
-            parsed = parse_voc_xml(os.path.join(devkit, year, "Annotations", f"{stem}.xml"))
+            parsed = parse_voc_xml(os.path.join(devkit, year, "Annotations", f"{stem}.xml"), VOC_CLASSES)
             file_name = f"{stem}.jpg"
             if file_name in sources:
                 raise ValueError(f"{year}/{stem}: image name {file_name} occurs twice (another year or set)")

@@ -70,6 +70,12 @@ def build_ground_truth(dataset) -> COCO:
         for g in dataset.ground_truth(j):
             annotations.append({"id": len(annotations) + 1, "image_id": j + 1, "category_id": item.category_id, **g})
     categories = [{"id": c} for c in sorted({item.category_id for item in dataset.items})]
+    return coco_ground_truth(images, annotations, categories)
+
+
+def coco_ground_truth(images: list[dict], annotations: list[dict], categories: list[dict]) -> COCO:
+    """A pycocotools ``COCO`` of these lists (COCO dicts: ``bbox`` xywh pixels, ``area``,
+    ``iscrowd``), indexed without printing."""
     gt = COCO()
     gt.dataset = {"images": images, "annotations": annotations, "categories": categories}
     with _quiet():
@@ -96,25 +102,42 @@ def detections_array(predictions: list[dict], first_item: int, category_ids: lis
     return np.concatenate(rows) if rows else np.zeros((0, 7))
 
 
+def load_detections(gt: COCO, detections: np.ndarray) -> COCO:
+    """Detection rows ``[D, 7]`` (:func:`detections_array`) as a pycocotools results ``COCO`` on
+    ``gt``'s images; an empty one when ``D == 0`` (``loadRes`` refuses an empty array)."""
+    with _quiet():
+        if len(detections):
+            return gt.loadRes(detections)
+        dt = COCO()
+        dt.dataset = {"images": gt.dataset["images"], "annotations": [], "categories": gt.dataset["categories"]}
+        dt.createIndex()
+    return dt
+
+
+def run_cocoeval(gt: COCO, dt: COCO, image_ids: list[int], category_ids: list[int], max_dets: list[int]) -> COCOeval:
+    """COCOeval (``bbox``, area range "all" only, ``maxDets = max_dets``) evaluated and
+    accumulated on these images and categories, without printing. ``ev.eval["precision"]`` is
+    ``[IoU thresholds 0.5:0.95 (10), recall thresholds (101), categories, 1, len(max_dets)]``,
+    ``ev.eval["recall"]`` ``[10, categories, 1, len(max_dets)]`` (-1 where there is no ground truth)."""
+    ev = COCOeval(gt, dt, "bbox")
+    ev.params.imgIds = list(image_ids)
+    ev.params.catIds = list(category_ids)
+    ev.params.areaRng, ev.params.areaRngLbl = [[0.0, 1e10]], ["all"]
+    ev.params.maxDets = list(max_dets)
+    with _quiet():
+        ev.evaluate()
+        ev.accumulate()
+    return ev
+
+
 def score_categories(gt: COCO, detections: np.ndarray, items_by_category: dict[int, list[int]],
                      max_detections: int) -> dict[int, tuple[float, float]]:
     """COCOeval of each category on its own pseudo-images (item indices, 0-based) ->
     ``{category_id: (AP, AP50)}``; categories without ground truth are left out."""
-    with _quiet():
-        dt = gt.loadRes(detections) if len(detections) else COCO()
-        if not len(detections):
-            dt.dataset = {"images": gt.dataset["images"], "annotations": [], "categories": gt.dataset["categories"]}
-            dt.createIndex()
+    dt = load_detections(gt, detections)
     out = {}
     for category_id, items in items_by_category.items():
-        ev = COCOeval(gt, dt, "bbox")
-        ev.params.imgIds = [j + 1 for j in items]
-        ev.params.catIds = [category_id]
-        ev.params.areaRng, ev.params.areaRngLbl = [[0.0, 1e10]], ["all"]
-        ev.params.maxDets = [max_detections]
-        with _quiet():
-            ev.evaluate()
-            ev.accumulate()
+        ev = run_cocoeval(gt, dt, [j + 1 for j in items], [category_id], [max_detections])
         precision = ev.eval["precision"][:, :, 0, 0, 0]  # [IoU thresholds, recall thresholds]
         if np.all(precision < 0):
             continue
@@ -278,8 +301,12 @@ def write_metrics(metrics: dict, path: str) -> str:
     return path
 
 
-def _pct(v: Optional[float]) -> str:
+def format_percent(v: Optional[float]) -> str:
+    """A fraction as a percentage with one decimal (``0.5`` -> ``"50.0"``); ``"-"`` for ``None``."""
     return "-" if v is None else f"{100 * v:.1f}"
+
+
+_pct = format_percent  # the tables below
 
 
 def format_metrics_table(metrics: dict, per_category: bool = True) -> str:

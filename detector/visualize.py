@@ -62,18 +62,23 @@ def _box_style(detections: Sequence[dict], scale: float, picture_side: int) -> t
 
 
 def draw_detections(query: Image.Image, exemplar: Image.Image, detections: Sequence[dict],
-                    title: str = "") -> Image.Image:
+                    title: str = "", *, ground_truth: Sequence[Sequence[float]] = (), score_labels: bool = True,
+                    exemplar_side: int = 0) -> Image.Image:
     """The query image with each detection's box (``bbox`` = COCO ``[x, y, w, h]`` pixels of
     ``query``) and its score on a coloured label, the exemplar on a panel to its right and
     ``title`` as a caption below, wrapped to the picture's width. A query image whose longer side
     is below :data:`MIN_PICTURE_SIDE` is enlarged to it. Box lines and labels follow the boxes' size
     (:func:`_box_style`); past :data:`MAX_SCORE_LABELS` detections the colour alone gives the score
-    (red: high, yellow: low). Returns a new RGB image."""
+    (red: high, yellow: low). Returns a new RGB image.
+
+    ``ground_truth``: ``[x, y, w, h]`` boxes (pixels of ``query``) drawn first as thin cyan lines.
+    ``score_labels``: ``False`` never writes the scores. ``exemplar_side``: longer side of the
+    exemplar panel in pixels (0: the query's height, clamped to 128-256)."""
     query, exemplar = query.convert("RGB"), exemplar.convert("RGB")
     scale = max(1.0, MIN_PICTURE_SIDE / max(query.size))
     w, h = round(query.width * scale), round(query.height * scale)
     font = _font(max(12, round(max(w, h) / 48)))
-    side = max(min(h, 256), 128)
+    side = exemplar_side or max(min(h, 256), 128)
     ex_scale = side / max(exemplar.size)
     ex = exemplar.resize((max(1, round(exemplar.width * ex_scale)), max(1, round(exemplar.height * ex_scale))))
     pad, head = 8, font.size + 8 if hasattr(font, "size") else 20
@@ -90,7 +95,10 @@ def draw_detections(query: Image.Image, exemplar: Image.Image, detections: Seque
     draw.rectangle([w + 2 * pad - 1, pad + head - 1, w + 2 * pad + ex.width, pad + head + ex.height],
                    outline=(0, 120, 255), width=2)
     line, label_size = _box_style(detections, scale, max(w, h))
-    label_font = _font(label_size) if label_size else None
+    label_font = _font(label_size) if label_size and score_labels else None
+    for box in ground_truth:
+        x, y, bw, bh = (v * scale for v in box)
+        draw.rectangle([pad + x, pad + y, pad + x + bw, pad + y + bh], outline=(0, 230, 255), width=max(1, line // 2))
     for det in sorted(detections, key=lambda d: d["score"]):
         x, y, bw, bh = (v * scale for v in det["bbox"])
         colour = (255, int(200 * (1 - det["score"])), 0)

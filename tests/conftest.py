@@ -64,3 +64,41 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# The fake deepforest tiles of the real-photo tests: (stem, (width, height), [(name, VOC box)]).
+# VOC boxes are 1-based inclusive; sides (sqrt(w * h)) differ so the median exemplar is known.
+FAKE_TILES = (
+    ("OSBS_029", (80, 60), [("Tree", (11, 6, 40, 30)), ("Tree", (1, 1, 10, 10)), ("Tree", (41, 31, 60, 50))]),
+    ("SOAP_061", (64, 64), [("Dead", (1, 1, 8, 8)), ("Alive", (10, 10, 21, 21)), ("Dead", (30, 30, 45, 45)),
+                            ("Alive", (40, 1, 63, 24))]),
+    ("2019_YELL_2_541000_4977000_image_crop", (96, 72), [("Tree", (5, 5, 16, 16)), ("Tree", (20, 20, 33, 33)),
+                                                          ("Tree", (40, 40, 49, 49)), ("Tree", (60, 10, 77, 27)),
+                                                          ("Tree", (70, 50, 76, 56))]),
+    ("2019_YELL_2_528000_4978000_image_crop2", (120, 90), [("Tree", (1, 1, 20, 20)), ("Tree", (50, 40, 61, 51))]),
+)
+
+
+@pytest.fixture
+def fake_deepforest(tmp_path):
+    """A folder holding ``deepforest/data/`` with the four benchmark tiles as small random PNGs and
+    VOC XMLs (:data:`FAKE_TILES`; ``OSBS_029.xml`` names the ``.tif``, as the real one does) and a
+    ``deepforest-2.1.0.dist-info``; returns the folder (for ``--packages`` or
+    ``ONESHOT_PHOTO_PACKAGES``)."""
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "photo-packages"
+    data = root / "deepforest" / "data"
+    data.mkdir(parents=True)
+    (root / "deepforest-2.1.0.dist-info").mkdir()
+    (root / "deepforest-2.1.0.dist-info" / "METADATA").write_text("Name: deepforest\nVersion: 2.1.0\n")
+    rng = np.random.default_rng(0)
+    for stem, (w, h), objects in FAKE_TILES:
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(data / f"{stem}.png")
+        objs = "".join(f"<object><name>{n}</name><difficult>0</difficult><bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin>"
+                       f"<xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>" for n, b in objects)
+        name = f"{stem}.tif" if stem == "OSBS_029" else f"{stem}.png"
+        (data / f"{stem}.xml").write_text(f"<annotation><filename>{name}</filename><size><width>{w}</width>"
+                                          f"<height>{h}</height><depth>3</depth></size>{objs}</annotation>")
+    return str(root)

@@ -3,7 +3,10 @@
 ``python tools/evaluate.py --checkpoint CKPT [--config FILE] [key=value ...] [--output-dir DIR]
 [--coco-results]``; ``python tools/evaluate.py --class-agnostic-oracle --config FILE [key=value ...]``
 scores the class-agnostic oracle (every ground-truth box of the image at score 1, whatever the
-exemplar) on the same items instead.
+exemplar) on the same items instead. ``python tools/evaluate.py --checkpoint CKPT --realphoto DIR
+[--visualize OUT] [infer.KEY=VALUE ...]`` scores the real-photo benchmark written by
+``datasets/prepare_realphoto.py`` (:mod:`detector.evaluation_realphoto`; default output folder
+``<checkpoint folder>/realphoto``), passing the config's ``infer`` options to ``predict``.
 
 Without ``--config`` the config stored in the checkpoint is used (overrides still apply). Writes
 ``metrics.json`` and ``metrics.md`` (seen / unseen AP50 and AP, per-run spread, per-category AP) in
@@ -34,12 +37,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--output-dir", default="", help="where metrics.json / metrics.md go (default: checkpoint folder)")
     p.add_argument("--coco-results", action="store_true", help="also write the detections in COCO results format")
     p.add_argument("--device", default="", help="cpu | cuda (default: cuda when available)")
+    p.add_argument("--realphoto", default="", metavar="DIR",
+                   help="instead of the config's split, the real-photo benchmark folder written by "
+                        "datasets/prepare_realphoto.py (deepforest aerial tiles; needs --checkpoint)")
+    p.add_argument("--visualize", default="", metavar="OUT",
+                   help="with --realphoto: one PNG per pair (detections >= 0.3, ground truth, exemplar)")
     p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. eval.runs=5 data.split=2")
     args = p.parse(argv)
     if args.class_agnostic_oracle == bool(args.checkpoint):
         p.error("give --checkpoint, or --class-agnostic-oracle with --config")
     if args.class_agnostic_oracle and not args.config:
         p.error("--class-agnostic-oracle needs --config (the data to score it on)")
+    if args.realphoto and (args.class_agnostic_oracle or args.coco_results):
+        p.error("--realphoto scores a checkpoint: it goes with neither --class-agnostic-oracle nor --coco-results")
+    if args.visualize and not args.realphoto:
+        p.error("--visualize goes with --realphoto")
     return args
 
 
@@ -126,9 +138,51 @@ def evaluate_oracle(config: str, overrides=(), output_dir: str = "") -> tuple[di
     return {"split": cfg.eval.split, **metrics}, out
 
 
+def evaluate_realphoto_checkpoint(checkpoint: str, root: str, config: str = "", overrides=(), output_dir: str = "",
+                                  device: str = "", visualize: str = "") -> tuple[dict, str]:
+    """The real-photo benchmark in ``root`` scored for ``checkpoint``
+    (:func:`detector.evaluation_realphoto.evaluate_realphoto`, with the config's ``infer`` options);
+    ``metrics.json`` / ``metrics.md`` written to ``output_dir`` (default
+    ``<checkpoint folder>/realphoto``), one picture per pair to ``visualize`` when given."""
+    from detector.data.realphoto import load_realphoto
+    from detector.evaluation_realphoto import (config_infer_options, evaluate_realphoto, save_pair_pictures,
+                                               write_realphoto_evaluation)
+    from detector.inference import OneShotDetector, load_model
+    from detector.run_folder import check_output_path
+    from detector.utils.device import resolve_device
+
+    for path, what in ((output_dir, "--output-dir"), (visualize, "--visualize")):
+        if path:
+            check_output_path(path, what)
+    dev = resolve_device(device, "--device")  # before the checkpoint is read
+    bench = load_realphoto(root)
+    cfg, model, postprocessor = load_model(checkpoint, overrides, config)
+    if cfg.train.num_threads > 0:
+        import torch
+
+        torch.set_num_threads(cfg.train.num_threads)
+    detector = OneShotDetector(model, postprocessor, cfg, dev)
+    metrics, results = evaluate_realphoto(detector, bench, config_infer_options(cfg), progress=True)
+    metrics = {"checkpoint": os.path.abspath(checkpoint), **metrics}
+    out = output_dir or os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "realphoto")
+    os.makedirs(out, exist_ok=True)
+    write_realphoto_evaluation(metrics, out)
+    if visualize:
+        save_pair_pictures(bench, results, visualize, margin=cfg.data.support_margin)
+    return metrics, out
+
+
 def _main(argv=None) -> int:
     args = parse_args(argv)
     start = time.time()
+    if args.realphoto:
+        from detector.evaluation_realphoto import format_realphoto_table
+
+        metrics, out = evaluate_realphoto_checkpoint(args.checkpoint, args.realphoto, args.config, args.overrides,
+                                                     args.output_dir, args.device, args.visualize)
+        print(format_realphoto_table(metrics))
+        print(f"metrics: {os.path.join(out, 'metrics.json')} ({time.time() - start:.0f} s)")
+        return 0
     if args.class_agnostic_oracle:
         metrics, out = evaluate_oracle(args.config, args.overrides, args.output_dir)
     else:

@@ -13,9 +13,10 @@ of this repository, and the import path (a package installed the usual way, loca
 """
 from __future__ import annotations
 
+import glob
 import importlib.util
 import os
-from typing import Optional
+from typing import Optional, Sequence
 
 ENV_VAR = "ONESHOT_PHOTO_PACKAGES"
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -37,15 +38,16 @@ UNLABELLED_PHOTOS: tuple[tuple[str, str], ...] = (
 )
 
 
-def search_dirs() -> list[str]:
-    """Folders searched for ``<package>/<path>``, before the import path."""
-    extra = [d for d in os.environ.get(ENV_VAR, "").split(os.pathsep) if d]
-    return extra + [DEFAULT_DIR]
+def search_dirs(extra_dirs: Sequence[str] = ()) -> list[str]:
+    """Folders searched for ``<package>/<path>``, before the import path: ``extra_dirs`` (a tool's
+    ``--packages``), then the environment variable's, then :data:`DEFAULT_DIR`."""
+    env = [d for d in os.environ.get(ENV_VAR, "").split(os.pathsep) if d]
+    return list(extra_dirs) + env + [DEFAULT_DIR]
 
 
-def package_dir(package: str) -> Optional[str]:
+def package_dir(package: str, extra_dirs: Sequence[str] = ()) -> Optional[str]:
     """The folder of an installed ``package`` (top-level name), or ``None``; never imports it."""
-    for root in search_dirs():
+    for root in search_dirs(extra_dirs):
         candidate = os.path.join(root, package)
         if os.path.isdir(candidate):
             return candidate
@@ -58,10 +60,24 @@ def package_dir(package: str) -> Optional[str]:
     return list(spec.submodule_search_locations)[0]
 
 
-def find_package_file(package: str, relpath: str) -> Optional[str]:
+def find_package_file(package: str, relpath: str, extra_dirs: Sequence[str] = ()) -> Optional[str]:
     """The path of ``relpath`` inside ``package``'s folder, or ``None`` when either is missing."""
-    folder = package_dir(package)
+    folder = package_dir(package, extra_dirs)
     if folder is None:
         return None
     path = os.path.join(folder, relpath)
     return path if os.path.isfile(path) else None
+
+
+def package_version(package: str, extra_dirs: Sequence[str] = ()) -> Optional[str]:
+    """The ``Version:`` of the ``<package>-*.dist-info/METADATA`` beside the package's folder
+    (what ``pip install --target`` writes), or ``None`` when there is none."""
+    folder = package_dir(package, extra_dirs)
+    if folder is None:
+        return None
+    for metadata in sorted(glob.glob(os.path.join(os.path.dirname(folder), f"{package}-*.dist-info", "METADATA"))):
+        with open(metadata, "r", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("Version:"):
+                    return line.split(":", 1)[1].strip()
+    return None

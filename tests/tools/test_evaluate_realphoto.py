@@ -1,0 +1,67 @@
+"""tools/evaluate.py --realphoto end to end: a random-weight tiny checkpoint on the fake
+real-photo benchmark (tests/conftest.py FAKE_TILES)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from detector.config import load_config, to_dict
+from detector.data.realphoto import prepare_realphoto
+from detector.models import build_model
+from detector.utils.checkpoint import checkpoint_state, save_checkpoint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TINY = os.path.join(ROOT, "configs", "tiny.yaml")
+
+
+@pytest.fixture
+def setup(fake_deepforest, tmp_path):
+    torch.manual_seed(0)
+    cfg = load_config(TINY, ["eval.max_detections=6"])
+    model, _, _ = build_model(cfg)
+    ckpt = save_checkpoint(str(tmp_path / "tiny.pth"), checkpoint_state(model, to_dict(cfg), iteration=0))
+    bench = str(tmp_path / "realphoto")
+    prepare_realphoto(bench, [fake_deepforest])
+    return {"ckpt": ckpt, "bench": bench, "dir": tmp_path}
+
+
+def run_evaluate(*args):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "tools", "evaluate.py"), *args], capture_output=True,
+                          text=True, timeout=300, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+
+def test_realphoto_writes_metrics_and_pictures(setup):
+    out, vis = setup["dir"] / "eval", setup["dir"] / "vis"
+    r = run_evaluate("--checkpoint", setup["ckpt"], "--realphoto", setup["bench"], "--output-dir", str(out),
+                     "--visualize", str(vis), "--device", "cpu")
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["checkpoint"] == os.path.abspath(setup["ckpt"]) and m["split"] == "realphoto"
+    assert m["benchmark_root"] == os.path.abspath(setup["bench"]) and m["inference_options"] == {}
+    assert (m["same_image_pairs"], m["other_image_pairs"]) == (4, 12)
+    assert (m["same_image_instances"], m["other_image_instances"]) == (14, 42)
+    assert m["max_dets"] == [1, 100, 1000] and m["count_threshold"] == 0.3 and m["eval_time_s"] >= 0
+    assert len(m["per_pair"]) == 16
+    for row in m["per_pair"]:
+        assert row["detections"] == 6  # score threshold 0 keeps the tiny model's eval.max_detections
+        assert 0 <= row["detections_above"] <= 6
+        assert row["count_error"] == abs(row["detections_above"] - row["instances"])
+        assert 0.0 <= row["ap50"] <= 1.0 and 0.0 <= row["recall50"] <= 1.0
+    for key in ("ap50", "ap", "recall50", "count_error", "count_error_relative", "count_bias"):
+        assert isinstance(m[f"same_image_{key}"], float) and isinstance(m[f"other_image_{key}"], float)
+    assert "| same_image | 4 | 14 |" in (out / "metrics.md").read_text()
+    assert len(os.listdir(vis)) == 16
+
+
+def test_realphoto_mistakes_exit_2_with_one_line(setup):
+    cases = [("--checkpoint", setup["ckpt"], "--realphoto", str(setup["dir"] / "missing")),
+             ("--checkpoint", setup["ckpt"], "--realphoto", setup["bench"], "infer.no_such_option=1"),
+             ("--checkpoint", setup["ckpt"], "--visualize", str(setup["dir"] / "vis")),
+             ("--checkpoint", setup["ckpt"], "--realphoto", setup["bench"], "--coco-results")]
+    for args in cases:
+        r = run_evaluate(*args)
+        assert r.returncode == 2, (args, r.stderr[-2000:])
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
