@@ -25,7 +25,6 @@ use the largest, pooled over the mode's pairs as COCO pools images):
 """
 from __future__ import annotations
 
-import inspect
 import os
 import time
 from typing import Optional, Sequence
@@ -47,33 +46,14 @@ PROTOCOL = ("real-photo one-shot: deepforest 2.1.0 tiles, exemplar = a tile's me
             "count at score >= {threshold:g} (not tuned)")
 
 
-def config_infer_options(cfg) -> dict:
-    """The config's ``infer`` section as keyword arguments of ``predict`` (``{}`` when the config
-    has no such section)."""
-    import dataclasses
-
-    section = getattr(cfg, "infer", None)
-    if section is None:
-        return {}
-    return dataclasses.asdict(section) if dataclasses.is_dataclass(section) else dict(vars(section))
-
-
-def predict_options(predict, options: Optional[dict]) -> dict:
-    """The entries of ``options`` that ``predict`` accepts as keyword arguments (``score_threshold``
-    excluded: the benchmark always takes every detection). Lets a config's ``infer`` section carry
-    options this version of ``predict`` does not know without breaking the evaluation."""
-    params = inspect.signature(predict).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    return {k: v for k, v in (options or {}).items() if k != "score_threshold" and (takes_any or k in params)}
-
-
 def predict_pairs(detector, bench: RealPhotoBenchmark, options: Optional[dict] = None,
                   progress: bool = False) -> list[dict]:
     """``detector.predict`` on every pair, in pair order, at score threshold 0 -> one result dict
     per pair (``{"image", "width", "height", "detections": [{"bbox" xywh pixels, "score"}]}``).
 
-    ``options``: extra keyword arguments of ``predict`` (see :func:`predict_options`)."""
-    kwargs = predict_options(detector.predict, options)
+    ``options``: keyword arguments of ``predict`` (``size``, ``rescale``, ...); those not given
+    are the detector config's ``infer`` values."""
+    kwargs = dict(options or {})
     pairs = bench.pairs
     if progress:
         from tqdm import tqdm
@@ -158,9 +138,19 @@ def evaluate_realphoto(detector, bench: RealPhotoBenchmark, options: Optional[di
     start = time.time()
     results = predict_pairs(detector, bench, options, progress)
     metrics = {"split": "realphoto", "benchmark_root": os.path.abspath(bench.root),
-               "inference_options": predict_options(detector.predict, options), **score_pairs(bench, results)}
+               "inference_options": _effective_options(detector, options), **score_pairs(bench, results)}
     metrics["eval_time_s"] = round(time.time() - start, 2)
     return metrics, results
+
+
+def _effective_options(detector, options: Optional[dict]) -> dict:
+    """The inference options the pairs ran with (the config's ``infer`` section under ``options``);
+    what ``detector.infer_options`` gives, when the detector has that method."""
+    if not hasattr(detector, "infer_options"):
+        return dict(options or {})
+    import dataclasses
+
+    return dataclasses.asdict(detector.infer_options(**(options or {})))
 
 
 def format_realphoto_table(metrics: dict) -> str:

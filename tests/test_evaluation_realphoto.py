@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from detector.data.realphoto import RealPhotoBenchmark, load_realphoto, prepare_realphoto
-from detector.evaluation_realphoto import (COUNT_THRESHOLD, MAX_DETS, config_infer_options, format_realphoto_table,
-                                           predict_options, predict_pairs, render_pair, save_pair_pictures,
+from detector.evaluation_realphoto import (COUNT_THRESHOLD, MAX_DETS, format_realphoto_table,
+                                           predict_pairs, render_pair, save_pair_pictures,
                                            score_pairs, write_realphoto_evaluation)
 
 
@@ -96,32 +96,6 @@ def test_hundreds_of_trees_fit_in_max_dets():
     assert capped["per_pair"][0]["recall50"] == pytest.approx(100 / 574)
 
 
-def test_predict_options_keep_what_predict_takes():
-    def predict(query, support, support_box=None, score_threshold=0.3, *, size=None, rescale="fit"):
-        return {}
-
-    def open_predict(query, support, **kwargs):
-        return {}
-
-    options = {"size": 1024, "rescale": "exemplar", "tile_overlap": 0.25, "score_threshold": 0.5}
-    assert predict_options(predict, options) == {"size": 1024, "rescale": "exemplar"}
-    assert predict_options(open_predict, options) == {"size": 1024, "rescale": "exemplar", "tile_overlap": 0.25}
-    assert predict_options(predict, None) == {}
-
-
-def test_config_infer_options_read_an_infer_section_when_there_is_one(tiny_cfg):
-    import dataclasses
-
-    assert config_infer_options(tiny_cfg()) == {}  # no infer section (yet)
-
-    @dataclasses.dataclass
-    class Infer:
-        size: int = 1024
-        rescale: str = "exemplar"
-
-    assert config_infer_options(type("Cfg", (), {"infer": Infer()})()) == {"size": 1024, "rescale": "exemplar"}
-
-
 class _Recorder:
     """A detector double: returns the query's trees and records each call."""
 
@@ -138,7 +112,7 @@ def test_predict_pairs_on_files_with_options(fake_deepforest, tmp_path):
     prepare_realphoto(str(tmp_path / "rp"), [fake_deepforest])
     bench = load_realphoto(str(tmp_path / "rp"))
     det = _Recorder(bench)
-    results = predict_pairs(det, bench, {"size": 256, "unknown": 1})
+    results = predict_pairs(det, bench, {"size": 256})
     assert len(results) == 16 and len(det.calls) == 16
     assert det.calls[4] == ("OSBS_029.png", "SOAP_061.png", [29.0, 29.0, 16.0, 16.0], 0.0, 256)
     m = score_pairs(bench, results)

@@ -145,8 +145,7 @@ def evaluate_realphoto_checkpoint(checkpoint: str, root: str, config: str = "", 
     ``metrics.json`` / ``metrics.md`` written to ``output_dir`` (default
     ``<checkpoint folder>/realphoto``), one picture per pair to ``visualize`` when given."""
     from detector.data.realphoto import load_realphoto
-    from detector.evaluation_realphoto import (config_infer_options, evaluate_realphoto, save_pair_pictures,
-                                               write_realphoto_evaluation)
+    from detector.evaluation_realphoto import evaluate_realphoto, save_pair_pictures, write_realphoto_evaluation
     from detector.inference import OneShotDetector, load_model
     from detector.run_folder import check_output_path
     from detector.utils.device import resolve_device
@@ -162,7 +161,7 @@ def evaluate_realphoto_checkpoint(checkpoint: str, root: str, config: str = "", 
 
         torch.set_num_threads(cfg.train.num_threads)
     detector = OneShotDetector(model, postprocessor, cfg, dev)
-    metrics, results = evaluate_realphoto(detector, bench, config_infer_options(cfg), progress=True)
+    metrics, results = evaluate_realphoto(detector, bench, progress=True)  # options: the config's infer section
     metrics = {"checkpoint": os.path.abspath(checkpoint), **metrics}
     out = output_dir or os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "realphoto")
     os.makedirs(out, exist_ok=True)

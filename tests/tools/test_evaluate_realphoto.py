@@ -40,7 +40,8 @@ def test_realphoto_writes_metrics_and_pictures(setup):
     assert r.returncode == 0, r.stderr[-3000:]
     m = json.loads((out / "metrics.json").read_text())
     assert m["checkpoint"] == os.path.abspath(setup["ckpt"]) and m["split"] == "realphoto"
-    assert m["benchmark_root"] == os.path.abspath(setup["bench"]) and m["inference_options"] == {}
+    assert m["benchmark_root"] == os.path.abspath(setup["bench"])
+    assert m["inference_options"]["rescale"] == "fit" and m["inference_options"]["size"] > 0  # the config's infer section
     assert (m["same_image_pairs"], m["other_image_pairs"]) == (4, 12)
     assert (m["same_image_instances"], m["other_image_instances"]) == (14, 42)
     assert m["max_dets"] == [1, 100, 1000] and m["count_threshold"] == 0.3 and m["eval_time_s"] >= 0
