@@ -40,6 +40,10 @@ from .utils.box_ops import box_xywh_to_xyxy
 
 MAX_DETS = (1, 100, 1000)  # COCOeval maxDets; the last (the one reported) must exceed 574 trees
 COUNT_THRESHOLD = 0.3  # OneShotDetector.predict's default score_threshold; fixed a priori, not tuned
+# The protocol's inference: each query rescaled so that its exemplar comes out at the object size
+# the model was trained on (infer.object_size), then tiled. The exemplars are trees of tiles of
+# the same sensor, so this holds for other_image pairs too. A user's infer.rescale overrides it.
+PROTOCOL_OPTIONS = {"rescale": "exemplar"}
 PROTOCOL = ("real-photo one-shot: deepforest 2.1.0 tiles, exemplar = a tile's median-size tree; same_image = "
             "each tile with its own exemplar, other_image = with each other tile's; COCOeval per mode with one "
             "pseudo-image per pair (ground truth: every tree of the query tile), area all, maxDets {max_dets}; "

@@ -6,7 +6,7 @@ scores the class-agnostic oracle (every ground-truth box of the image at score 1
 exemplar) on the same items instead. ``python tools/evaluate.py --checkpoint CKPT --realphoto DIR
 [--visualize OUT] [infer.KEY=VALUE ...]`` scores the real-photo benchmark written by
 ``datasets/prepare_realphoto.py`` (:mod:`detector.evaluation_realphoto`; default output folder
-``<checkpoint folder>/realphoto``), passing the config's ``infer`` options to ``predict``.
+``<checkpoint folder>/realphoto``), with ``infer.rescale=exemplar`` (the protocol; an override of it wins) and the config's other ``infer`` options.
 
 Without ``--config`` the config stored in the checkpoint is used (overrides still apply). Writes
 ``metrics.json`` and ``metrics.md`` (seen / unseen AP50 and AP, per-run spread, per-category AP) in
@@ -141,11 +141,13 @@ def evaluate_oracle(config: str, overrides=(), output_dir: str = "") -> tuple[di
 def evaluate_realphoto_checkpoint(checkpoint: str, root: str, config: str = "", overrides=(), output_dir: str = "",
                                   device: str = "", visualize: str = "") -> tuple[dict, str]:
     """The real-photo benchmark in ``root`` scored for ``checkpoint``
-    (:func:`detector.evaluation_realphoto.evaluate_realphoto`, with the config's ``infer`` options);
+    (:func:`detector.evaluation_realphoto.evaluate_realphoto`, with the protocol's rescale mode
+    ``PROTOCOL_OPTIONS`` unless overridden, and the config's other ``infer`` options);
     ``metrics.json`` / ``metrics.md`` written to ``output_dir`` (default
     ``<checkpoint folder>/realphoto``), one picture per pair to ``visualize`` when given."""
     from detector.data.realphoto import load_realphoto
-    from detector.evaluation_realphoto import evaluate_realphoto, save_pair_pictures, write_realphoto_evaluation
+    from detector.evaluation_realphoto import (PROTOCOL_OPTIONS, evaluate_realphoto, save_pair_pictures,
+                                               write_realphoto_evaluation)
     from detector.inference import OneShotDetector, load_model
     from detector.run_folder import check_output_path
     from detector.utils.device import resolve_device
@@ -161,7 +163,9 @@ def evaluate_realphoto_checkpoint(checkpoint: str, root: str, config: str = "", 
 
         torch.set_num_threads(cfg.train.num_threads)
     detector = OneShotDetector(model, postprocessor, cfg, dev)
-    metrics, results = evaluate_realphoto(detector, bench, progress=True)  # options: the config's infer section
+    # The protocol's options, except those the user set (infer.KEY=...); the rest: the config's infer section.
+    options = {k: v for k, v in PROTOCOL_OPTIONS.items() if not any(o.startswith(f"infer.{k}=") for o in overrides)}
+    metrics, results = evaluate_realphoto(detector, bench, options, progress=True)
     metrics = {"checkpoint": os.path.abspath(checkpoint), **metrics}
     out = output_dir or os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "realphoto")
     os.makedirs(out, exist_ok=True)
