@@ -140,9 +140,10 @@ def evaluate_realphoto(detector, bench: RealPhotoBenchmark, options: Optional[di
     (``"realphoto"``), ``benchmark_root``, ``inference_options`` (what was passed to ``predict``)
     and ``eval_time_s`` to :func:`score_pairs`'s."""
     start = time.time()
+    effective = _effective_options(detector, options)  # checked before the first pair
     results = predict_pairs(detector, bench, options, progress)
     metrics = {"split": "realphoto", "benchmark_root": os.path.abspath(bench.root),
-               "inference_options": _effective_options(detector, options), **score_pairs(bench, results)}
+               "inference_options": effective, **score_pairs(bench, results)}
     metrics["eval_time_s"] = round(time.time() - start, 2)
     return metrics, results
 

@@ -219,9 +219,6 @@ class OneShotDetector:
         ``sqrt(w * h)`` of the exemplar boxes) or ``native`` (1); ``fit`` depends on each image."""
         if opts.rescale == "native":
             return 1.0
-        if opts.object_size <= 0:
-            raise InputError("rescale=exemplar needs the object size the model was trained on: set "
-                             "infer.object_size (--object-size, object_size=) to it, in model-input pixels")
         if any(b is None for b in support_boxes):
             raise InputError("rescale=exemplar needs an exemplar box (--support-box, support_box=) cut from the query image or one "
                              "at its scale; a whole support image tells nothing of the query's scale")
@@ -358,6 +355,9 @@ class InferOptions:
         for name, ok, expected in checks:
             if not ok:
                 raise InputError(f"{name}: expected {expected}, got {getattr(self, name)!r}")
+        if self.rescale == "exemplar" and self.object_size <= 0:
+            raise InputError("rescale=exemplar needs the object size the model was trained on: set "
+                             "infer.object_size (--object-size, object_size=) to it, in model-input pixels")
 
 
 def pair_supports(support_images, support_boxes=None) -> tuple[list, list]:
