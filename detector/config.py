@@ -98,6 +98,8 @@ class DataConfig:
     synthetic_seed: int = 0  # generation seed of the synthetic benchmark (part of its identity in meta.json)
     train_shots: int = 1  # exemplars per training item (k-shot training; 1: one-shot)
     train_single_share: float = 0.5  # with train_shots > 1: share of items given one exemplar train_shots times
+    replay_config: str = ""  # a config whose training set is replayed during this training (e.g. stage 1's)
+    replay_share: float = 0.0  # share of training items drawn from the replay_config's training set
 
 
 @dataclass
@@ -294,6 +296,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError("model.query_content=proposal needs model.two_stage=true (the proposals give the content)")
     if m.num_queries < 1 or m.num_decoder_layers < 1:
         raise ConfigError("model.num_queries and model.num_decoder_layers must be >= 1")
+    if not 0.0 <= cfg.data.replay_share <= 1.0:
+        raise ConfigError(f"data.replay_share={cfg.data.replay_share!r} must be in [0, 1]")
+    if cfg.data.replay_share > 0 and not cfg.data.replay_config:
+        raise ConfigError("data.replay_share > 0 needs data.replay_config (the config of the replayed training set)")
     if not 0.0 <= cfg.data.train_single_share <= 1.0:
         raise ConfigError(f"data.train_single_share={cfg.data.train_single_share!r} must be in [0, 1]")
     if not 0.0 <= m.correlation_dropout < 1.0:

@@ -12,6 +12,7 @@ from ..errors import InputError
 from .coco_index import Annotation, CocoIndex, ImageRecord
 from .coco_oneshot import EvalItem, OneShotDataset, OneShotEvalDataset, collate_oneshot, collate_supports
 from .image_io import ImageReadError, read_image
+from .mixed import MixedDataset
 from .splits import Split, coco_split, custom_split, resolve_split, synthetic_split, voc_split
 from .support import Exemplar, ExemplarPool, crop_support, read_exemplar_file
 from .pasted import build_pasted, generate_pasted
@@ -19,7 +20,7 @@ from .synthetic import build_synthetic, generate_synthetic
 from .transforms import QueryTransform, SupportTransform
 
 __all__ = [
-    "Annotation", "CocoIndex", "EvalItem", "Exemplar", "ExemplarPool", "ImageReadError", "ImageRecord",
+    "Annotation", "CocoIndex", "EvalItem", "Exemplar", "ExemplarPool", "ImageReadError", "ImageRecord", "MixedDataset",
     "OneShotDataset", "OneShotEvalDataset", "QueryTransform", "Split", "SupportTransform", "build_datasets",
     "build_eval_dataset",
     "build_pasted", "build_synthetic", "generate_pasted", "prepare_generated", "coco_split", "collate_oneshot", "collate_supports", "crop_support", "custom_split", "generate_synthetic",
@@ -56,10 +57,34 @@ def build_datasets(cfg) -> tuple[OneShotDataset, OneShotEvalDataset, dict]:
       ``cfg.train.stage="pretrain"`` uses random patches as exemplars); evaluation covers seen and
       unseen, with ``cfg.eval.absent_per_image`` "absent class" items per image when
       ``cfg.eval.absent_class`` is set.
+    * ``cfg.data.replay_share > 0``: that share of the training items comes from the training set
+      of ``cfg.data.replay_config`` (:class:`MixedDataset`; stage 1's set, so stage 2 keeps it).
 
     ``split_info``: see :meth:`Split.to_info` (``seen_ids``, ``unseen_ids``, names). The held-out
     test set is :func:`build_eval_dataset` ``(cfg, "test")``.
     """
+    train, train_index, split = _train_dataset(cfg)
+    if cfg.data.replay_share > 0:
+        train = MixedDataset(train, _replay_dataset(cfg), cfg.data.replay_share, cfg.train.seed)
+    return train, _eval_dataset(cfg, "val", train_index)[0], split.to_info()
+
+
+def _replay_dataset(cfg) -> OneShotDataset:
+    """The training set of ``cfg.data.replay_config`` (generated first when it is a generated set);
+    its query sizes must be this config's, since both reach one model in one batch."""
+    from ..config import load_config
+
+    replay_cfg = load_config(cfg.data.replay_config)
+    prepare_generated(replay_cfg)
+    r, d = replay_cfg.data, cfg.data
+    if (tuple(r.query_min_size), r.query_max_size) != (tuple(d.query_min_size), d.query_max_size):
+        raise InputError(f"data.replay_config {cfg.data.replay_config}: its query sizes {list(r.query_min_size)}/"
+                         f"{r.query_max_size} differ from this config's {list(d.query_min_size)}/{d.query_max_size}")
+    return _train_dataset(replay_cfg)[0]
+
+
+def _train_dataset(cfg) -> tuple[OneShotDataset, CocoIndex, Split]:
+    """``(training set, its annotation index, split)`` of ``cfg.data`` (the set generated first)."""
     d = cfg.data
     prepare_generated(cfg)
     train_images = under_root(d.root, d.train_images)
@@ -72,7 +97,7 @@ def build_datasets(cfg) -> tuple[OneShotDataset, OneShotEvalDataset, dict]:
                            min_exemplar_area=d.min_exemplar_area, augment_support=d.augment,
                            class_balanced=d.class_balanced, seed=cfg.train.seed, stage=cfg.train.stage,
                            cache_mb=d.train_cache_mb, shots=d.train_shots, single_share=d.train_single_share)
-    return train, _eval_dataset(cfg, "val", train_index)[0], split.to_info()
+    return train, train_index, split
 
 
 def build_eval_dataset(cfg, split: str) -> tuple[OneShotEvalDataset, dict]:

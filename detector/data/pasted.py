@@ -3,8 +3,9 @@
 The paper's first stage (UP-DETR style) uses random patches of real images as exemplars. Here a
 patch is made a *class*: cut from one real photo (:data:`detector.data.photo_packages.UNLABELLED_PHOTOS`,
 never the real-photo benchmark), it is pasted several times into a random crop of another photo,
-each copy changed in scale, aspect, rotation, flip, colour and blur, with a soft irregular edge, so
-that the target is every look-alike of the exemplar, not one box. Each patch (a category
+each copy a different window of the patch's region (same material, not the same pixels), with its
+own soft irregular outline or the class's, changed in scale, aspect, rotation, flip, colour and
+blur, so that the target is every look-alike of the exemplar, not one box. Each patch (a category
 ``patch-NNNNN``) is pasted into two images, so that the exemplar of one image comes from the other
 (the one-shot datasets take exemplars from other images); each image holds 1-3 patches, the
 others being what the exemplar must *not* find.
@@ -35,7 +36,7 @@ from ..errors import InputError
 from .image_io import read_image
 from .photo_packages import UNLABELLED_PHOTOS, find_package_file
 
-VERSION = 1
+VERSION = 2  # 2: copies are windows of a region with their own outlines (1: one crop copied)
 SPLIT_CODES = {"train": 0, "val": 1}
 PATCH_STREAM = 7  # the random stream of the patches, apart from the images'
 SIDE_RANGE = (20.0, 80.0)  # pasted object side in pixels at an image side of 256 (log-uniform)
@@ -112,7 +113,9 @@ def _blob_mask(rng: np.random.Generator, size: int) -> np.ndarray:
 
 @dataclass
 class Patch:
-    """A pasted class: its pixels ``[s, s, 3]`` uint8, soft mask ``[s, s]`` and base side (pixels)."""
+    """A pasted class: a region of one photo ``[2s, 2s, 3]`` uint8 (each copy is a window of side
+    ``s`` of it, so copies share the material but are not one crop), the class's soft outline
+    ``[s, s]`` and the base object side in pixels."""
 
     pixels: np.ndarray
     mask: np.ndarray
@@ -126,24 +129,28 @@ def make_patch(rng: np.random.Generator, photos: dict[str, np.ndarray], names: S
     side = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
     work = int(np.ceil(side * 1.6))  # room for the copies' scale-up and rotation
     photo = photos[names[int(rng.integers(len(names)))]]
-    # The most textured of a few random crops: a flat patch (sky, wall) is no object.
-    crops = [_random_crop(rng, photo, work, 0.06, 0.3) for _ in range(4)]
+    # The most textured of a few random regions: a flat one (sky, wall) is no object.
+    crops = [_random_crop(rng, photo, 2 * work, 0.1, 0.5) for _ in range(4)]
     pixels = max(crops, key=lambda c: float(c.astype(np.float32).std()))
     return Patch(pixels, _blob_mask(rng, work), side)
 
 
 def _copy(rng: np.random.Generator, patch: Patch) -> tuple[np.ndarray, np.ndarray]:
     """One look-alike of ``patch``: (pixels ``[s, s, 3]`` float32, mask ``[s, s]``) rescaled,
-    stretched, rotated, flipped, recoloured and blurred."""
-    work = patch.pixels.shape[0]
+    stretched, rotated, flipped, recoloured and blurred; its pixels a random window of the patch's
+    region, its outline the class's or (one time in two) its own: look-alikes, not copies."""
+    work = patch.mask.shape[0]
+    y, x = (int(v) for v in rng.integers(0, patch.pixels.shape[0] - work + 1, size=2))
+    window = patch.pixels[y:y + work, x:x + work]
+    outline = patch.mask if rng.random() < 0.5 else _blob_mask(rng, work)
     scale = rng.uniform(0.8, 1.25) * patch.side / (0.9 * work)
     stretch = rng.uniform(0.85, 1.15)
     m = cv2.getRotationMatrix2D((work / 2, work / 2), rng.uniform(0, 360), 1.0)
     m[:, :2] = m[:, :2] @ np.diag([scale * stretch, scale / stretch])
     out = max(4, int(np.ceil(patch.side * 1.6)))
     m[:, 2] = out / 2 - m[:, :2] @ np.array([work / 2, work / 2])  # the patch centre to the copy's centre
-    pixels = cv2.warpAffine(patch.pixels.astype(np.float32), m, (out, out), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-    mask = cv2.warpAffine(patch.mask, m, (out, out), flags=cv2.INTER_LINEAR, borderValue=0.0)
+    pixels = cv2.warpAffine(window.astype(np.float32), m, (out, out), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    mask = cv2.warpAffine(outline, m, (out, out), flags=cv2.INTER_LINEAR, borderValue=0.0)
     if rng.random() < 0.5:
         pixels, mask = pixels[:, ::-1], mask[:, ::-1]
     gain = rng.uniform(0.75, 1.25) * rng.uniform(0.9, 1.1, size=3)

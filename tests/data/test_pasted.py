@@ -135,3 +135,33 @@ def test_package_photos_are_found_when_installed():
     photos = pasted_mod.load_photos()
     assert len(photos) == sum(f is not None for f in found) >= 20
     assert all(im.ndim == 3 and im.shape[2] == 3 and max(im.shape[:2]) <= pasted_mod.MAX_PHOTO_SIDE for im in photos.values())
+
+
+def test_replay_mixes_the_stage1_set_into_training(tmp_path, photos, tiny_root):
+    """data.replay_share: that share of the items comes from the replay config's training set,
+    fixed per epoch; 0 leaves the training set as it was."""
+    from detector.data import MixedDataset
+
+    root = generate_pasted(str(tmp_path / "p"), "tiny", seed=0, photo_paths=photos, verbose=False)
+    sizes = ["data.query_min_size=[128,128]", "data.query_max_size=128", "data.eval_size=128"]
+    replay = tmp_path / "replay.yaml"
+    replay.write_text(f"_base_: {os.path.abspath('configs/pretrain_photos.yaml')}\n"
+                      f"data:\n  root: {root}\n  pasted_size: tiny\n  min_exemplar_area: 64.0\n"
+                      "  query_min_size: [128, 128]\n  query_max_size: 128\n  eval_size: 128\n")
+    base = ["data.dataset=synthetic", f"data.root={tiny_root}", "data.synthetic_size=tiny"] + sizes
+    plain, _, _ = build_datasets(load_config("configs/synthetic.yaml", base))
+    mixed, _, _ = build_datasets(load_config("configs/synthetic.yaml", base + [f"data.replay_config={replay}",
+                                                                                "data.replay_share=0.5"]))
+    assert isinstance(mixed, MixedDataset) and len(mixed) == len(plain)
+    sources = [mixed.source(i) for i in range(len(mixed))]
+    assert 0.2 < sum(s == "secondary" for s, _ in sources) / len(sources) < 0.8
+    i = next(k for k, (s, _) in enumerate(sources) if s == "primary")
+    assert int(mixed[i]["target"]["image_id"]) == int(plain[i]["target"]["image_id"])
+    j, (_, k) = next((n, src) for n, src in enumerate(sources) if src[0] == "secondary")
+    assert int(mixed[j]["target"]["category_id"]) == int(mixed.secondary[k]["target"]["category_id"])
+    mixed.set_epoch(1)
+    assert [mixed.source(n) for n in range(len(mixed))] != sources  # a new mix per epoch
+    mixed.set_epoch(0)
+    assert [mixed.source(n) for n in range(len(mixed))] == sources  # and the same again for the same epoch
+    with pytest.raises(Exception, match="replay_config"):
+        load_config("configs/synthetic.yaml", ["data.replay_share=0.3"])
