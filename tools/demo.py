@@ -1,15 +1,23 @@
-"""The main job, end to end on the embedded synthetic benchmark:
+"""The main job, end to end on the embedded data:
 
-1. write the ``small`` synthetic benchmark (``datasets/synthetic_small``) if it is not there;
-2. train the indirect-attention detector (frozen offline ImageNet MobileNetV2, features cached) for
-   the config's fixed number of iterations (``train.time_budget_min`` is only a safety net: if it
-   stops training early, the demo says so loudly, since its numbers then depend on the machine);
-3. evaluate with the one-shot protocol (seen / unseen AP50 over exemplar runs) on the held-out
-   ``test`` split (``eval.split``; settings were chosen on ``val``);
+1. write the data that is not there yet: the ``small`` synthetic benchmark
+   (``datasets/synthetic_small``), the pasted-patch set of real photos (``datasets/pasted_small``)
+   and the real-photo benchmark (``datasets/realphoto``, deepforest's annotated aerial tiles);
+2. stage 1 on real photos (``--stage1-config``, ``configs/pretrain_photos.yaml``): patches of
+   package photos pasted as look-alikes, into ``<output-dir>_stage1``;
+3. stage 2, the one-shot training of the config from stage 1's weights (frozen offline ImageNet
+   MobileNetV2, features cached) for its fixed number of iterations (``train.time_budget_min`` is
+   only a safety net: if it stops training early, the demo says so loudly, since its numbers then
+   depend on the machine), evaluated with the one-shot protocol (seen / unseen AP50 over exemplar
+   runs) on the held-out ``test`` split (``eval.split``; settings were chosen on ``val``);
 4. detect one unseen-category exemplar in an unseen test image and draw it;
-5. print the seen / unseen AP50 table, the paths of ``metrics.json`` and the picture, the wall time.
+5. the real-photo benchmark (trees found with an exemplar tree, tiles never trained on): its
+   table, ``<output-dir>/realphoto/metrics.json`` and a picture of the largest tile;
+6. print both tables, the paths of ``metrics.json`` and the pictures, the wall time.
 
-``python tools/demo.py [--config configs/synthetic.yaml] [--output-dir outputs/demo] [--overwrite] [key=value ...]``
+``python tools/demo.py [--config configs/synthetic.yaml] [--stage1-config configs/pretrain_photos.yaml |
+--no-stage1] [--realphoto datasets/realphoto | --no-realphoto] [--output-dir outputs/demo] [--overwrite]
+[key=value ...]`` (overrides apply to stage 2; stage 1 must build the same model).
 
 The output folder belongs to one run: a second demo into it is refused unless ``--overwrite``
 (``make demo DEMO_ARGS=--overwrite``). Its ``train.log`` keeps what the console showed.
@@ -35,6 +43,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--output-dir", default="outputs/demo", help="output folder of the run")
     p.add_argument("--overwrite", action="store_true", help="empty the output folder of a previous run first")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    p.add_argument("--stage1-config", default=os.path.join(ROOT, "configs", "pretrain_photos.yaml"),
+                   help="config of stage 1 (real-photo pretraining); it must build the config's model")
+    p.add_argument("--stage1", action="append", default=[], metavar="KEY=VALUE",
+                   help="an override of the stage-1 config (repeat it for several)")
+    p.add_argument("--no-stage1", action="store_true", help="skip stage 1: train the config from scratch")
+    p.add_argument("--realphoto", default=os.path.join(ROOT, "datasets", "realphoto"),
+                   help="folder of the real-photo benchmark (written there when missing)")
+    p.add_argument("--no-realphoto", action="store_true", help="skip the real-photo benchmark")
     p.add_argument("overrides", nargs="*", help="dotted config overrides")
     return p.parse(argv)
 
@@ -45,11 +61,11 @@ def ensure_benchmark(cfg) -> None:
 
     d = cfg.data
     if os.path.isfile(under_root(d.root, d.train_annotations)) and os.path.isfile(under_root(d.root, d.val_annotations)):
-        print(f"[1/4] benchmark: {d.root} (already there)")
+        print(f"[1/6] benchmark: {d.root} (already there)")
         return
     t = time.time()
     build_synthetic(d.root, d.synthetic_size, d.synthetic_seed, workers=max(1, min(2, os.cpu_count() or 1)))
-    print(f"[1/4] benchmark: wrote {d.root} ({time.time() - t:.0f} s)")
+    print(f"[1/6] benchmark: wrote {d.root} ({time.time() - t:.0f} s)")
 
 
 def pick_unseen_pair(cfg, unseen_ids) -> dict:
@@ -93,30 +109,65 @@ def main(argv=None) -> int:
         return guarded(run, parse_args(argv), console)
 
 
-def run(args, console) -> int:
-    start = time.time()
-    from detector.config import load_config
-    from detector.run_folder import check_fresh
+def stage1_folder(output_dir: str) -> str:
+    """Stage 1's run folder, beside stage 2's (a run folder holds one run): ``<output-dir>_stage1``."""
+    return os.path.normpath(output_dir) + "_stage1"
+
+
+def load_stages(args):
+    """``(stage-2 config, stage-1 config or None)``; :class:`InputError` when stage 1 would train
+    another model than stage 2 (its weights could not be loaded)."""
+    from detector.config import load_config, to_dict
+    from detector.errors import InputError
 
     cfg = load_config(args.config, list(args.overrides) + [f"train.output_dir={args.output_dir}"])
-    check_fresh(cfg.train.output_dir, args.overwrite, resumable=False)
-    ensure_benchmark(cfg)
+    if args.no_stage1:
+        return cfg, None
+    stage1 = load_config(args.stage1_config, list(args.stage1) + [f"train.output_dir={stage1_folder(args.output_dir)}"])
+    if to_dict(stage1)["model"] != to_dict(cfg)["model"]:
+        raise InputError(f"--stage1-config {args.stage1_config}: its model section differs from {args.config}'s "
+                         f"(stage 2 starts from stage 1's weights); give a stage-1 config with the same model, "
+                         f"or --no-stage1")
+    return cfg, stage1
 
+
+def prepare_data(cfg, stage1, args) -> None:
+    """Step 1: every data set the demo needs, written where missing."""
+    from detector.data import prepare_generated
+    from detector.data.realphoto import prepare_realphoto
+
+    ensure_benchmark(cfg)
+    if stage1 is not None:
+        t = time.time()
+        prepare_generated(stage1)
+        print(f"[1/6] stage-1 data: {stage1.data.root} ({time.time() - t:.0f} s)")
+    if not args.no_realphoto:
+        meta = prepare_realphoto(args.realphoto)
+        print(f"[1/6] real-photo benchmark: {args.realphoto} ({meta.get('num_images', 4)} tiles)")
+
+
+def train_stage1(stage1, console, args) -> str:
+    """Step 2: stage 1 trained; the path of its last checkpoint."""
     from detector.data import build_datasets
     from detector.engine import train
-    from detector.evaluation import format_metrics_table
+
+    datasets = build_datasets(stage1)
+    print(f"[2/6] stage 1 on real photos: {len(datasets[0])} pasted-patch images -> {stage1.train.output_dir}")
+    t = time.time()
+    result = train(stage1, datasets=datasets, progress=not args.no_progress, overwrite=args.overwrite,
+                   on_start=lambda folder: console.attach(os.path.join(folder, "train.log")))
+    unseen = result["metrics"].get("unseen_ap50")
+    print(f"[2/6] stage 1: {result['iteration']} iterations in {time.time() - t:.0f} s"
+          + (f"; AP50 on pasted patches of unseen photos {100 * unseen:.1f}" if unseen is not None else ""))
+    return result["checkpoint"]
+
+
+def unseen_pair_step(cfg, result, unseen_ids) -> str:
+    """Step 4: one unseen synthetic category found in a test image; the picture's path."""
     from detector.inference import OneShotDetector, crop_exemplar, load_image
     from detector.visualize import save_detections
 
-    datasets = build_datasets(cfg)
-    print(f"[2/4] training {cfg.model.attention} attention on {len(datasets[0])} training items "
-          f"(then evaluating {cfg.eval.runs} exemplar runs) -> {cfg.train.output_dir}")
-    t = time.time()
-    result = train(cfg, datasets=datasets, progress=not args.no_progress, overwrite=args.overwrite,
-                   on_start=lambda folder: console.attach(os.path.join(folder, "train.log")))
-    print(f"[3/4] trained {result['iteration']} iterations and evaluated on {cfg.eval.split} in {time.time() - t:.0f} s")
-
-    pair = pick_unseen_pair(cfg, datasets[2]["unseen_ids"])
+    pair = pick_unseen_pair(cfg, unseen_ids)
     t = time.time()
     detector = OneShotDetector.from_checkpoint(result["checkpoint"])
     prediction = detector.predict(pair["query"], pair["support"], support_box=pair["support_box"], score_threshold=0.3)
@@ -128,11 +179,67 @@ def run(args, console) -> int:
                           f"{pair['num_instances']} present")
     with open(os.path.join(cfg.train.output_dir, "demo_unseen_pair.json"), "w", encoding="utf-8") as f:
         json.dump({**pair, "prediction": prediction}, f, indent=1)
-    print(f"[4/4] inference on an unseen '{pair['category']}' pair: {len(prediction['detections'])} detections "
+    print(f"[4/6] inference on an unseen '{pair['category']}' pair: {len(prediction['detections'])} detections "
           f"(score >= 0.3) of {pair['num_instances']} instances ({time.time() - t:.1f} s)")
+    return picture
+
+
+def realphoto_step(cfg, checkpoint: str, root: str, progress: bool) -> tuple[dict, str]:
+    """Step 5: the real-photo benchmark scored (its protocol: queries rescaled by their exemplar,
+    tiled); ``(metrics, picture of the largest tile's same-image pair)``."""
+    from detector.data.realphoto import load_realphoto
+    from detector.evaluation_realphoto import (PROTOCOL_OPTIONS, evaluate_realphoto, render_pair,
+                                               write_realphoto_evaluation)
+    from detector.inference import OneShotDetector
+
+    t = time.time()
+    bench = load_realphoto(root)
+    detector = OneShotDetector.from_checkpoint(checkpoint, max_pixels=None)
+    metrics, results = evaluate_realphoto(detector, bench, dict(PROTOCOL_OPTIONS), progress=progress)
+    out = os.path.join(cfg.train.output_dir, "realphoto")
+    write_realphoto_evaluation({"checkpoint": os.path.abspath(checkpoint), **metrics}, out)
+    largest = max((k for k, p in enumerate(bench.pairs) if p["mode"] == "same_image"),
+                  key=lambda k: len(bench.instances[bench.pairs[k]["query_image_id"]]))
+    picture = os.path.join(out, "largest_tile.png")
+    render_pair(bench, bench.pairs[largest], results[largest], margin=cfg.data.support_margin).save(picture)
+    row = metrics["per_pair"][largest]
+    print(f"[5/6] real-photo benchmark: 16 pairs in {time.time() - t:.0f} s; largest tile {row['query']}: "
+          f"{row['detections_above']} trees found (score >= 0.3) of {row['instances']}, recall50 "
+          f"{100 * row['recall50']:.1f}")
+    return metrics, picture
+
+
+def run(args, console) -> int:
+    start = time.time()
+    from detector.run_folder import check_fresh
+
+    cfg, stage1 = load_stages(args)
+    for folder in [cfg.train.output_dir] + ([stage1.train.output_dir] if stage1 is not None else []):
+        check_fresh(folder, args.overwrite, resumable=False)
+    prepare_data(cfg, stage1, args)
+
+    from detector.data import build_datasets
+    from detector.engine import train
+    from detector.evaluation import format_metrics_table
+    from detector.evaluation_realphoto import format_realphoto_table
+
+    if stage1 is not None:
+        cfg.train.init_checkpoint = train_stage1(stage1, console, args)
+    datasets = build_datasets(cfg)
+    print(f"[3/6] training {cfg.model.attention} attention on {len(datasets[0])} training items "
+          f"(then evaluating {cfg.eval.runs} exemplar runs) -> {cfg.train.output_dir}")
+    t = time.time()
+    result = train(cfg, datasets=datasets, progress=not args.no_progress, overwrite=args.overwrite,
+                   on_start=lambda folder: console.attach(os.path.join(folder, "train.log")))
+    print(f"[3/6] trained {result['iteration']} iterations and evaluated on {cfg.eval.split} in {time.time() - t:.0f} s")
+    picture = unseen_pair_step(cfg, result, datasets[2]["unseen_ids"])
+    real = None if args.no_realphoto else realphoto_step(cfg, result["checkpoint"], args.realphoto, not args.no_progress)
 
     print()
     print(format_metrics_table(result["metrics"], per_category=False))
+    if real is not None:
+        print()
+        print(format_realphoto_table(real[0]))
     if result["stopped_by_time_budget"]:
         print(f"\nWARNING: the time budget (train.time_budget_min={cfg.train.time_budget_min:g}) stopped training at "
               f"iteration {result['iteration']} of {result['planned_iterations']}: these numbers are not the "
@@ -140,6 +247,9 @@ def run(args, console) -> int:
     print()
     print(f"metrics.json: {os.path.join(cfg.train.output_dir, 'metrics.json')}")
     print(f"picture:      {picture}")
+    if real is not None:
+        print(f"real photos:  {os.path.join(cfg.train.output_dir, 'realphoto', 'metrics.json')}")
+        print(f"real picture: {real[1]}")
     print(f"curves:       {os.path.join(cfg.train.output_dir, 'training_curves.png')}")
     print(f"wall time:    {(time.time() - start) / 60:.1f} min")
     return 0

@@ -5,20 +5,43 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def run_demo(tmp_path, out, *overrides):
+def run_demo(tmp_path, out, *overrides, stages=("--no-stage1", "--no-realphoto"), env=None):
     return subprocess.run([sys.executable, os.path.join(ROOT, "tools", "demo.py"), "--config",
                            os.path.join(ROOT, "configs", "tiny.yaml"), "--no-progress", "--output-dir", str(out),
-                           f"data.root={tmp_path / 'bench'}", *overrides],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"))
+                           *stages, f"data.root={tmp_path / 'bench'}", *overrides],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          env=dict(os.environ, OMP_NUM_THREADS="1", **(env or {})))
 
 
-def test_demo_runs_end_to_end_on_the_tiny_config(tmp_path):
+def test_demo_runs_end_to_end_on_the_tiny_config(tmp_path, fake_deepforest):
+    """Both stages and the real-photo step (on the fake tiles), as `make demo` runs them."""
+    from detector.data.pasted import load_photos
+
+    try:
+        load_photos()
+    except Exception as e:  # noqa: BLE001 - any reason the package photos are not there
+        pytest.skip(f"no package photos for stage 1 ({e})")
     out = tmp_path / "demo"
-    r = run_demo(tmp_path, out, "train.max_iters=4", "eval.runs=2", "eval.split=test")
+    stages = ("--stage1-config", os.path.join(ROOT, "configs", "tiny_pretrain.yaml"),
+              "--stage1", f"data.root={tmp_path / 'pasted'}", "--stage1", "train.max_iters=2",
+              "--realphoto", str(tmp_path / "realphoto"))
+    r = run_demo(tmp_path, out, "train.max_iters=4", "eval.runs=2", "eval.split=test", stages=stages,
+                 env={"ONESHOT_PHOTO_PACKAGES": fake_deepforest})
     assert r.returncode == 0, r.stderr[-3000:]
+    stage1 = json.load(open(f"{out}_stage1/metrics.json"))
+    assert stage1["training"]["iterations"] == 2 and stage1["split"] == "val"
+    config = open(out / "config.yaml").read()
+    assert f"init_checkpoint: {out}_stage1/checkpoint_00000002.pth" in config  # stage 2 starts from stage 1
+    real = json.load(open(out / "realphoto" / "metrics.json"))
+    assert real["same_image_pairs"] == 4 and real["inference_options"]["rescale"] == "exemplar"
+    assert "| same_image | 4 |" in r.stdout and "| other_image | 12 |" in r.stdout
+    assert os.path.isfile(out / "realphoto" / "largest_tile.png")
+    assert "[2/6] stage 1" in r.stdout and "[5/6] real-photo benchmark" in r.stdout
     assert "| seen |" in r.stdout and "| unseen |" in r.stdout
     assert "Evaluation set: test" in r.stdout and "WARNING" not in r.stdout + r.stderr
     assert f"metrics.json: {out / 'metrics.json'}" in r.stdout and "wall time:" in r.stdout
@@ -40,3 +63,10 @@ def test_demo_says_loudly_when_the_time_budget_stopped_training(tmp_path):
     assert "stopped training at iteration 1 of 6" in r.stderr and "WARNING: the time budget" in r.stdout
     log = [json.loads(line) for line in open(out / "metrics.jsonl")]
     assert any(rec["type"] == "warning" for rec in log)
+
+
+def test_demo_refuses_a_stage1_config_of_another_model(tmp_path):
+    r = run_demo(tmp_path, tmp_path / "demo", stages=("--stage1-config", os.path.join(ROOT, "configs", "pretrain_photos.yaml"),
+                                                       "--no-realphoto"))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert "model section differs" in r.stderr and not os.path.exists(tmp_path / "demo")
