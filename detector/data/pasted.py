@@ -36,7 +36,7 @@ from ..errors import InputError
 from .image_io import read_image
 from .photo_packages import UNLABELLED_PHOTOS, find_package_file
 
-VERSION = 2  # 2: copies are windows of a region with their own outlines (1: one crop copied)
+VERSION = 3  # 3: counting scenes; 2: copies are windows of a region with their own outlines; 1: one crop copied
 SPLIT_CODES = {"train": 0, "val": 1}
 PATCH_STREAM = 7  # the random stream of the patches, apart from the images'
 SIDE_RANGE = (20.0, 80.0)  # pasted object side in pixels at an image side of 256 (log-uniform)
@@ -120,6 +120,7 @@ class Patch:
     pixels: np.ndarray
     mask: np.ndarray
     side: float
+    photo: str = ""  # the photo it was cut from
 
 
 def make_patch(rng: np.random.Generator, photos: dict[str, np.ndarray], names: Sequence[str], image_size: int) -> Patch:
@@ -128,11 +129,11 @@ def make_patch(rng: np.random.Generator, photos: dict[str, np.ndarray], names: S
     lo, hi = (v * image_size / 256 for v in SIDE_RANGE)
     side = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
     work = int(np.ceil(side * 1.6))  # room for the copies' scale-up and rotation
-    photo = photos[names[int(rng.integers(len(names)))]]
+    photo = names[int(rng.integers(len(names)))]
     # The most textured of a few random regions: a flat one (sky, wall) is no object.
-    crops = [_random_crop(rng, photo, 2 * work, 0.1, 0.5) for _ in range(4)]
+    crops = [_random_crop(rng, photos[photo], 2 * work, 0.1, 0.5) for _ in range(4)]
     pixels = max(crops, key=lambda c: float(c.astype(np.float32).std()))
-    return Patch(pixels, _blob_mask(rng, work), side)
+    return Patch(pixels, _blob_mask(rng, work), side, photo)
 
 
 def _copy(rng: np.random.Generator, patch: Patch) -> tuple[np.ndarray, np.ndarray]:
@@ -218,15 +219,26 @@ def assign_patches(rng: np.random.Generator, num_images: int) -> list[list[int]]
     return per_image
 
 
+DENSE_SHARE = 0.35  # images that are a counting scene: one patch 8-16 times, often on its own material
+DENSE_COUNT = (8, 17)
+
+
 def render_image(rng: np.random.Generator, photos: dict[str, np.ndarray], names: Sequence[str], size: int,
                  patches: dict[int, Patch]) -> tuple[np.ndarray, list[dict]]:
     """One image ``[size, size, 3]`` uint8: a crop of one of ``names``' photos with the
-    ``patches`` pasted 1-6 times each; its annotations ``{"patch", "bbox" (xywh)}``."""
-    canvas = _random_crop(rng, photos[names[int(rng.integers(len(names)))]], size, 0.3, 1.0).astype(np.float32)
+    ``patches`` pasted 1-6 times each; or, for a share :data:`DENSE_SHARE` of the images, a
+    counting scene: the first patch 8-16 times (crowded, as trees, cells or coins are), half the
+    time on a crop of its own photo, so that its look-alikes stand out from similar material.
+    Its annotations ``{"patch", "bbox" (xywh)}``."""
+    first = patches[min(patches)] if patches else None
+    dense = first is not None and rng.random() < DENSE_SHARE
+    source = first.photo if dense and first.photo in photos and rng.random() < 0.5 else names[int(rng.integers(len(names)))]
+    canvas = _random_crop(rng, photos[source], size, 0.3, 1.0).astype(np.float32)
     taken: list[np.ndarray] = []
     annotations = []
-    for patch_id, patch in patches.items():
-        for box in paste(rng, canvas, patch, int(rng.integers(1, 7)), taken):
+    for k, (patch_id, patch) in enumerate(patches.items()):
+        count = int(rng.integers(*DENSE_COUNT)) if dense and k == 0 else int(rng.integers(1, 7))
+        for box in paste(rng, canvas, patch, count, taken):
             annotations.append({"patch": patch_id, "bbox": [float(box[0]), float(box[1]),
                                                              float(box[2] - box[0]), float(box[3] - box[1])]})
     return np.clip(canvas, 0, 255).round().astype(np.uint8), annotations
