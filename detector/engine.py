@@ -193,8 +193,9 @@ def _warn_budget_fired(log: MetricsLog, budget_min: float, iteration: int, total
 def train(cfg: Config, resume: Optional[str] = None, device: Optional[torch.device] = None,
           datasets: Optional[tuple] = None, final_eval: bool = True, progress: bool = True,
           collate_fn: Optional[Callable] = None, overwrite: bool = False,
-          on_start: Optional[Callable[[str], None]] = None) -> dict:
-    """Train the model of ``cfg``; returns ``{"output_dir", "checkpoint", "iteration", "metrics"}``.
+          on_start: Optional[Callable[[str], None]] = None, feature_cache: Optional[FeatureCache] = None) -> dict:
+    """Train the model of ``cfg``; returns ``{"output_dir", "checkpoint", "iteration", "metrics",
+    "feature_cache", ...}``.
 
     Nothing is written before the inputs (data, batch size, checkpoints) are validated; a fresh
     run starts only in a missing or empty ``cfg.train.output_dir`` (:mod:`detector.run_folder`).
@@ -209,6 +210,9 @@ def train(cfg: Config, resume: Optional[str] = None, device: Optional[torch.devi
         collate_fn: defaults to :func:`detector.data.collate_oneshot`.
         overwrite: a fresh run empties the folder of a previous run first.
         on_start: called with the output folder once it is written (rank 0), e.g. to start ``train.log``.
+        feature_cache: with ``train.cache_features``, the cache of an earlier run whose frozen
+            backbone is this model's (e.g. stage 1's, passed on by ``tools/demo.py``): the images
+            both runs see are encoded once. ``ValueError`` when the backbones differ.
 
     Raises:
         InputError, ConfigError, CheckpointError: bad inputs, before anything is written.
@@ -237,7 +241,11 @@ def train(cfg: Config, resume: Optional[str] = None, device: Optional[torch.devi
     if t.init_checkpoint:
         load_weights(model, load_checkpoint(t.init_checkpoint)["model"], t.init_checkpoint)
     model.to(device)
-    cache = FeatureCache(model.backbone) if t.cache_features else None
+    cache = None
+    if t.cache_features:
+        cache = FeatureCache(model.backbone) if feature_cache is None else feature_cache
+        if not cache.encodes_like(model.backbone):
+            raise ValueError("feature_cache: its backbone's weights differ from this model's")
     optimizer = build_optimizer(model, t)
     batch = t.batch_size
     sampler = ShardedSampler(len(train_set), world, rank, seed=t.seed, shuffle=True)
@@ -402,4 +410,5 @@ def train(cfg: Config, resume: Optional[str] = None, device: Optional[torch.devi
             print(f"warning: could not draw the training curves: {e}")
     return {"output_dir": out, "checkpoint": last_ckpt, "iteration": iteration, "planned_iterations": total_iters,
             "stopped_by_time_budget": budget_fired, "metrics": metrics,
-            "cache": {"items": len(cache), "hits": cache.hits, "misses": cache.misses} if cache else None}
+            "cache": {"items": len(cache), "hits": cache.hits, "misses": cache.misses} if cache else None,
+            "feature_cache": cache}

@@ -55,6 +55,14 @@ class FeatureCache:
         self.misses = 0
         self._warned = False
 
+    def encodes_like(self, backbone: Backbone) -> bool:
+        """Whether ``backbone``'s body computes what this cache's does (same weights and buffers):
+        then the cached maps are that backbone's too."""
+        if backbone is self.backbone:
+            return True
+        mine, theirs = self.backbone.body.state_dict(), backbone.body.state_dict()
+        return mine.keys() == theirs.keys() and all(torch.equal(mine[k].cpu(), theirs[k].cpu()) for k in mine)
+
     @staticmethod
     def key(image: torch.Tensor, size_divisibility: int = 32) -> bytes:
         """Content hash of a ``[3, h, w]`` image (shape and padding included)."""

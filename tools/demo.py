@@ -146,8 +146,9 @@ def prepare_data(cfg, stage1, args) -> None:
         print(f"[1/6] real-photo benchmark: {args.realphoto} ({meta.get('num_images', 4)} tiles)")
 
 
-def train_stage1(stage1, console, args) -> str:
-    """Step 2: stage 1 trained; the path of its last checkpoint."""
+def train_stage1(stage1, console, args) -> dict:
+    """Step 2: stage 1 trained; :func:`detector.engine.train`'s result (its last checkpoint, and its
+    feature cache, which stage 2 reuses: same frozen backbone)."""
     from detector.data import build_datasets
     from detector.engine import train
 
@@ -159,7 +160,7 @@ def train_stage1(stage1, console, args) -> str:
     unseen = result["metrics"].get("unseen_ap50")
     print(f"[2/6] stage 1: {result['iteration']} iterations in {time.time() - t:.0f} s"
           + (f"; AP50 on pasted patches of unseen photos {100 * unseen:.1f}" if unseen is not None else ""))
-    return result["checkpoint"]
+    return result
 
 
 def unseen_pair_step(cfg, result, unseen_ids) -> str:
@@ -223,14 +224,16 @@ def run(args, console) -> int:
     from detector.evaluation import format_metrics_table
     from detector.evaluation_realphoto import format_realphoto_table
 
+    cache = None
     if stage1 is not None:
-        cfg.train.init_checkpoint = train_stage1(stage1, console, args)
+        first = train_stage1(stage1, console, args)
+        cfg.train.init_checkpoint, cache = first["checkpoint"], first["feature_cache"]
     datasets = build_datasets(cfg)
     print(f"[3/6] training {cfg.model.attention} attention on {len(datasets[0])} training items "
           f"(then evaluating {cfg.eval.runs} exemplar runs) -> {cfg.train.output_dir}")
     t = time.time()
     result = train(cfg, datasets=datasets, progress=not args.no_progress, overwrite=args.overwrite,
-                   on_start=lambda folder: console.attach(os.path.join(folder, "train.log")))
+                   on_start=lambda folder: console.attach(os.path.join(folder, "train.log")), feature_cache=cache)
     print(f"[3/6] trained {result['iteration']} iterations and evaluated on {cfg.eval.split} in {time.time() - t:.0f} s")
     picture = unseen_pair_step(cfg, result, datasets[2]["unseen_ids"])
     real = None if args.no_realphoto else realphoto_step(cfg, result["checkpoint"], args.realphoto, not args.no_progress)

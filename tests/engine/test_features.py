@@ -142,3 +142,17 @@ def test_folded_body_falls_back_when_the_pairing_is_wrong(tiny_cfg):
     with pytest.warns(UserWarning, match="plain body"):
         body = model.backbone.folded_body()
     assert isinstance(body.bn, FrozenBatchNorm2d)
+
+
+def test_a_cache_is_reused_only_by_a_backbone_that_encodes_alike():
+    from detector.features import FeatureCache
+    from detector.models.backbone import Backbone
+
+    a = Backbone("mobilenetv2_100", 32, pretrained="none", freeze=True)
+    b = Backbone("mobilenetv2_100", 32, pretrained="none", freeze=True)
+    b.load_state_dict(a.state_dict())
+    cache = FeatureCache(a)
+    assert cache.encodes_like(a) and cache.encodes_like(b)
+    with torch.no_grad():
+        next(b.body.parameters()).add_(1e-3)
+    assert not cache.encodes_like(b)
