@@ -249,7 +249,9 @@ def _write_split(root: str, split: str, split_code: int, count: int, size: int, 
     os.makedirs(image_dir, exist_ok=True)
     jobs = [(seed, split_code, i, size, category_ids, os.path.join(image_dir, f"{i + 1:06d}.jpg")) for i in range(count)]
     if workers > 1 and count > 64:
-        with mp.get_context("fork").Pool(workers, initializer=cv2.setNumThreads, initargs=(1,)) as pool:
+        # forkserver, not fork: a forked child inherits the parent's OpenCV thread pool mid-state
+        # and can hang in its first cv2 call once the parent has used cv2 (the pasted-patch set does).
+        with mp.get_context("forkserver").Pool(workers, initializer=cv2.setNumThreads, initargs=(1,)) as pool:
             results = pool.map(_render_and_write, jobs, chunksize=32)
     else:
         results = [_render_and_write(job) for job in jobs]
