@@ -144,13 +144,9 @@ def run_evaluation(model, postprocessor, dataset, split_info, cfg: Config, devic
 
 def write_evaluation(metrics: dict, folder: str) -> tuple[str, str]:
     """``metrics.json`` and ``metrics.md`` (the markdown tables) in ``folder``; returns both paths."""
-    from .evaluation import format_metrics_table, write_metrics
+    from .evaluation import format_metrics_table, write_evaluation_files
 
-    json_path = write_metrics(metrics, folder)
-    md_path = os.path.join(folder, "metrics.md")
-    with open(md_path, "w", encoding="utf-8") as f:
-        f.write(format_metrics_table(metrics) + "\n")
-    return json_path, md_path
+    return write_evaluation_files(metrics, folder, format_metrics_table(metrics))
 
 
 class MetricsLog:

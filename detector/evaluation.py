@@ -288,6 +288,16 @@ def oracle_predict(dataset, same_category_only: bool = False) -> PredictFn:
     return predict
 
 
+def write_evaluation_files(metrics: dict, folder: str, table: str) -> tuple[str, str]:
+    """``metrics.json`` (:func:`write_metrics`) and ``metrics.md`` (``table``, a markdown text) in
+    ``folder``; returns both paths."""
+    json_path = write_metrics(metrics, folder)
+    md_path = os.path.join(folder, "metrics.md")
+    with open(md_path, "w", encoding="utf-8") as f:
+        f.write(table + "\n")
+    return json_path, md_path
+
+
 def write_metrics(metrics: dict, path: str) -> str:
     """Write ``metrics`` as JSON to ``path`` (a ``.json`` file, or a folder: ``<folder>/metrics.json``);
     returns the file written."""

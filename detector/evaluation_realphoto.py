@@ -34,7 +34,7 @@ import torch
 from PIL import Image
 
 from .data.realphoto import MODES, RealPhotoBenchmark
-from .evaluation import coco_ground_truth, detections_array, load_detections, run_cocoeval, write_metrics
+from .evaluation import coco_ground_truth, detections_array, load_detections, run_cocoeval, write_evaluation_files
 from .evaluation import format_percent as _pct
 from .utils.box_ops import box_xywh_to_xyxy
 
@@ -182,11 +182,7 @@ def format_realphoto_table(metrics: dict) -> str:
 
 def write_realphoto_evaluation(metrics: dict, folder: str) -> tuple[str, str]:
     """``metrics.json`` and ``metrics.md`` (:func:`format_realphoto_table`) in ``folder``."""
-    json_path = write_metrics(metrics, folder)
-    md_path = os.path.join(folder, "metrics.md")
-    with open(md_path, "w", encoding="utf-8") as f:
-        f.write(format_realphoto_table(metrics) + "\n")
-    return json_path, md_path
+    return write_evaluation_files(metrics, folder, format_realphoto_table(metrics))
 
 
 def render_pair(bench: RealPhotoBenchmark, pair: dict, result: dict, count_threshold: float = COUNT_THRESHOLD,

@@ -22,7 +22,6 @@ part of it. The files are found without importing the package (:mod:`detector.da
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -30,6 +29,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from ..errors import InputError
+from ..utils.digest import sha256_of
 from .image_io import image_size
 from .photo_packages import DEFAULT_DIR, ENV_VAR, find_package_file, package_version
 from .voc_xml import parse_voc_xml
@@ -101,14 +101,6 @@ def make_pairs(images: Sequence[dict], annotations: Sequence[dict]) -> list[dict
             for k, (mode, query, support) in enumerate(combos)]
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def build_realphoto(tiles: Sequence[tuple[str, str]]) -> tuple[dict, list[dict], dict]:
     """``(coco, pairs, meta)`` of the tiles ``[(png, xml)]``; ``meta`` without the package version."""
     images, annotations = [], []
@@ -118,7 +110,7 @@ def build_realphoto(tiles: Sequence[tuple[str, str]]) -> tuple[dict, list[dict],
         annotations.extend(anns)
     coco = {"images": images, "annotations": annotations, "categories": [CATEGORY]}
     pairs = make_pairs(images, annotations)
-    files = {os.path.basename(p): _sha256(p) for tile in tiles for p in tile}
+    files = {os.path.basename(p): sha256_of(p) for tile in tiles for p in tile}
     instances = {im["file_name"]: sum(a["image_id"] == im["id"] for a in annotations) for im in images}
     meta = {"benchmark": "realphoto", "format_version": FORMAT_VERSION, "files": files, "num_images": len(images),
             "num_instances": instances, "num_pairs": {mode: sum(p["mode"] == mode for p in pairs) for mode in MODES}}

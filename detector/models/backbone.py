@@ -11,7 +11,6 @@ Pretrained weights (``pretrained=``):
 from __future__ import annotations
 
 import copy
-import hashlib
 import importlib.util
 import os
 import warnings
@@ -25,6 +24,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from timm.layers.norm_act import FrozenBatchNormAct2d
 
 from ..structures import ImageBatch
+from ..utils.digest import sha256_of  # noqa: F401 (also imported from here)
 
 # timm name -> (package, file inside the package, sha256, mean, std)
 OFFLINE_WEIGHTS = {
@@ -37,15 +37,6 @@ OFFLINE_WEIGHTS = {
         "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
         (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
 }
-
-
-def sha256_of(path: str) -> str:
-    """Hex sha256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def offline_weights_path(name: str) -> str:

@@ -153,7 +153,7 @@ BAD = [  # (name, files (query/support replaced), data, status, message)
     ("object size inf", {}, {"object_size": "inf"}, 400, "object_size: expected a number >= 0"),
     ("overlap 1", {}, {"tile_overlap": "1"}, 400, "tile_overlap: expected a number in [0, 1)"),
     ("max detections 0", {}, {"max_detections": "0"}, 400, "max_detections: expected an integer >= 1"),
-    ("exemplar without object size", {}, {"rescale": "exemplar", "support_box": "1,1,20,20"}, 400,
+    ("exemplar without object size", {}, {"rescale": "exemplar", "object_size": "0", "support_box": "1,1,20,20"}, 400,
      "set infer.object_size"),
     ("exemplar without a box", {}, {"rescale": "exemplar", "object_size": "40"}, 400,
      "rescale=exemplar needs an exemplar box"),

@@ -197,6 +197,7 @@ def test_the_demo_refuses_a_folder_holding_another_run(reference, tmp_path, caps
 
     run = shutil.copytree(reference, tmp_path / "run")
     before = snapshot(run)
-    rc = call(demo_tool.main, "--config", TINY, "--output-dir", str(run), "--no-progress", "eval.runs=1")
+    rc = call(demo_tool.main, "--config", TINY, "--output-dir", str(run), "--no-progress", "--no-stage1", "--no-realphoto",
+              "eval.runs=1")
     one_line_error(capsys, rc, f"{run} already holds a run", "start over with --overwrite")
     assert snapshot(run) == before

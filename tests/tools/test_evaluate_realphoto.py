@@ -62,7 +62,7 @@ def test_realphoto_writes_metrics_and_pictures(setup):
 def test_realphoto_mistakes_exit_2_with_one_line(setup):
     cases = [("--checkpoint", setup["ckpt"], "--realphoto", str(setup["dir"] / "missing")),
              ("--checkpoint", setup["ckpt"], "--realphoto", setup["bench"], "infer.no_such_option=1"),
-             ("--checkpoint", setup["ckpt"], "--realphoto", setup["bench"]),  # rescale=exemplar, object size unknown
+             ("--checkpoint", setup["ckpt"], "--realphoto", setup["bench"], "infer.object_size=0"),  # rescale=exemplar, size unknown
              ("--checkpoint", setup["ckpt"], "--visualize", str(setup["dir"] / "vis")),
              ("--checkpoint", setup["ckpt"], "--realphoto", setup["bench"], "--coco-results")]
     for args in cases:

@@ -254,7 +254,7 @@ def test_cli_real_photo_options_match_the_api(files, tmp_path, capsys):
     (["--tile-overlap", "1"], "argument --tile-overlap: must be below 1"),
     (["--object-size", "-3"], "argument --object-size: must be a finite number >= 0"),
     (["--max-detections", "0"], "argument --max-detections: must be >= 1, got 0"),
-    (["--rescale", "exemplar", "--support-box", "5,5,30,20"], "set infer.object_size (--object-size"),
+    (["--rescale", "exemplar", "--object-size", "0", "--support-box", "5,5,30,20"], "set infer.object_size (--object-size"),
     (["--rescale", "exemplar", "--object-size", "40"], "rescale=exemplar needs an exemplar box (--support-box"),
 ])
 def test_cli_bad_real_photo_options_exit_2_with_one_line(files, tmp_path, capsys, extra, needle):
