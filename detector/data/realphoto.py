@@ -28,6 +28,8 @@ import shutil
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
+
 from ..errors import InputError
 from ..utils.digest import sha256_of
 from .image_io import image_size
@@ -88,6 +90,23 @@ def median_exemplar(annotations: Sequence[dict]) -> dict:
         raise InputError("an image without annotations has no exemplar")
     ranked = sorted(annotations, key=lambda a: ((a["bbox"][2] * a["bbox"][3]) ** 0.5, a["id"]))
     return ranked[len(ranked) // 2]
+
+
+def treeless_box(annotations: Sequence[dict], width: int, height: int, size: tuple[float, float]) -> list[float]:
+    """A box ``[x, y, w, h]`` of ``size`` (w, h) inside the image, placed (on a half-box grid,
+    first in row order among ties) as far as possible from every annotated box: the exemplar of
+    the probe that asks whether the exemplar matters (``tools/analysis/realphoto_probe.py``)."""
+    w, h = float(size[0]), float(size[1])
+    boxes = np.array([a["bbox"] for a in annotations], dtype=np.float64).reshape(-1, 4)
+    best, where = -1.0, [0.0, 0.0, w, h]
+    for y in np.arange(0.0, max(height - h, 0.0) + 1e-9, h / 2):
+        for x in np.arange(0.0, max(width - w, 0.0) + 1e-9, w / 2):
+            dx = np.maximum(0.0, np.maximum(boxes[:, 0] - (x + w), x - (boxes[:, 0] + boxes[:, 2])))
+            dy = np.maximum(0.0, np.maximum(boxes[:, 1] - (y + h), y - (boxes[:, 1] + boxes[:, 3])))
+            gap = float(np.hypot(dx, dy).min()) if len(boxes) else float("inf")
+            if gap > best:
+                best, where = gap, [float(x), float(y), w, h]
+    return where
 
 
 def make_pairs(images: Sequence[dict], annotations: Sequence[dict]) -> list[dict]:

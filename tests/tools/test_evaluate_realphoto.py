@@ -69,3 +69,32 @@ def test_realphoto_mistakes_exit_2_with_one_line(setup):
         r = run_evaluate(*args)
         assert r.returncode == 2, (args, r.stderr[-2000:])
         assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_the_exemplar_probe_searches_each_tile_with_a_tree_and_with_no_tree(setup):
+    """tools/analysis/realphoto_probe.py: the same pairs, the tree exemplar and a treeless box of
+    its size; both rows scored, the boxes written."""
+    out = setup["dir"] / "probe"
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "analysis", "realphoto_probe.py"), "--checkpoint",
+                        setup["ckpt"], "--output-dir", str(out), "--realphoto", setup["bench"], "infer.object_size=16"],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads((out / "realphoto_probe.json").read_text())
+    assert set(result["rows"]) == {"tree", "no_tree"} and result["inference_options"]["rescale"] == "exemplar"
+    bench = json.loads((setup["dir"] / "realphoto" / "pairs.json").read_text())
+    same = [p for p in (bench["pairs"] if isinstance(bench, dict) else bench) if p["mode"] == "same_image"]
+    assert result["rows"]["tree"]["boxes"] == [p["support_box"] for p in same]
+    for tree, empty in zip(result["rows"]["tree"]["boxes"], result["rows"]["no_tree"]["boxes"]):
+        assert empty[2:] == tree[2:] and empty != tree  # same size (so the same query scale), elsewhere
+    for row in result["rows"].values():
+        assert len(row["per_tile_recall50"]) == 4 and 0.0 <= row["recall50"] <= 1.0
+    assert "| no_tree |" in (out / "realphoto_probe.md").read_text()
+
+
+def test_treeless_box_keeps_away_from_every_tree():
+    from detector.data.realphoto import treeless_box
+
+    trees = [{"bbox": [0.0, 0.0, 20.0, 20.0]}, {"bbox": [0.0, 80.0, 20.0, 20.0]}]
+    box = treeless_box(trees, 100, 100, (20.0, 20.0))
+    assert box == [80.0, 40.0, 20.0, 20.0]  # the point farthest from both trees on the half-box grid
+    assert treeless_box([], 50, 40, (10.0, 10.0)) == [0.0, 0.0, 10.0, 10.0]  # no tree: the first place
