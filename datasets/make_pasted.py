@@ -13,6 +13,7 @@ regenerates it). Exit code 2 with one line when the photos cannot be found.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -22,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from detector.cli import ArgumentParser, guarded  # noqa: E402
 from detector.data.pasted import SIZES, build_pasted  # noqa: E402
+from detector.errors import InputError  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -33,9 +35,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse(argv)
 
 
+def _is_pasted_set(folder: str) -> bool:
+    try:
+        with open(os.path.join(folder, "meta.json"), encoding="utf-8") as f:
+            return json.load(f).get("kind") == "pasted"
+    except (OSError, ValueError):
+        return False
+
+
 def run(args) -> int:
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), f"pasted_{args.size}")
     if args.force and os.path.isdir(out):
+        if not _is_pasted_set(out):
+            raise InputError(f"--force deletes only a pasted-patch set (a folder whose meta.json says so); {out} is not one")
         shutil.rmtree(out)
     start = time.time()
     build_pasted(out, args.size, args.seed)

@@ -38,6 +38,7 @@ from .utils.device import resolve_device
 
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
 
+MAX_TILES = 4096  # tiles per query image (64 megapixels in 256 px tiles at 25% overlap: about 1,750)
 DEFAULT_MAX_PIXELS = 64_000_000  # 64 megapixels: the largest camera photos (61 MP), not a 144 MP scan
 
 
@@ -212,7 +213,12 @@ class OneShotDetector:
                             object_size=pick(object_size, c.object_size), tile_overlap=pick(tile_overlap, c.tile_overlap),
                             max_detections=pick(max_detections, c.max_detections))
         opts.check()
-        return replace(opts, size=opts.size or self.cfg.data.eval_size)
+        opts = replace(opts, size=opts.size or self.cfg.data.eval_size)
+        limit = self.max_pixels or DEFAULT_MAX_PIXELS
+        if opts.size * opts.size > limit:
+            raise InputError(f"size: {opts.size} px makes {opts.size}x{opts.size} images, over the limit of "
+                             f"{limit / 1e6:g} megapixels")
+        return opts
 
     def query_scale(self, opts: InferOptions, support_boxes: Sequence) -> float:
         """The factor applied to the query image in mode ``exemplar`` (``object_size`` over the mean
@@ -254,8 +260,11 @@ class OneShotDetector:
         h, w = array.shape[:2]
         sh, sw = max(1, round(h * scale)), max(1, round(w * scale))
         self._check_scaled_pixels(opts, scale, sh, sw)
-        image = to_tensor(resize(array, (sh, sw)))
         grid = tile_grid(sh, sw, opts.size, opts.tile_overlap)
+        if len(grid) > MAX_TILES:
+            raise InputError(f"tile_overlap={opts.tile_overlap:g} with size={opts.size} cuts the {sw}x{sh} px scaled query "
+                             f"into {len(grid)} tiles, over {MAX_TILES}: use a smaller overlap or a larger size")
+        image = to_tensor(resize(array, (sh, sw)))
         boxes, scores, index = [], [], []
         step = self.cfg.infer.tile_batch
         for start in range(0, len(grid), step):

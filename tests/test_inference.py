@@ -175,3 +175,20 @@ def test_bad_real_photo_options_are_one_line_input_errors(detector, options, mes
     with pytest.raises(InputError, match=message) as e:
         detector.predict(query, query, **options)
     assert "\n" not in str(e.value)
+
+
+def test_sizes_and_tilings_that_would_run_for_minutes_are_refused(detector):
+    """A working size over the pixel limit and an overlap that cuts a photo into thousands of tiles:
+    one-line InputErrors before any forward pass."""
+    from detector.inference import MAX_TILES
+
+    image = np.zeros((120, 200, 3), np.uint8)
+    before = detector.max_pixels
+    try:
+        detector.max_pixels = 1_000_000
+        with pytest.raises(InputError, match="size: 4000 px makes 4000x4000 images, over the limit of 1 megapixels"):
+            detector.predict(image, image, support_box=(10, 10, 20, 20), size=4000)
+        with pytest.raises(InputError, match=f"tiles, over {MAX_TILES}"):
+            detector.predict(image, image, support_box=(10, 10, 20, 20), rescale="native", size=32, tile_overlap=0.99)
+    finally:
+        detector.max_pixels = before

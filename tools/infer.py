@@ -194,6 +194,21 @@ def write_json(path: str, data) -> None:
         raise InputError(f"--output {path}: cannot write it ({e.strerror or e})") from None
 
 
+def predict_chunk(detector, chunk: list, supports, boxes, threshold: float, options: dict, single: bool) -> list:
+    """``[((index, path, image), result)]`` for a chunk of query images. In folder mode an image
+    that cannot be run on its own (an :class:`InputError`, e.g. over the pixel limit once rescaled)
+    gets ``{"image", "error"}`` instead of failing the others; a single query image fails the run."""
+    try:
+        return list(zip(chunk, detector.predict_batch([im for _, _, im in chunk], supports, boxes, threshold, **options)))
+    except InputError as e:
+        if single:
+            raise
+        if len(chunk) == 1:
+            return [(chunk[0], {"image": chunk[0][1], "error": f"{chunk[0][1]}: {e}"})]
+    return [pair for item in chunk
+            for pair in predict_chunk(detector, [item], supports, boxes, threshold, options, single)]
+
+
 def run(args: argparse.Namespace) -> tuple[list[dict], int]:
     """``(results, number of skipped images)``; writes ``--output`` (and pictures)."""
     from detector.inference import OneShotDetector, crop_exemplar, load_image
@@ -225,11 +240,15 @@ def run(args: argparse.Namespace) -> tuple[list[dict], int]:
     for e in errors:
         warn(f"skipped {e['error']}")
     entries = [dict(e) for e in errors]
+    single = not os.path.isdir(args.query)
     for start in range(0, len(images), args.batch_size):
         chunk = images[start:start + args.batch_size]
-        predictions = detector.predict_batch([im for _, _, im in chunk], supports, boxes, args.score_threshold,
-                                             **options)
-        for (i, path, image), r in zip(chunk, predictions):
+        for (i, path, image), r in predict_chunk(detector, chunk, supports, boxes, args.score_threshold, options, single):
+            if "error" in r:  # folder mode: this image alone could not be run (e.g. too large once rescaled)
+                warn(f"skipped {r['error']}")
+                entries.append({"index": i, **r})
+                errors.append(r)
+                continue
             entries.append({"index": i, "image": path, **r})
             if args.visualize:
                 name = os.path.splitext(os.path.basename(path))[0] + ".png"

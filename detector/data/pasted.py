@@ -203,8 +203,9 @@ def paste(rng: np.random.Generator, canvas: np.ndarray, patch: Patch, count: int
 
 
 def assign_patches(rng: np.random.Generator, num_images: int) -> list[list[int]]:
-    """Patch ids per image: each patch in exactly two images, 1-3 patches per image (images
-    paired at random; a leftover image shares its patch with image 0)."""
+    """Patch ids per image: each patch in two images, 1-3 patches per image (images paired at
+    random; with an odd count the leftover image shares a patch of another pair, which is then in
+    three images)."""
     order = rng.permutation(num_images)
     per_image: list[list[int]] = [[] for _ in range(num_images)]
     next_id = 0
@@ -279,15 +280,19 @@ def _photo_digest(photos: dict[str, np.ndarray]) -> str:
 
 def generate_pasted(root: str, size: str = "small", seed: int = 0, photo_paths: Optional[Sequence[str]] = None,
                     verbose: bool = True) -> str:
-    """Write the pasted-patch set of ``size`` (:data:`SIZES`) into ``root`` (replacing it):
-    ``images/{train,val}/*.jpg``, ``annotations/{train,val}.json`` (every category in both),
-    ``meta.json``. Returns ``root``."""
+    """Write the pasted-patch set of ``size`` (:data:`SIZES`) into ``root``, which must be missing
+    or empty: ``images/{train,val}/*.jpg``, ``annotations/{train,val}.json`` (every category in
+    both), ``meta.json``. Written into ``<root>.partial-<pid>`` and renamed into place, so that a
+    crash never leaves a half-written set and processes that build it at once (DDP ranks) do not
+    meet; the first to finish wins. Returns ``root``."""
+    if os.path.isdir(root) and os.listdir(root):
+        raise InputError(f"{root} exists and is not empty; the pasted-patch set is written only into a new folder")
     if size not in SIZES:
         raise InputError(f"pasted set size must be one of {', '.join(SIZES)}, got {size!r}")
     spec, start = SIZES[size], time.time()
     photos = load_photos(photo_paths)
     by_split = split_photos(list(photos))
-    tmp = root.rstrip("/") + ".tmp"
+    tmp = f"{root.rstrip(os.sep)}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     written, first = {}, 1
     for split, count in (("train", spec.num_train), ("val", spec.num_val)):
@@ -305,8 +310,14 @@ def generate_pasted(root: str, size: str = "small", seed: int = 0, photo_paths: 
             "seconds": round(time.time() - start, 2)}
     with open(os.path.join(tmp, "meta.json"), "w") as f:
         json.dump(meta, f, indent=1)
-    shutil.rmtree(root, ignore_errors=True)
-    os.replace(tmp, root)
+    try:
+        if os.path.isdir(root) and not os.listdir(root):
+            os.rmdir(root)
+        os.rename(tmp, root)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)  # another process finished first
+        if not os.path.isfile(os.path.join(root, "meta.json")):
+            raise
     if verbose:
         print(f"pasted-patch set '{size}' written to {root} in {meta['seconds']:.0f} s "
               f"({len(by_split['train'])} + {len(by_split['val'])} photos)", flush=True)
@@ -315,9 +326,12 @@ def generate_pasted(root: str, size: str = "small", seed: int = 0, photo_paths: 
 
 def build_pasted(root: str, size: str = "small", seed: int = 0, verbose: bool = True) -> str:
     """The pasted-patch set in ``root``: generated when missing; an existing one of another size,
-    seed or version is refused (:class:`InputError`) rather than reused."""
+    seed or version, or a folder holding anything else, is refused (:class:`InputError`) rather
+    than reused or deleted."""
     meta_path = os.path.join(root, "meta.json")
     if not os.path.exists(meta_path):
+        if os.path.isdir(root) and os.listdir(root):
+            raise InputError(f"{root} exists and is not a pasted-patch set (no meta.json); choose another data.root")
         return generate_pasted(root, size, seed, verbose=verbose)
     with open(meta_path) as f:
         meta = json.load(f)

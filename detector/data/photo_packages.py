@@ -45,28 +45,32 @@ def search_dirs(extra_dirs: Sequence[str] = ()) -> list[str]:
     return list(extra_dirs) + env + [DEFAULT_DIR]
 
 
-def package_dir(package: str, extra_dirs: Sequence[str] = ()) -> Optional[str]:
-    """The folder of an installed ``package`` (top-level name), or ``None``; never imports it."""
-    for root in search_dirs(extra_dirs):
-        candidate = os.path.join(root, package)
-        if os.path.isdir(candidate):
-            return candidate
+def package_dirs(package: str, extra_dirs: Sequence[str] = ()) -> list[str]:
+    """Every folder of an installed ``package`` (top-level name), in search order (the search
+    folders, then the import path); never imports it."""
+    found = [os.path.join(root, package) for root in search_dirs(extra_dirs) if os.path.isdir(os.path.join(root, package))]
     try:
         spec = importlib.util.find_spec(package)
     except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return list(spec.submodule_search_locations)[0]
+        spec = None
+    if spec is not None and spec.submodule_search_locations:
+        found.append(list(spec.submodule_search_locations)[0])
+    return found
+
+
+def package_dir(package: str, extra_dirs: Sequence[str] = ()) -> Optional[str]:
+    """The first folder of an installed ``package`` (:func:`package_dirs`), or ``None``."""
+    folders = package_dirs(package, extra_dirs)
+    return folders[0] if folders else None
 
 
 def find_package_file(package: str, relpath: str, extra_dirs: Sequence[str] = ()) -> Optional[str]:
-    """The path of ``relpath`` inside ``package``'s folder, or ``None`` when either is missing."""
-    folder = package_dir(package, extra_dirs)
-    if folder is None:
-        return None
-    path = os.path.join(folder, relpath)
-    return path if os.path.isfile(path) else None
+    """The path of ``relpath`` in the first of ``package``'s folders that has it, or ``None``."""
+    for folder in package_dirs(package, extra_dirs):
+        path = os.path.join(folder, relpath)
+        if os.path.isfile(path):
+            return path
+    return None
 
 
 def package_version(package: str, extra_dirs: Sequence[str] = ()) -> Optional[str]:

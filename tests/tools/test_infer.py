@@ -264,3 +264,25 @@ def test_cli_bad_real_photo_options_exit_2_with_one_line(files, tmp_path, capsys
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert rc == 2 and len(lines) == 1 and needle in lines[0], lines
     assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_image_too_large_once_rescaled_is_skipped_not_the_run(files, tmp_path, capsys):
+    """Mode exemplar scales every query by the exemplar: an image over the pixel limit once scaled
+    is listed with its error (exit 3), the others are found."""
+    queries = tmp_path / "queries"
+    queries.mkdir()
+    rng = np.random.default_rng(1)
+    for name, (h, w) in {"big.png": (120, 200), "small.png": (60, 100)}.items():
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(queries / name)
+    out = tmp_path / "results.json"
+    # Box side 10, object size 24.5: scale 2.45 -> 490x294 (0.144 MP) and 245x147 (0.036 MP); limit 0.05 MP.
+    rc = call_infer("--checkpoint", files["ckpt"], "--query", str(queries), "--support", str(files["support"]),
+                    "--support-box", "10,10,10,10", "--rescale", "exemplar", "--max-megapixels", "0.05",
+                    "--output", str(out), "--score-threshold", "0")
+    stdout, stderr = capsys.readouterr()
+    assert rc == 3 and "1 skipped" in stdout
+    results = json.loads(out.read_text())
+    assert [os.path.basename(e["image"]) for e in results] == ["big.png", "small.png"]
+    assert "over the limit" in results[0]["error"] and "detections" not in results[0]
+    assert results[1]["scale"] == pytest.approx(2.45) and results[1]["detections"]
+    assert stderr.startswith("warning: skipped ") and "big.png" in stderr
