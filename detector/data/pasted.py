@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -33,6 +32,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import InputError
+from .folders import partial_folder, publish_folder
 from .image_io import read_image
 from .photo_packages import UNLABELLED_PHOTOS, find_package_file
 
@@ -292,8 +292,7 @@ def generate_pasted(root: str, size: str = "small", seed: int = 0, photo_paths: 
     spec, start = SIZES[size], time.time()
     photos = load_photos(photo_paths)
     by_split = split_photos(list(photos))
-    tmp = f"{root.rstrip(os.sep)}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = partial_folder(root)
     written, first = {}, 1
     for split, count in (("train", spec.num_train), ("val", spec.num_val)):
         images, anns, n = _write_split(tmp, split, count, spec.image_size, seed, photos, by_split[split], first)
@@ -310,14 +309,7 @@ def generate_pasted(root: str, size: str = "small", seed: int = 0, photo_paths: 
             "seconds": round(time.time() - start, 2)}
     with open(os.path.join(tmp, "meta.json"), "w") as f:
         json.dump(meta, f, indent=1)
-    try:
-        if os.path.isdir(root) and not os.listdir(root):
-            os.rmdir(root)
-        os.rename(tmp, root)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)  # another process finished first
-        if not os.path.isfile(os.path.join(root, "meta.json")):
-            raise
+    publish_folder(tmp, root)
     if verbose:
         print(f"pasted-patch set '{size}' written to {root} in {meta['seconds']:.0f} s "
               f"({len(by_split['train'])} + {len(by_split['val'])} photos)", flush=True)

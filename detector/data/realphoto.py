@@ -32,6 +32,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..utils.digest import sha256_of
+from .folders import partial_folder, publish_folder
 from .image_io import image_size
 from .photo_packages import DEFAULT_DIR, ENV_VAR, find_package_file, package_version
 from .voc_xml import parse_voc_xml
@@ -172,17 +173,14 @@ def prepare_realphoto(out: str, extra_dirs: Sequence[str] = (), force: bool = Fa
         shutil.rmtree(out)  # only a real-photo benchmark is ever deleted
     if _check_existing(out, meta):
         return load_meta(out)
-    tmp = f"{out.rstrip(os.sep)}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = partial_folder(out)
     os.makedirs(os.path.join(tmp, "images"))
     for png, _ in tiles:
         shutil.copyfile(png, os.path.join(tmp, "images", os.path.basename(png)))
     _write_json(os.path.join(tmp, "annotations.json"), coco)
     _write_json(os.path.join(tmp, "pairs.json"), {"pairs": pairs})
     _write_json(os.path.join(tmp, "meta.json"), meta)
-    if os.path.isdir(out):
-        os.rmdir(out)  # empty (checked above)
-    os.rename(tmp, out)
+    publish_folder(tmp, out)  # out is missing or empty (checked above)
     return meta
 
 

@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import InputError
+from .folders import partial_folder, publish_folder
 from .splits import SYNTHETIC_PATTERNS, SYNTHETIC_SHAPES, synthetic_categories, synthetic_split
 
 VERSION = 2
@@ -344,20 +345,11 @@ def build_synthetic(root: str, size: str = "small", seed: int = 0, workers: int 
         return root
     if os.path.isdir(root) and os.listdir(root):
         raise InputError(f"{root} exists and is not a synthetic benchmark (no meta.json); choose another data.root")
-    tmp = f"{root.rstrip(os.sep)}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
+    tmp = partial_folder(root)
     if verbose:
         print(f"generating the synthetic benchmark ({size}, seed {seed}) into {root} ...", flush=True)
     meta = generate_synthetic(tmp, size, seed, workers)
-    try:
-        if os.path.isdir(root) and not os.listdir(root):
-            os.rmdir(root)
-        os.rename(tmp, root)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)  # another process finished first
-        if not os.path.isfile(meta_path):
-            raise
+    publish_folder(tmp, root)
     if verbose:
         print(f"done in {meta['seconds']} s", flush=True)
     return root
