@@ -316,9 +316,6 @@ def format_percent(v: Optional[float]) -> str:
     return "-" if v is None else f"{100 * v:.1f}"
 
 
-_pct = format_percent  # the tables below
-
-
 def format_metrics_table(metrics: dict, per_category: bool = True) -> str:
     """Markdown tables of a metrics dict: AP50 / AP (in %) for seen and unseen with the spread
     over runs, then (optionally) one row per category."""
@@ -329,19 +326,19 @@ def format_metrics_table(metrics: dict, per_category: bool = True) -> str:
         note = f", {shots} exemplars per item" if shots > 1 else ""
         lines.insert(0, f"Evaluation set: {metrics['split']}{note}\n")
     for split in ("seen", "unseen"):
-        spread = (f"{_pct(metrics.get(f'{split}_ap50_std'))} ({_pct(metrics.get(f'{split}_ap50_min'))}-"
-                  f"{_pct(metrics.get(f'{split}_ap50_max'))})")
-        lines.append(f"| {split} | {_pct(metrics.get(f'{split}_ap50'))} | {spread} | {_pct(metrics.get(f'{split}_ap'))} | "
+        spread = (f"{format_percent(metrics.get(f'{split}_ap50_std'))} ({format_percent(metrics.get(f'{split}_ap50_min'))}-"
+                  f"{format_percent(metrics.get(f'{split}_ap50_max'))})")
+        lines.append(f"| {split} | {format_percent(metrics.get(f'{split}_ap50'))} | {spread} | {format_percent(metrics.get(f'{split}_ap'))} | "
                      f"{metrics.get(f'num_categories_{split}', 0)} | {metrics.get(f'num_items_{split}', 0)} |")
     absent = metrics.get("absent_class")
     if absent:
         lines += ["", f"Absent-class protocol (not comparable; {absent['num_absent_items']} extra items):", "",
                   "| set | AP50 | AP |", "|---|---|---|"]
         for split in ("seen", "unseen"):
-            lines.append(f"| {split} | {_pct(absent.get(f'{split}_ap50'))} | {_pct(absent.get(f'{split}_ap'))} |")
+            lines.append(f"| {split} | {format_percent(absent.get(f'{split}_ap50'))} | {format_percent(absent.get(f'{split}_ap'))} |")
     if per_category and metrics.get("per_category"):
         lines += ["", "| category | split | items | instances | AP50 | AP |", "|---|---|---|---|---|---|"]
         for row in metrics["per_category"]:
             lines.append(f"| {row['name']} | {row['split']} | {row['num_items']} | {row['num_instances']} | "
-                         f"{_pct(row['ap50'])} | {_pct(row['ap'])} |")
+                         f"{format_percent(row['ap50'])} | {format_percent(row['ap'])} |")
     return "\n".join(lines)

@@ -44,6 +44,12 @@ COUNT_THRESHOLD = 0.3  # OneShotDetector.predict's default score_threshold; fixe
 # the model was trained on (infer.object_size), then tiled. The exemplars are trees of tiles of
 # the same sensor, so this holds for other_image pairs too. A user's infer.rescale overrides it.
 PROTOCOL_OPTIONS = {"rescale": "exemplar"}
+
+
+def protocol_options(overrides: Sequence[str] = ()) -> dict:
+    """:data:`PROTOCOL_OPTIONS` less those a user's ``infer.KEY=VALUE`` override sets (the config,
+    overrides applied, then gives them)."""
+    return {k: v for k, v in PROTOCOL_OPTIONS.items() if not any(o.startswith(f"infer.{k}=") for o in overrides)}
 PROTOCOL = ("real-photo one-shot: deepforest 2.1.0 tiles, exemplar = a tile's median-size tree; same_image = "
             "each tile with its own exemplar, other_image = with each other tile's; COCOeval per mode with one "
             "pseudo-image per pair (ground truth: every tree of the query tile), area all, maxDets {max_dets}; "
@@ -140,7 +146,7 @@ def evaluate_realphoto(detector, bench: RealPhotoBenchmark, options: Optional[di
     (``"realphoto"``), ``benchmark_root``, ``inference_options`` (what was passed to ``predict``)
     and ``eval_time_s`` to :func:`score_pairs`'s."""
     start = time.time()
-    effective = _effective_options(detector, options)  # checked before the first pair
+    effective = effective_options(detector, options)  # checked before the first pair
     results = predict_pairs(detector, bench, options, progress)
     metrics = {"split": "realphoto", "benchmark_root": os.path.abspath(bench.root),
                "inference_options": effective, **score_pairs(bench, results)}
@@ -148,7 +154,7 @@ def evaluate_realphoto(detector, bench: RealPhotoBenchmark, options: Optional[di
     return metrics, results
 
 
-def _effective_options(detector, options: Optional[dict]) -> dict:
+def effective_options(detector, options: Optional[dict]) -> dict:
     """The inference options the pairs ran with (the config's ``infer`` section under ``options``);
     what ``detector.infer_options`` gives, when the detector has that method."""
     if not hasattr(detector, "infer_options"):

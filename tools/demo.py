@@ -163,14 +163,14 @@ def train_stage1(stage1, console, args) -> dict:
     return result
 
 
-def unseen_pair_step(cfg, result, unseen_ids) -> str:
-    """Step 4: one unseen synthetic category found in a test image; the picture's path."""
-    from detector.inference import OneShotDetector, crop_exemplar, load_image
+def unseen_pair_step(cfg, detector, unseen_ids) -> str:
+    """Step 4: one unseen synthetic category found in a test image by ``detector`` (the trained
+    model's :class:`OneShotDetector`); the picture's path."""
+    from detector.inference import crop_exemplar, load_image
     from detector.visualize import save_detections
 
     pair = pick_unseen_pair(cfg, unseen_ids)
     t = time.time()
-    detector = OneShotDetector.from_checkpoint(result["checkpoint"])
     prediction = detector.predict(pair["query"], pair["support"], support_box=pair["support_box"], score_threshold=0.3)
     picture = os.path.join(cfg.train.output_dir, "demo_unseen_pair.png")
     support = load_image(pair["support"])
@@ -185,18 +185,16 @@ def unseen_pair_step(cfg, result, unseen_ids) -> str:
     return picture
 
 
-def realphoto_step(cfg, checkpoint: str, root: str, progress: bool) -> tuple[dict, str]:
+def realphoto_step(cfg, detector, checkpoint: str, root: str, progress: bool) -> tuple[dict, str]:
     """Step 5: the real-photo benchmark scored (its protocol: queries rescaled by their exemplar,
     tiled); ``(metrics, picture of the largest tile's same-image pair)``."""
     from detector.data.realphoto import load_realphoto
-    from detector.evaluation_realphoto import (PROTOCOL_OPTIONS, evaluate_realphoto, render_pair,
+    from detector.evaluation_realphoto import (evaluate_realphoto, protocol_options, render_pair,
                                                write_realphoto_evaluation)
-    from detector.inference import OneShotDetector
 
     t = time.time()
     bench = load_realphoto(root)
-    detector = OneShotDetector.from_checkpoint(checkpoint, max_pixels=None)
-    metrics, results = evaluate_realphoto(detector, bench, dict(PROTOCOL_OPTIONS), progress=progress)
+    metrics, results = evaluate_realphoto(detector, bench, protocol_options(), progress=progress)
     out = os.path.join(cfg.train.output_dir, "realphoto")
     write_realphoto_evaluation({"checkpoint": os.path.abspath(checkpoint), **metrics}, out)
     largest = max((k for k, p in enumerate(bench.pairs) if p["mode"] == "same_image"),
@@ -235,8 +233,12 @@ def run(args, console) -> int:
     result = train(cfg, datasets=datasets, progress=not args.no_progress, overwrite=args.overwrite,
                    on_start=lambda folder: console.attach(os.path.join(folder, "train.log")), feature_cache=cache)
     print(f"[3/6] trained {result['iteration']} iterations and evaluated on {cfg.eval.split} in {time.time() - t:.0f} s")
-    picture = unseen_pair_step(cfg, result, datasets[2]["unseen_ids"])
-    real = None if args.no_realphoto else realphoto_step(cfg, result["checkpoint"], args.realphoto, not args.no_progress)
+    from detector.inference import OneShotDetector
+
+    detector = OneShotDetector.from_checkpoint(result["checkpoint"], max_pixels=None)  # the demo's own files
+    picture = unseen_pair_step(cfg, detector, datasets[2]["unseen_ids"])
+    real = None if args.no_realphoto else realphoto_step(cfg, detector, result["checkpoint"], args.realphoto,
+                                                         not args.no_progress)
 
     print()
     print(format_metrics_table(result["metrics"], per_category=False))

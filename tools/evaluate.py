@@ -142,11 +142,11 @@ def evaluate_realphoto_checkpoint(checkpoint: str, root: str, config: str = "", 
                                   device: str = "", visualize: str = "") -> tuple[dict, str]:
     """The real-photo benchmark in ``root`` scored for ``checkpoint``
     (:func:`detector.evaluation_realphoto.evaluate_realphoto`, with the protocol's rescale mode
-    ``PROTOCOL_OPTIONS`` unless overridden, and the config's other ``infer`` options);
+    (``protocol_options``) unless overridden, and the config's other ``infer`` options);
     ``metrics.json`` / ``metrics.md`` written to ``output_dir`` (default
     ``<checkpoint folder>/realphoto``), one picture per pair to ``visualize`` when given."""
     from detector.data.realphoto import load_realphoto
-    from detector.evaluation_realphoto import (PROTOCOL_OPTIONS, evaluate_realphoto, save_pair_pictures,
+    from detector.evaluation_realphoto import (evaluate_realphoto, protocol_options, save_pair_pictures,
                                                write_realphoto_evaluation)
     from detector.inference import OneShotDetector, load_model
     from detector.run_folder import check_output_path
@@ -163,9 +163,7 @@ def evaluate_realphoto_checkpoint(checkpoint: str, root: str, config: str = "", 
 
         torch.set_num_threads(cfg.train.num_threads)
     detector = OneShotDetector(model, postprocessor, cfg, dev)
-    # The protocol's options, except those the user set (infer.KEY=...); the rest: the config's infer section.
-    options = {k: v for k, v in PROTOCOL_OPTIONS.items() if not any(o.startswith(f"infer.{k}=") for o in overrides)}
-    metrics, results = evaluate_realphoto(detector, bench, options, progress=True)
+    metrics, results = evaluate_realphoto(detector, bench, protocol_options(overrides), progress=True)
     metrics = {"checkpoint": os.path.abspath(checkpoint), **metrics}
     out = output_dir or os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "realphoto")
     os.makedirs(out, exist_ok=True)

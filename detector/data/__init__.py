@@ -75,7 +75,6 @@ def _replay_dataset(cfg) -> OneShotDataset:
     from ..config import load_config
 
     replay_cfg = load_config(cfg.data.replay_config)
-    prepare_generated(replay_cfg)
     r, d = replay_cfg.data, cfg.data
     if (tuple(r.query_min_size), r.query_max_size) != (tuple(d.query_min_size), d.query_max_size):
         raise InputError(f"data.replay_config {cfg.data.replay_config}: its query sizes {list(r.query_min_size)}/"

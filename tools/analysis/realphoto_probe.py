@@ -73,7 +73,7 @@ def format_table(result: dict) -> str:
 
 def _main(argv=None) -> int:
     from detector.data.realphoto import load_realphoto
-    from detector.evaluation_realphoto import PROTOCOL_OPTIONS
+    from detector.evaluation_realphoto import effective_options, protocol_options
     from detector.inference import OneShotDetector, load_model
     from detector.run_folder import check_output_path
     from detector.utils.device import resolve_device
@@ -84,8 +84,8 @@ def _main(argv=None) -> int:
     bench = load_realphoto(args.realphoto)
     cfg, model, postprocessor = load_model(args.checkpoint, args.overrides)
     detector = OneShotDetector(model, postprocessor, cfg, device, max_pixels=None)
-    options = {k: v for k, v in PROTOCOL_OPTIONS.items() if not any(o.startswith(f"infer.{k}=") for o in args.overrides)}
-    effective = dataclasses.asdict(detector.infer_options(**options))  # checked before the first pair
+    options = protocol_options(args.overrides)
+    effective = effective_options(detector, options)  # checked before the first pair
     result = {"checkpoint": os.path.abspath(args.checkpoint), "inference_options": effective,
               "rows": probe(detector, bench, options)}
     os.makedirs(args.output_dir, exist_ok=True)
