@@ -36,7 +36,7 @@ class ModelConfig:
     dropout: float = 0.0  # dropout in the decoder (0 in the official code)
     attention: str = "indirect"  # cross step: "indirect" | "misaligned" | "double_cross"
     support_layout: str = "resize"  # how support keys line up with query values: "resize" | "pad" (official) | "box" (exemplar laid into each object query's box)
-    attention_impl: str = "fused"  # indirect attention kernel: "fused" (exact, fast, lean; docs/PERFORMANCE.md) | "reference" (materialised bias)
+    attention_impl: str = "auto"  # indirect attention kernel: "fused" (exact, fast, lean; docs/PERFORMANCE.md) | "reference" (materialised bias) | "auto" (fused, except reference for CUDA inference)
     bias_hidden_dim: int = 512  # hidden width of the per-axis box-bias MLPs
     bias_box_prior: float = 0.0  # box bias starts as -strength * distance outside the box (0: starts at zero)
     attention_sink: bool = False  # a learned null key/value per head in the cross step, so the keys' match level survives the softmax
@@ -116,6 +116,7 @@ class TrainConfig:
     lr_drop_epochs: tuple = (11,)  # epochs after which lr is multiplied by 0.1 (step schedule)
     clip_max_norm: float = 0.1  # gradient clipping (0 disables)
     amp: bool = True  # mixed precision on CUDA (bf16 where supported); always off on the CPU
+    compile: bool = False  # torch.compile the model for training (fewer, fused kernels; compiles for a minute or two first)
     seed: int = 42
     log_every: int = 20  # iterations between metric lines
     eval_every: int = 1  # epochs between evaluations (0: only at the end)
@@ -278,7 +279,7 @@ def validate(cfg: Config) -> None:
         "model.attention": (m.attention, ("indirect", "misaligned", "double_cross")),
         "model.support_layout": (m.support_layout, ("resize", "pad", "box")),
         "model.query_content": (m.query_content, ("learned", "proposal")),
-        "model.attention_impl": (m.attention_impl, ("reference", "fused")),
+        "model.attention_impl": (m.attention_impl, ("reference", "fused", "auto")),
         "model.shot_keys": (m.shot_keys, ("joint", "mean")),
         "model.shot_correlation": (m.shot_correlation, ("max", "mean")),
         "train.lr_schedule": (cfg.train.lr_schedule, ("step", "cosine", "constant")),

@@ -20,12 +20,14 @@ from torch.utils.data import DataLoader, Sampler
 from .config import Config, to_dict
 from .errors import ConfigError, RunError
 from .features import FeatureCache
+from .loss_window import LossWindow
 from .models import build_model
+from .models.postprocess import results_to_host
 from .optim import build_optimizer, build_scheduler
 from .run_folder import check_fresh, discard_after, start_run_folder
 from .utils import dist as du
 from .utils.checkpoint import checkpoint_state, load_checkpoint, load_weights, rng_state, save_rotating, set_rng_state
-from .utils.device import resolve_device
+from .utils.device import resolve_device, upload
 
 
 class NonFiniteLossError(RunError, FloatingPointError):
@@ -84,8 +86,19 @@ def amp_dtype(device: torch.device, enabled: bool) -> Optional[torch.dtype]:
 
 
 def move_targets(targets: list[dict], device: torch.device) -> list[dict]:
-    """Tensors of each target dict moved to ``device``."""
-    return [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
+    """Tensors of each target dict moved to ``device`` (without waiting for it: :func:`upload`)."""
+    return [{k: (upload(v, device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
+
+
+def to_device(query, support, targets: list[dict], device: torch.device, cache: Optional[FeatureCache],
+              support_size: int):
+    """A training batch from the loader -> on ``device``: features from ``cache`` when there is one
+    (they are kept on the device), else the images; the targets. No copy makes the host wait."""
+    if cache is not None:
+        query, support = cache(query), each_support(support, lambda s: cache(s, support_size))
+    query = query.to(device, non_blocking=True)  # (no copy where they already are)
+    support = each_support(support, lambda s: s.to(device, non_blocking=True))
+    return query, support, move_targets(targets, device)
 
 
 def each_support(support, fn: Callable):
@@ -112,11 +125,11 @@ def make_predict(model: torch.nn.Module, postprocessor: Callable, device: torch.
         if cache is not None:
             query, support = cache(query), each_support(support, lambda s: cache(s, support_size))
             others = {path: cache(batch, support_size) for path, batch in others.items()}
-        sizes = torch.stack([torch.as_tensor(t["orig_size"]) for t in targets]).to(device)
+        sizes = upload(torch.stack([torch.as_tensor(t["orig_size"]) for t in targets]), device)
         others = {path: batch.to(device) for path, batch in others.items()}
         with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
             outputs = model(query.to(device), each_support(support, lambda s: s.to(device)), path_supports=others or None)
-        results = [{k: v.float().cpu() for k, v in r.items()} for r in postprocessor(outputs, sizes)]
+        results = results_to_host(postprocessor(outputs, sizes))
         if record is not None:
             record.extend((int(t["image_id"]), int(t["category_id"]), r) for t, r in zip(targets, results))
         return results
@@ -184,6 +197,24 @@ def _warn_budget_fired(log: MetricsLog, budget_min: float, iteration: int, total
                f"the planned schedule did not finish")
     print("\n" + "!" * 100 + f"\n{message}\n" + "!" * 100, file=sys.stderr, flush=True)
     log.write({"type": "warning", "iter": iteration, "message": message})
+
+
+def train_step(model: torch.nn.Module, criterion: Callable, optimizer: torch.optim.Optimizer,
+               scaler: torch.amp.GradScaler, query, support, targets: list[dict], amp: Optional[torch.dtype],
+               clip_max_norm: float) -> dict:
+    """One optimisation step on a batch already on the device: forward and losses (under autocast
+    with ``amp``), backward, gradient clipping, optimiser step. Returns the losses, not read: the
+    host never waits for the device here except for the matching's one copy of its costs."""
+    with torch.autocast(query.tensors.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+        losses = criterion(model(query, support), targets)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(losses["loss"]).backward()
+    if clip_max_norm > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_max_norm)
+    scaler.step(optimizer)
+    scaler.update()
+    return losses
 
 
 def train(cfg: Config, resume: Optional[str] = None, device: Optional[torch.device] = None,
@@ -274,11 +305,15 @@ def train(cfg: Config, resume: Optional[str] = None, device: Optional[torch.devi
     if distributed:
         train_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
+    if t.compile:
+        # The same parameters: checkpoints and evaluations use `model` itself.
+        train_model = torch.compile(train_model)
 
     if collate_fn is None:
         from .data import collate_oneshot as collate_fn
     loader_kwargs = dict(batch_size=batch, sampler=sampler, collate_fn=collate_fn, drop_last=True,
-                         num_workers=cfg.data.num_workers, persistent_workers=False)
+                         num_workers=cfg.data.num_workers, persistent_workers=False,
+                         pin_memory=device.type == "cuda" and cache is None)
     log = MetricsLog(os.path.join(out, "metrics.jsonl"))
     if resume and du.is_main_process():
         log.truncate_after(iteration)
@@ -319,8 +354,21 @@ def train(cfg: Config, resume: Optional[str] = None, device: Optional[torch.devi
     start_time = time.time()
     bar = tqdm(total=total_iters, initial=iteration, disable=not (progress and du.is_main_process()),
                dynamic_ncols=True, mininterval=1.0, desc="train")
-    window: dict = {}
-    window_n, window_start, window_images = 0, time.time(), 0
+    window = LossWindow()
+    window_start, window_images = time.time(), 0
+
+    def read_window() -> dict:
+        """The window's mean losses; stops training at a non-finite loss (before any checkpoint
+        after it is written)."""
+        means, bad = window.read()
+        if bad is not None:
+            bar.close()
+            raise NonFiniteLossError(
+                f"non-finite loss ({bad[1]}) at iteration {bad[0]}, epoch {bad[0] // iters_per_epoch}; training "
+                f"stopped. The last good checkpoint is {last_ckpt or 'none (none was written yet)'}. "
+                f"Try a lower train.lr, a smaller train.clip_max_norm, or train.amp=false.")
+        return means
+
     stop = iteration >= total_iters
     budget_fired = False
     epoch = iteration // iters_per_epoch
@@ -334,53 +382,32 @@ def train(cfg: Config, resume: Optional[str] = None, device: Optional[torch.devi
         # created mid-epoch on resume leaves it where the uninterrupted run has it.
         generator = torch.Generator().manual_seed(t.seed * 1000 + epoch)
         for query, support, targets in DataLoader(train_set, generator=generator, **loader_kwargs):
-            if cache is not None:
-                query, support = cache(query), each_support(support, lambda s: cache(s, cfg.model.support_size))
-            query, targets = query.to(device), move_targets(targets, device)
-            support = each_support(support, lambda s: s.to(device))
-            with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
-                outputs = train_model(query, support)
-                losses = criterion(outputs, targets)
-            loss = losses["loss"]
-            finite = torch.isfinite(loss.detach()).float()
-            if distributed:
-                finite = du.all_reduce_mean(finite)
-            if finite.item() < 1.0:
-                bar.close()
-                raise NonFiniteLossError(
-                    f"non-finite loss ({loss.item()}) at iteration {iteration}, epoch {epoch}; training stopped. "
-                    f"The last good checkpoint is {last_ckpt or 'none (none was written yet)'}. "
-                    f"Try a lower train.lr, a smaller train.clip_max_norm, or train.amp=false.")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if t.clip_max_norm > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), t.clip_max_norm)
-            scaler.step(optimizer)
-            scaler.update()
+            query, support, targets = to_device(query, support, targets, device, cache, cfg.model.support_size)
+            losses = train_step(train_model, criterion, optimizer, scaler, query, support, targets, amp,
+                                t.clip_max_norm)
+            window.add(iteration, losses)
             scheduler.step()
             iteration += 1
-            window_n += 1
             window_images += len(query) * world
-            for k, v in losses.items():
-                window[k] = window.get(k, 0.0) + float(v.detach())
             bar.update(1)
             if iteration % t.log_every == 0 or iteration == total_iters:
-                reduced = du.reduce_dict_mean({k: v / window_n for k, v in window.items()})
+                reduced = read_window()
                 speed = window_images / max(time.time() - window_start, 1e-9)
                 log.write({"type": "train", "epoch": epoch, "iter": iteration, "lr": optimizer.param_groups[-1]["lr"],
                            "images_per_s": speed, "time_s": time.time() - start_time, **reduced})
                 bar.set_postfix(loss=f"{reduced['loss']:.3f}", img_s=f"{speed:.1f}")
-                window, window_n, window_start, window_images = {}, 0, time.time(), 0
+                window_start, window_images = time.time(), 0
             budget_over = t.time_budget_min > 0 and (time.time() - start_time) > 60 * t.time_budget_min
             if distributed and t.time_budget_min > 0:
                 budget_over = du.all_reduce_mean(torch.tensor(float(budget_over))).item() > 0
             stop = iteration >= total_iters or budget_over
             budget_fired = budget_over and iteration < total_iters
             if t.checkpoint_every_iters > 0 and iteration % t.checkpoint_every_iters == 0 and not stop:
+                read_window()
                 last_ckpt = checkpoint(epoch)
             if stop or iteration % iters_per_epoch == 0:
                 break
+        read_window()  # before any checkpoint or evaluation of the epoch
         epoch_done = iteration % iters_per_epoch == 0
         epoch = iteration // iters_per_epoch
         if stop or (epoch_done and t.checkpoint_every > 0 and epoch % t.checkpoint_every == 0):

@@ -30,11 +30,12 @@ from .data.image_io import ImageReadError, check_pixels, read_image, to_rgb_uint
 from .data.support import crop_box_with_margin
 from .data.transforms import QueryTransform, SupportTransform, resize, to_tensor
 from .errors import CheckpointError, InputError
+from .models.postprocess import results_to_host
 from .structures import ImageBatch
 from .tiling import merge_tiles, shift_to_image, tile_grid
 from .utils.box_ops import box_xyxy_to_xywh
 from .utils.checkpoint import load_checkpoint, load_weights
-from .utils.device import resolve_device
+from .utils.device import resolve_device, upload
 
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
 
@@ -239,9 +240,9 @@ class OneShotDetector:
         # Padded to the square support_size, as collate_oneshot pads exemplar crops.
         batches = [ImageBatch.from_tensors([t] * len(queries), size_divisibility=self.cfg.model.support_size)
                    .to(self.device) for t in shots]
-        sizes = torch.tensor(sizes_hw, dtype=torch.long, device=self.device)
+        sizes = upload(torch.tensor(sizes_hw, dtype=torch.long), self.device)
         outputs = self.model(query, batches[0] if len(batches) == 1 else batches)
-        return [{k: v.float().cpu() for k, v in r.items()} for r in self.postprocessor(outputs, sizes)]
+        return results_to_host(self.postprocessor(outputs, sizes))
 
     def _predict_fit(self, query_images: Sequence[ImageLike], shots: list[torch.Tensor], opts: InferOptions) -> list[dict]:
         """Mode ``fit``: each query resized to longer side ``opts.size``, all in one forward pass."""

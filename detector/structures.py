@@ -65,5 +65,11 @@ class ImageBatch:
             image_sizes=self.image_sizes.to(device, non_blocking=non_blocking),
         )
 
+    def pin_memory(self) -> "ImageBatch":
+        """A copy in page-locked memory (the data loader calls this with ``pin_memory=True``), from
+        which ``to(cuda, non_blocking=True)`` does not make the host wait."""
+        return ImageBatch(tensors=self.tensors.pin_memory(), mask=self.mask.pin_memory(),
+                          image_sizes=self.image_sizes.pin_memory())
+
     def __len__(self) -> int:
         return int(self.tensors.shape[0])

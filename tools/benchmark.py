@@ -27,6 +27,10 @@ Suites (``--suite``, comma-separated):
 * ``candidates``: one cross-attention layer at the paper's training scale (B 2, 8 heads, 1800
   object queries, 32x32 keys, d_head 32) for each kernel considered, and the bias MLP with stored
   vs recomputed activations.
+* ``gpu`` (the default with ``--device cuda``): the GPU suite of :mod:`tools.gpu_suite`, in this
+  process: decoder points, whole-model training images/s, inference latency and throughput, the
+  demo config's training images/s, with operators and host synchronisations per step. With
+  ``--device cpu`` it runs at smaller sizes (``--scale``).
 
 Usage::
 
@@ -34,6 +38,8 @@ Usage::
     python -m tools.benchmark --suite candidates
     python -m tools.benchmark --suite backbone --iters 30 --warmup 3 --repeats 2
     python -m tools.benchmark --suite decoder --points train32,eval32 --iters 3 --warmup 1
+    python -m tools.benchmark --device cuda --json gpu_suite.json   # the GPU suite (about 3 minutes)
+    python -m tools.benchmark --suite gpu --device cpu              # the same at CPU sizes
 """
 from __future__ import annotations
 
@@ -112,15 +118,18 @@ def _tensor_peak_mb(step: Callable[[], None]) -> Optional[float]:
 
 
 def decoder_flops(batch: int, queries: int, grid: int, d: int = 256, heads: int = 8, layers: int = 6,
-                  ffn: int = 2048, bias_hidden: int = 512) -> float:
+                  ffn: int = 2048, bias_hidden: int = 512, grid_w: Optional[int] = None) -> float:
     """Forward matmul FLOPs of the decoder (2 per multiply-add), as the straightforward math does
     them: self-attention, cross-attention with ``d_head = d / heads``, FFN, box-bias MLPs, the
-    query-position MLP and the box heads. Elementwise work is not counted."""
-    q, n = batch * queries, batch * grid * grid
+    query-position MLP and the box heads, on a ``grid x grid`` value grid (``grid x grid_w``).
+    Elementwise work is not counted."""
+    grid_w = grid if grid_w is None else grid_w
+    cells = grid * grid_w
+    q, n = batch * queries, batch * cells
     self_attn = 2 * q * d * d * 4 + 2 * 2 * batch * queries * queries * d
-    cross = 2 * (2 * q * d * d + 2 * n * d * d) + 2 * 2 * batch * queries * grid * grid * d
+    cross = 2 * (2 * q * d * d + 2 * n * d * d) + 2 * 2 * batch * queries * cells * d
     ffn_flops = 2 * 2 * q * d * ffn
-    bias = 2 * 2 * q * grid * (2 * bias_hidden + bias_hidden * heads)
+    bias = 2 * q * (grid + grid_w) * (2 * bias_hidden + bias_hidden * heads)
     heads_flops = 2 * q * (2 * d * d) + 2 * q * (2 * d * d + 4 * d)
     return float(layers * (self_attn + cross + ffn_flops + bias + heads_flops))
 
@@ -131,28 +140,37 @@ def _autocast(device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
-def run_decoder(spec: dict, device) -> dict:
+def decoder_step(spec: dict, device):
+    """The decoder of the default config with ``spec["impl"]`` and random inputs -> ``(step, fwd
+    FLOPs)``: ``step()`` runs one forward (``mode`` ``fwd``, eval, no grad) or forward+backward
+    (``fwdbwd``). Sizes: ``point`` (:data:`POINTS`, batch 2) or ``batch``, ``grid_h``, ``grid_w``,
+    ``one2one``, ``one2many``."""
     import torch
 
     from detector.config import load_config
     from detector.models.build import build_decoder
 
-    grid, n_one, n_many = POINTS[spec["point"]]
-    num, b = n_one + n_many, 2
+    side, n_one, n_many = POINTS.get(spec.get("point"), (None, None, None))
+    gh, gw = spec.get("grid_h", side), spec.get("grid_w", side)
+    n_one, n_many = spec.get("one2one", n_one), spec.get("one2many", n_many)
+    num, b = n_one + n_many, spec.get("batch", 2)
     cfg = load_config(None, ["model.backbone.pretrained=none", f"model.attention_impl={spec['impl']}"])
     decoder = build_decoder(cfg.model).to(device)
     d = cfg.model.d_model
     g = torch.Generator().manual_seed(0)
-    content = torch.randn(b, num, d, generator=g).to(device).requires_grad_(spec["mode"] == "fwdbwd")
-    keys = torch.randn(b, grid * grid, d, generator=g).to(device).requires_grad_(spec["mode"] == "fwdbwd")
-    values = torch.randn(b, grid * grid, d, generator=g).to(device).requires_grad_(spec["mode"] == "fwdbwd")
+    grad = spec["mode"] == "fwdbwd"
+    content = torch.randn(b, num, d, generator=g).to(device).requires_grad_(grad)
+    keys = torch.randn(b, gh * gw, d, generator=g).to(device).requires_grad_(grad)
+    values = torch.randn(b, gh * gw, d, generator=g).to(device).requires_grad_(grad)
     boxes = torch.cat([torch.rand(b, num, 2, generator=g) * 0.8 + 0.1, torch.rand(b, num, 2, generator=g) * 0.3 + 0.02], -1)
     boxes = boxes.to(device)
-    narrow = grid * 3 // 4  # the second image is narrower: padding on the right, as the model masks it
-    mask = torch.zeros(b, grid, grid, dtype=torch.bool)
-    mask[1, :, narrow:] = True
-    mask = mask.flatten(1).to(device)
-    valid_hw = torch.tensor([[grid, grid], [grid, narrow]], device=device)
+    narrow = gw * 3 // 4  # the last image is narrower: padding on the right, as the model masks it
+    mask = torch.zeros(b, gh, gw, dtype=torch.bool)
+    valid_hw = torch.tensor([[gh, gw]] * b)
+    if b > 1:
+        mask[-1, :, narrow:] = True
+        valid_hw[-1, 1] = narrow
+    mask, valid_hw = mask.flatten(1).to(device), valid_hw.to(device)
     self_attn_mask = None
     if n_many:
         self_attn_mask = torch.zeros(num, num, dtype=torch.bool, device=device)
@@ -161,7 +179,7 @@ def run_decoder(spec: dict, device) -> dict:
 
     def forward():
         with _autocast(device):
-            return decoder(content, boxes, keys, values, mask, (grid, grid), valid_hw, self_attn_mask)
+            return decoder(content, boxes, keys, values, mask, (gh, gw), valid_hw, self_attn_mask)
 
     if spec["mode"] == "fwd":
         decoder.eval()
@@ -179,11 +197,16 @@ def run_decoder(spec: dict, device) -> dict:
             loss = sum(h.float().square().mean() for h in hidden) + sum(x.float().mean() for x in out_boxes)
             loss.backward()
 
+    fwd = decoder_flops(b, num, gh, d=d, heads=cfg.model.num_heads, layers=cfg.model.num_decoder_layers,
+                        ffn=cfg.model.dim_feedforward, bias_hidden=cfg.model.bias_hidden_dim, grid_w=gw)
+    return step, fwd
+
+
+def run_decoder(spec: dict, device) -> dict:
+    step, fwd = decoder_step(spec, device)
     result = _timed(step, spec["warmup"], spec["iters"], device)
     if device.type == "cpu":
         result["tensor_peak_mb"] = _tensor_peak_mb(step)
-    fwd = decoder_flops(b, num, grid, d=d, heads=cfg.model.num_heads, layers=cfg.model.num_decoder_layers,
-                        ffn=cfg.model.dim_feedforward, bias_hidden=cfg.model.bias_hidden_dim)
     result["model_flops"] = fwd if spec["mode"] == "fwd" else 3 * fwd
     return result
 
@@ -473,7 +496,10 @@ def model_table(results: list[dict]) -> str:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--suite", default="decoder,model", help="comma-separated: decoder, model, backbone, candidates")
+    p.add_argument("--suite", default="", help="comma-separated: decoder, model, backbone, candidates, gpu "
+                   "(default: gpu with --device cuda, else decoder,model)")
+    p.add_argument("--scale", default="", choices=["", "cpu", "cuda"],
+                   help="sizes of the gpu suite (default: the device's; tools/gpu_suite.py SCALES)")
     p.add_argument("--points", default=",".join(POINTS), help=f"decoder points, from {list(POINTS)}")
     p.add_argument("--impls", default="reference,fused", help="kernels to compare (the first is the baseline)")
     p.add_argument("--candidates", default=",".join(CANDIDATES), help=f"for --suite candidates, from {CANDIDATES}")
@@ -493,10 +519,19 @@ def main(argv=None) -> None:
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda: no CUDA GPU is available on this machine", file=sys.stderr)
+        sys.exit(2)
     impls = args.impls.split(",")
+    if (args.suite or ("gpu" if device == "cuda" else "")) == "gpu":
+        gpu_main(args, torch.device(device), impls)
+        return
     fast = impls[-1]
     base = {"device": device, "threads": args.threads, "warmup": args.warmup, "iters": args.iters}
-    suites = args.suite.split(",")
+    suites = (args.suite or "decoder,model").split(",")
+    if "gpu" in suites:
+        print("error: --suite gpu runs on its own (it is one process)", file=sys.stderr)
+        sys.exit(2)
     everything = []
     start_load = os.getloadavg()
 
@@ -546,6 +581,26 @@ def main(argv=None) -> None:
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(everything, f, indent=1)
+
+
+def gpu_main(args, device, impls: list) -> None:
+    """``--suite gpu``: the tables of tools/gpu_suite.py, in this process."""
+    import torch
+
+    from tools.gpu_suite import SCALES, run_suite, tables
+
+    scale = dict(SCALES[args.scale or device.type])
+    if args.iters != 3 or args.warmup != 1:  # only when given (the CPU suites' defaults are 1 and 3)
+        scale.update(iters=args.iters, warmup=args.warmup)
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} threads"
+    print("$ python -m tools.benchmark " + " ".join(sys.argv[1:]), flush=True)
+    rows = run_suite(device, scale, impls, progress=lambda line: print(f"  {line}", file=sys.stderr, flush=True))
+    print(tables(rows, name, torch.__version__, scale))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({"device": name, "torch": torch.__version__, "scale": scale, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

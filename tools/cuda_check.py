@@ -6,7 +6,10 @@
    float32 and bfloat16, without and with an attention sink: relative error of the output and of
    every input gradient (a 2 x 8-head layer, 300 object queries, a 32x32 value grid, the second
    image half padding). The demo config's model (``box`` layout, sink, correlation), one float32
-   forward on the CPU and on the GPU with the same weights: largest difference of logits and boxes.
+   forward on the CPU and on the GPU with the same weights: largest difference of logits and boxes;
+   the same for the default config (``resize`` layout). The frozen-BatchNorm folding of the
+   feature cache on the GPU: whether it falls back to the plain body (it did before TF32 was
+   turned off for its check), and how far the folded body is from the plain one.
 2. Training steps under bf16 autocast (AdamW, gradient clipping) with random-weight backbones:
    the default (paper-scale) config with 300 + 1500 object queries, 512 px queries, batch 2, fused
    and reference kernels; the demo config (``configs/synthetic.yaml``) and the paper-faithful one
@@ -14,8 +17,8 @@
    first and last loss, whether every loss was finite, ms per step and images/s (steps after the
    first two), peak ``torch.cuda.max_memory_allocated``.
 
-Exits 1 when a loss is not finite, the float32 kernels disagree by more than 1e-4 (relative) or
-the CPU and GPU forwards by more than 1e-3.
+Exits 1 when a loss is not finite, the float32 kernels disagree by more than 1e-4 (relative), the
+CPU and GPU forwards by more than 1e-3, or the folding falls back.
 Timings are one short run each (no long warm-up): indicative, not a benchmark (``tools/benchmark.py``).
 """
 from __future__ import annotations
@@ -83,6 +86,28 @@ def cpu_cuda_agreement(config: str, size: int, batch: int, device: torch.device,
     return {key: (cpu[key] - gpu[key].cpu()).abs().max().item() for key in ("pred_logits", "pred_boxes")}
 
 
+def folding_on_cuda(device: torch.device) -> dict:
+    """The frozen-BatchNorm folding of the feature cache (``Backbone.folded_body``) on ``device``
+    with torch's default TF32 settings (the demo's situation): whether it fell back to the plain
+    body with its warning, and the largest difference of the two bodies' features (TF32 off)."""
+    import warnings
+
+    from detector.models.backbone import Backbone
+
+    backbone = Backbone("mobilenetv2_100", 128, pretrained="none", freeze=True).to(device).eval()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        folded = backbone.folded_body()
+    x = torch.rand(2, 3, 256, 256, device=device)
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    with torch.no_grad():
+        ref, got = backbone.body(x)[-1], folded(x)[-1]
+    torch.backends.cudnn.allow_tf32 = tf32
+    return {"fell_back_with_warning": any("folding" in str(w.message) for w in caught) or folded is backbone.body,
+            "max_rel_diff": ((ref - got).abs().max() / ref.abs().max()).item()}
+
+
 def training_steps(config: str | None, overrides: list, size: int, batch: int, steps: int, device: torch.device,
                    g: torch.Generator) -> dict:
     cfg = load_config(config, ["model.backbone.pretrained=none"] + overrides)
@@ -133,8 +158,11 @@ def main(argv=None) -> int:
         results[f"fused_vs_reference_{name}"] = kernel_agreement(device, dtype, g)
         results[f"fused_vs_reference_sink_{name}"] = kernel_agreement(device, dtype, g, sink=True)
     demo = os.path.join(ROOT, "configs", "synthetic.yaml")
+    results["batchnorm_folding"] = folding_on_cuda(device)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     results["demo_config_cpu_vs_cuda_float32"] = cpu_cuda_agreement(demo, 256, 4, device, g)
+    # The default config: the `resize` support layout (one grid_sample for the batch).
+    results["default_config_cpu_vs_cuda_float32"] = cpu_cuda_agreement(None, 256, 2, device, g)
     runs = {"default_fused": (None, ["model.num_queries_one2many=1500"], 512, 2),
             "default_reference": (None, ["model.num_queries_one2many=1500", "model.attention_impl=reference"], 512, 2),
             "demo_config": (demo, [], 256, 8),
@@ -148,6 +176,8 @@ def main(argv=None) -> int:
     ok = (all(results[key][err] < 1e-4 for key in ("fused_vs_reference_float32", "fused_vs_reference_sink_float32")
               for err in ("out_rel_err", "grad_rel_err"))
           and max(results["demo_config_cpu_vs_cuda_float32"].values()) < 1e-3
+          and max(results["default_config_cpu_vs_cuda_float32"].values()) < 1e-3
+          and not results["batchnorm_folding"]["fell_back_with_warning"]
           and all(results[name]["all_finite"] for name in runs))
     print("cuda check:", "PASSED" if ok else "FAILED")
     return 0 if ok else 1

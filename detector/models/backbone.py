@@ -24,6 +24,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from timm.layers.norm_act import FrozenBatchNormAct2d
 
 from ..structures import ImageBatch
+from ..utils.device import upload
 from ..utils.digest import sha256_of  # noqa: F401 (also imported from here)
 
 # timm name -> (package, file inside the package, sha256, mean, std)
@@ -101,7 +102,7 @@ class FeatureBatch:
         out = features[0].new_zeros((len(features), c, h, w))
         for i, f in enumerate(features):
             out[i, :, :f.shape[1], :f.shape[2]].copy_(f)
-        sizes = torch.as_tensor([[int(s[0]), int(s[1])] for s in image_sizes], dtype=torch.long, device=out.device)
+        sizes = upload(torch.as_tensor([[int(s[0]), int(s[1])] for s in image_sizes], dtype=torch.long), out.device)
         return cls(tensors=out, image_sizes=sizes)
 
     def to(self, device: Union[torch.device, str], non_blocking: bool = False) -> "FeatureBatch":
@@ -237,11 +238,20 @@ class Backbone(nn.Module):
             return self.body
         param = next(self.body.parameters())
         x = torch.randn(1, 3, 4 * self.stride, 4 * self.stride, device=param.device, dtype=param.dtype)
-        with torch.no_grad():
+        # Without TF32 (on by default for cuDNN convolutions): its rounding alone, through the
+        # whole body, exceeds the tolerance on CUDA and made this check fail there.
+        cudnn = torch.backends.cudnn
+        matmul_tf32 = torch.backends.cuda.matmul.allow_tf32
+        with torch.no_grad(), cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark,
+                                          deterministic=cudnn.deterministic, allow_tf32=False):
+            torch.backends.cuda.matmul.allow_tf32 = False
             was_training = self.body.training
             self.body.eval()
-            ref, got = self.body(x)[-1], body(x)[-1]
-            self.body.train(was_training)
+            try:
+                ref, got = self.body(x)[-1], body(x)[-1]
+            finally:
+                self.body.train(was_training)
+                torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
         if not torch.allclose(got, ref, rtol=1e-3, atol=1e-3 * float(ref.abs().max())):
             warnings.warn("folding the frozen BatchNorms changed the backbone's output; using the plain body")
             return self.body

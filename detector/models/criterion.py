@@ -1,25 +1,46 @@
 """Set-prediction losses: sigmoid focal loss, L1 and GIoU on matched boxes, for the final layer,
-every auxiliary layer, the proposals, and (hybrid matching) the one-to-many queries."""
+every auxiliary layer, the proposals, and (hybrid matching) the one-to-many queries.
+
+The prediction sets that share object queries and targets (the decoder layers, the proposals) are
+stacked and matched and scored together: one cost computation per stack, one copy of all the costs
+to the host for the Hungarian algorithm (the only point where the host waits for the device in a
+training step), and the losses of every set from one pass over the stack. The result is the same as
+scoring each set on its own (``tests/models/test_criterion.py``)."""
 from __future__ import annotations
+
+from typing import NamedTuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..utils.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
-from ..utils.dist import all_reduce_mean
+from ..utils.box_ops import box_cxcywh_to_xyxy, paired_generalized_box_iou
+from ..utils.device import upload
+from ..utils.dist import all_reduce_mean, is_distributed
 from .matcher import HungarianMatcher
+
+LOSS_NAMES = ("loss_class", "loss_bbox", "loss_giou")
 
 
 def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
-    """Element-wise focal loss (Lin et al. 2017), summed: ``logits, targets [...]`` -> scalar."""
+    """Element-wise focal loss (Lin et al. 2017): ``logits, targets [...]`` -> ``[...]``."""
     prob = logits.sigmoid()
     ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
     p_t = prob * targets + (1 - prob) * (1 - targets)
     loss = ce * (1 - p_t) ** gamma
     if alpha >= 0:
         loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
-    return loss.sum()
+    return loss
+
+
+class _Stack(NamedTuple):
+    """Prediction sets scored together: ``names[S]`` (loss-name suffixes), ``logits [S, B, Q, 1]``,
+    ``boxes [S, B, Q, 4]``, the targets they are matched to, and the weight of their losses."""
+    names: list
+    logits: Tensor
+    boxes: Tensor
+    targets: list
+    weight: float
 
 
 class SetCriterion(nn.Module):
@@ -45,38 +66,58 @@ class SetCriterion(nn.Module):
         self.one2many_repeat = one2many_repeat
         self.one2many_weight = one2many_weight
 
-    def single(self, outputs: dict, targets: list[dict], num_boxes: float) -> dict:
-        """Unweighted losses of one prediction set (``pred_logits [B, Q, 1]``, ``pred_boxes [B, Q, 4]``)."""
-        indices = self.matcher(outputs, targets)
-        logits = outputs["pred_logits"]
-        device = logits.device
-        batch_idx = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)]).to(device)
-        src_idx = torch.cat([src for src, _ in indices]).to(device)
-        target_classes = torch.zeros_like(logits)
-        target_classes[batch_idx, src_idx, 0] = 1.0
-        loss_class = sigmoid_focal_loss(logits.float(), target_classes, self.focal_alpha, self.focal_gamma) / num_boxes
-        pred = outputs["pred_boxes"][batch_idx, src_idx].float()
-        tgt = torch.cat([t["boxes"][j] for t, (_, j) in zip(targets, indices)]).to(device).float()
-        if len(tgt) == 0:
-            zero = outputs["pred_boxes"].sum() * 0.0
-            return {"loss_class": loss_class, "loss_bbox": zero, "loss_giou": zero}
-        loss_bbox = F.l1_loss(pred, tgt, reduction="sum") / num_boxes
-        giou = torch.diag(generalized_box_iou(box_cxcywh_to_xyxy(pred), box_cxcywh_to_xyxy(tgt)))
-        loss_giou = (1 - giou).sum() / num_boxes
-        return {"loss_class": loss_class, "loss_bbox": loss_bbox, "loss_giou": loss_giou}
+    def _stacks(self, outputs: dict, targets: list[dict]) -> list[_Stack]:
+        """The output dict -> stacks of sets with the same object queries and targets."""
+        def sets(out: dict, suffix: str) -> list:
+            named = [("", out)]
+            if self.aux_loss:
+                named += [(f"_aux{i}", aux) for i, aux in enumerate(out.get("aux_outputs", []))]
+            return [(name + suffix, o) for name, o in named]
 
-    def _group(self, outputs: dict, targets: list[dict], suffix: str, weight: float) -> dict:
-        n = sum(len(t["boxes"]) for t in targets)
-        device = outputs["pred_logits"].device
-        num_boxes = all_reduce_mean(torch.tensor(float(n), device=device)).clamp(min=1.0).item()
-        losses = {}
-        sets = [("", outputs)]
-        if self.aux_loss:
-            sets += [(f"_aux{i}", aux) for i, aux in enumerate(outputs.get("aux_outputs", []))]
-        for name, out in sets:
-            for k, v in self.single(out, targets, num_boxes).items():
-                losses[f"{k}{name}{suffix}"] = v * self.weights[k] * weight
-        return losses
+        groups = [(sets(outputs, ""), targets, 1.0)]
+        if self.aux_loss and "enc_outputs" in outputs:
+            groups.append(([("_enc", outputs["enc_outputs"])], targets, 1.0))
+        if "one2many" in outputs:
+            repeated = [{**t, "boxes": t["boxes"].repeat(self.one2many_repeat, 1)} for t in targets]
+            groups.append((sets(outputs["one2many"], "_o2m"), repeated, self.one2many_weight))
+        stacks = []
+        for named, tgts, weight in groups:
+            # Sets of one group with the same number of object queries share a stack (the proposals
+            # usually have as many as the decoder, and join its layers).
+            if stacks and stacks[-1].targets is tgts and stacks[-1].logits.shape[2] == named[0][1]["pred_logits"].shape[1] \
+                    and stacks[-1].weight == weight:
+                last = stacks.pop()
+                names, logits, boxes = last.names + [n for n, _ in named], [last.logits], [last.boxes]
+            else:
+                names, logits, boxes = [n for n, _ in named], [], []
+            logits = torch.cat(logits + [torch.stack([o["pred_logits"] for _, o in named])])
+            boxes = torch.cat(boxes + [torch.stack([o["pred_boxes"] for _, o in named])])
+            stacks.append(_Stack(names, logits, boxes, tgts, weight))
+        return stacks
+
+    def _num_boxes(self, stacks: list[_Stack], device: torch.device) -> list[Union[float, Tensor]]:
+        """Per stack, the number of target boxes per image batch (averaged over processes), at least 1."""
+        counts = [float(sum(len(t["boxes"]) for t in s.targets)) for s in stacks]
+        if not is_distributed():
+            return [max(c, 1.0) for c in counts]
+        reduced = all_reduce_mean(upload(torch.tensor(counts), device)).clamp(min=1.0)
+        return list(reduced.unbind())
+
+    def _stack_losses(self, stack: _Stack, matched: Tensor, num_boxes: Union[float, Tensor]) -> Tensor:
+        """Weighted losses ``[3, S]`` (rows :data:`LOSS_NAMES`) of one stack, given its matched
+        pairs ``[4, K]`` (set, image, prediction, target; on the device)."""
+        set_i, image_i, pred_i, target_i = matched.unbind(0)
+        logits = stack.logits.float()
+        target_classes = torch.zeros_like(logits)
+        target_classes[set_i, image_i, pred_i, 0] = 1.0
+        loss_class = sigmoid_focal_loss(logits, target_classes, self.focal_alpha, self.focal_gamma).flatten(1).sum(1)
+        pred = stack.boxes[set_i, image_i, pred_i].float()
+        tgt = torch.cat([t["boxes"] for t in stack.targets]).to(pred)[target_i]
+        per_pair = torch.stack([(pred - tgt).abs().sum(-1),
+                                1 - paired_generalized_box_iou(box_cxcywh_to_xyxy(pred), box_cxcywh_to_xyxy(tgt))])
+        box_losses = per_pair.new_zeros(2, logits.shape[0]).index_add_(1, set_i, per_pair)
+        w = [self.weights[k] * stack.weight for k in LOSS_NAMES]
+        return torch.stack([loss_class * w[0], box_losses[0] * w[1], box_losses[1] * w[2]]) / num_boxes
 
     def forward(self, outputs: dict, targets: list[dict]) -> dict:
         """Weighted losses and their sum.
@@ -86,13 +127,18 @@ class SetCriterion(nn.Module):
             targets: per image ``boxes [M, 4]`` (cxcywh, normalised to the unpadded query image).
 
         Returns:
-            ``{name: scalar}`` with every weighted term and ``"loss"``, their sum.
+            ``{name: scalar}`` with every weighted term (``loss_class``, ``loss_bbox_aux0``,
+            ``loss_giou_enc``, ``loss_class_o2m`` ...) and ``"loss"``, their sum.
         """
-        losses = self._group(outputs, targets, "", 1.0)
-        if self.aux_loss and "enc_outputs" in outputs:
-            losses.update(self._group(outputs["enc_outputs"], targets, "_enc", 1.0))
-        if "one2many" in outputs:
-            repeated = [{**t, "boxes": t["boxes"].repeat(self.one2many_repeat, 1)} for t in targets]
-            losses.update(self._group(outputs["one2many"], repeated, "_o2m", self.one2many_weight))
-        losses["loss"] = sum(losses.values())
+        stacks = self._stacks(outputs, targets)
+        device = stacks[0].logits.device
+        matched = self.matcher.match_stacked([(s.logits.detach(), s.boxes.detach(), s.targets) for s in stacks])
+        losses, total = {}, []
+        for stack, pairs, num_boxes in zip(stacks, matched, self._num_boxes(stacks, device)):
+            per_set = self._stack_losses(stack, upload(pairs, device), num_boxes)
+            total.append(per_set.sum())
+            for k, name in enumerate(LOSS_NAMES):
+                for s, suffix in enumerate(stack.names):
+                    losses[f"{name}{suffix}"] = per_set[k, s]
+        losses["loss"] = torch.stack(total).sum()
         return losses

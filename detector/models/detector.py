@@ -69,6 +69,31 @@ def valid_extent(mask: Tensor) -> Tensor:
     return torch.stack([(~mask[:, :, 0]).sum(1), (~mask[:, 0, :]).sum(1)], dim=1)
 
 
+def resize_valid(features: Tensor, from_hw: Tensor, to_hw: Tensor, out_hw: tuple[int, int]) -> Tensor:
+    """Each map's valid top-left region resized bilinearly onto another top-left region, as
+    ``F.interpolate(region, size, mode="bilinear", align_corners=False)`` does it, for the whole batch
+    in one ``grid_sample`` (no per-image size is read on the host).
+
+    ``features [B, C, Hs, Ws]``, ``from_hw [B, 2]`` valid rows and columns of each map, ``to_hw
+    [B, 2]`` the rows and columns to resize them to -> ``[B, C, H, W]`` with ``(H, W) = out_hw``;
+    cells outside ``to_hw`` hold border values (callers mask them).
+    """
+    b, _, hs_pad, ws_pad = features.shape
+    h, w = out_hw
+    src, dst = from_hw.float(), to_hw.float().clamp(min=1)
+
+    def source(n: int, axis: int) -> Tensor:  # [B, n] source pixel coordinate of each output pixel
+        pos = torch.arange(n, device=features.device, dtype=torch.float32)
+        coord = ((pos[None] + 0.5) * (src[:, axis] / dst[:, axis])[:, None] - 0.5).clamp(min=0)
+        return torch.minimum(coord, (src[:, axis] - 1)[:, None])
+
+    gy = (2 * source(h, 0) + 1) / hs_pad - 1  # grid_sample's normalised coordinates (align_corners=False)
+    gx = (2 * source(w, 1) + 1) / ws_pad - 1
+    grid = torch.stack([gx[:, None, :].expand(b, h, w), gy[:, :, None].expand(b, h, w)], dim=-1)
+    out = F.grid_sample(features.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return out.to(features.dtype)
+
+
 class SupportSimilarity(nn.Module):
     """A logit term ``scale * cos(W_o x, W_s support)``: how much an object query (or a proposal)
     looks like the exemplar. Through attention weights alone the support says little about "which
@@ -168,6 +193,7 @@ class OneShotDETR(nn.Module):
         self.num_queries_one2many = num_queries_one2many
         self.two_stage = two_stage
         self.proposal_sizes = tuple(float(s) for s in proposal_sizes)
+        self.register_buffer("proposal_size_values", torch.tensor(self.proposal_sizes), persistent=False)
         if not 0.0 <= proposal_nms <= 1.0:
             raise ValueError(f"proposal_nms is an IoU threshold in [0, 1] (0 = off), got {proposal_nms}")
         self.proposal_nms = float(proposal_nms)
@@ -235,14 +261,8 @@ class OneShotDETR(nn.Module):
                                self.support_margin)
             key_padding_mask = q_mask.flatten(1)
         else:
-            valid = valid_extent(q_mask)
-            s_valid = valid_extent(s_mask)
-            resized = torch.zeros_like(q_feat)
-            for b in range(q_feat.shape[0]):
-                hs, ws = int(s_valid[b, 0]), int(s_valid[b, 1])
-                h, w = int(valid[b, 0]), int(valid[b, 1])
-                resized[b, :, :h, :w] = F.interpolate(s_feat[b:b + 1, :, :hs, :ws], size=(h, w), mode="bilinear",
-                                                      align_corners=False)[0]
+            resized = resize_valid(s_feat, valid_extent(s_mask), valid_extent(q_mask), tuple(q_feat.shape[-2:]))
+            resized = resized.masked_fill(q_mask[:, None], 0.0)
             keys = (resized + q_pos).flatten(2).transpose(1, 2)
             key_padding_mask = q_mask.flatten(1)
         values = (q_feat + q_pos).flatten(2).transpose(1, 2)
@@ -268,7 +288,7 @@ class OneShotDETR(nn.Module):
         gh, gw = grid_hw
         cy, cx = cell_centres(grid_hw, valid_hw.to(memory.device), memory.dtype)  # [B, H], [B, W]
         centres = torch.stack([cx[:, None, :].expand(b, gh, gw), cy[:, :, None].expand(b, gh, gw)], dim=-1).reshape(b, n, 1, 2)
-        sizes = torch.tensor(self.proposal_sizes, device=memory.device, dtype=memory.dtype)
+        sizes = self.proposal_size_values.to(memory.dtype)
         anchors = torch.cat([centres.expand(b, n, a, 2), sizes[None, None, :, None].expand(b, n, a, 2)], dim=-1)
         deltas = self.enc_bbox(enc).view(b, n, a, 4)
         boxes = (deltas + inverse_sigmoid(anchors)).sigmoid()

@@ -1,6 +1,7 @@
 """Hungarian matching between object-query predictions and ground-truth boxes."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
@@ -39,29 +40,64 @@ class HungarianMatcher(nn.Module):
 
     @torch.no_grad()
     def forward(self, outputs: dict, targets: list[dict]) -> list[tuple[Tensor, Tensor]]:
-        """Match.
+        """Match one prediction set.
 
         Args:
             outputs: ``pred_logits [B, Q, 1]``, ``pred_boxes [B, Q, 4]`` (cxcywh, normalised).
             targets: per image ``boxes [M_b, 4]`` (cxcywh, normalised); ``M_b`` may be 0.
 
         Returns:
-            Per image ``(prediction_indices, target_indices)``, both ``int64 [min(Q, M_b)]``.
+            Per image ``(prediction_indices, target_indices)``, both ``int64 [min(Q, M_b)]`` on the CPU.
         """
-        b, q = outputs["pred_logits"].shape[:2]
         sizes = [len(t["boxes"]) for t in targets]
-        empty = torch.empty(0, dtype=torch.int64)
-        if sum(sizes) == 0:
-            return [(empty, empty) for _ in sizes]
-        logits = outputs["pred_logits"].flatten(0, 1).float()
-        boxes = outputs["pred_boxes"].flatten(0, 1).float()
-        tgt = torch.cat([t["boxes"] for t in targets]).to(boxes)
-        cost = self.cost_matrix(logits, boxes, tgt).view(b, q, -1).cpu()
-        indices = []
-        for i, c in enumerate(cost.split(sizes, dim=-1)):
-            if sizes[i] == 0:
-                indices.append((empty, empty))
+        matched = self.match_stacked([(outputs["pred_logits"][None], outputs["pred_boxes"][None], targets)])[0]
+        return [(matched[2][matched[1] == i], matched[3][matched[1] == i] - start)
+                for i, start in enumerate(_offsets(sizes))]
+
+    @torch.no_grad()
+    def match_stacked(self, groups: list[tuple[Tensor, Tensor, list[dict]]]) -> list[Tensor]:
+        """Match several stacks of prediction sets with one copy from the device to the host.
+
+        Args:
+            groups: ``(logits [S, B, Q, 1], boxes [S, B, Q, 4], targets)``: ``S`` prediction sets
+                (decoder layers) of the same object queries, all matched to ``targets`` (per image
+                ``boxes [M_b, 4]``). ``Q`` and the targets may differ between groups.
+
+        Returns:
+            Per group ``int64 [4, K]`` on the CPU: rows set, image, prediction index, and target
+            index into the concatenation of the group's targets, ``K`` matched pairs in all.
+            Matching each set and image on its own gives the same pairs.
+        """
+        blocks, plans = [], []
+        for logits, boxes, targets in groups:
+            s, b, q = logits.shape[:3]
+            sizes = [len(t["boxes"]) for t in targets]
+            plans.append((s, b, q, sizes))
+            if sum(sizes) == 0:
                 continue
-            rows, cols = linear_sum_assignment(c[i].numpy())
-            indices.append((torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)))
-        return indices
+            tgt = torch.cat([t["boxes"] for t in targets]).to(boxes.device, torch.float32)
+            cost = self.cost_matrix(logits.flatten(0, 2).float(), boxes.flatten(0, 2).float(), tgt).view(s, b, q, -1)
+            # Only the blocks of each image with its own targets travel: [S, Q, M_b] per image.
+            blocks += [cost[:, i, :, start:start + m].flatten() for i, (start, m) in enumerate(zip(_offsets(sizes), sizes))]
+        host = torch.cat(blocks).cpu().numpy() if blocks else None
+        if host is not None and not np.isfinite(host).all():
+            # Non-finite predictions (a diverged step): match anyway; the training loop reports the
+            # non-finite loss when it reads the step's losses.
+            host = np.nan_to_num(host, nan=1e8, posinf=1e8, neginf=-1e8)
+        out, at = [], 0
+        for s, b, q, sizes in plans:
+            pairs = []
+            if sum(sizes):
+                for i, (start, m) in enumerate(zip(_offsets(sizes), sizes)):
+                    costs = host[at:at + s * q * m].reshape(s, q, m)
+                    at += s * q * m
+                    for k in range(s if m else 0):
+                        rows, cols = linear_sum_assignment(costs[k])
+                        pairs.append(np.stack([np.full_like(rows, k), np.full_like(rows, i), rows, cols + start]))
+            out.append(torch.from_numpy(np.concatenate(pairs, axis=1).astype(np.int64)) if pairs
+                       else torch.zeros(4, 0, dtype=torch.int64))
+        return out
+
+
+def _offsets(sizes: list[int]) -> list[int]:
+    return [sum(sizes[:i]) for i in range(len(sizes))]

@@ -33,17 +33,39 @@ class PostProcess(nn.Module):
     def forward(self, outputs: dict, target_sizes: Tensor) -> list[dict]:
         """``outputs`` (``pred_logits [B, Q, 1]``, ``pred_boxes [B, Q, 4]``), ``target_sizes [B, 2]``
         (height, width of the original images) -> per image ``scores [K]``, ``boxes [K, 4]`` (xyxy,
-        absolute pixels, clipped to the image), sorted by score."""
+        absolute pixels, clipped to the image), sorted by score.
+
+        Without NMS the whole batch goes through batched operators and nothing makes the host wait
+        for the device; NMS keeps a data-dependent number of boxes per image, so it runs image by
+        image (torchvision's kernel reads its result on the host)."""
         scores = outputs["pred_logits"][..., 0].float().sigmoid()
         boxes = scale_boxes(box_cxcywh_to_xyxy(outputs["pred_boxes"].float()), target_sizes)
+        hw = target_sizes.to(boxes)
+        bounds = torch.stack([hw[:, 1], hw[:, 0], hw[:, 1], hw[:, 0]], dim=-1)[:, None, :]  # [B, 1, 4]
+        boxes = torch.minimum(boxes.clamp(min=0), bounds)
+        if self.nms_iou <= 0:
+            k = min(self.num_select, scores.shape[1])
+            top_scores, top = scores.topk(k, dim=1)  # sorted, as argsort(descending) would order them
+            top_boxes = boxes.gather(1, top[..., None].expand(-1, -1, 4))
+            return [{"scores": s, "boxes": b} for s, b in zip(top_scores, top_boxes)]
         results = []
-        for i in range(scores.shape[0]):
-            h, w = target_sizes[i].tolist()
-            s, b = scores[i], boxes[i].clone()
-            b[:, 0::2] = b[:, 0::2].clamp(0, w)
-            b[:, 1::2] = b[:, 1::2].clamp(0, h)
-            # nms returns its survivors by decreasing score; plain top-k otherwise.
-            keep = nms(b, s, self.nms_iou) if self.nms_iou > 0 else s.argsort(descending=True)
-            keep = keep[: self.num_select]
+        for s, b in zip(scores, boxes):
+            # nms returns its survivors by decreasing score.
+            keep = nms(b, s, self.nms_iou)[: self.num_select]
             results.append({"scores": s[keep], "boxes": b[keep]})
         return results
+
+
+def results_to_host(results: list[dict]) -> list[dict]:
+    """Per-image result dicts of tensors (any device) -> the same as float32 CPU tensors, with one
+    copy from the device for the whole list (instead of one per tensor, each a wait)."""
+    flat = [(i, k, v) for i, r in enumerate(results) for k, v in r.items()]
+    if not flat:
+        return [{} for _ in results]
+    host = torch.cat([v.detach().float().reshape(-1) for _, _, v in flat]).cpu()
+    out: list = [{} for _ in results]
+    start = 0
+    for i, k, v in flat:
+        out[i][k] = host[start:start + v.numel()].view(v.shape)
+        start += v.numel()
+    return out

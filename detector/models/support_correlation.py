@@ -41,8 +41,10 @@ class SupportCorrelation(nn.Module):
         b, n, _ = query_feats.shape
         m = support_feats.shape[1]
         c, x = self.channels, self.channel_dim
-        if bool(support_padding_mask.all(dim=1).any()):
-            raise ValueError("a support has no valid cell: its mask is padding everywhere")
+        # No check that each support has a valid cell: it would make the host wait for the device
+        # at every forward. The detector's supports always do (the backbone keeps the cell of an
+        # image's top-left pixel), and an all-padding support would give finite similarities of -2
+        # or less (padding enters as -3 below), never a NaN.
         a = F.normalize(self.proj_query(query_feats).view(b, n, c, x), dim=-1)
         s = F.normalize(self.proj_support(support_feats).view(b, m, c, x), dim=-1)
         a = a.permute(0, 2, 1, 3).reshape(b * c, n, x)

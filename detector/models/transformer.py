@@ -11,7 +11,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..utils.box_ops import inverse_sigmoid
 from .box_frame import SupportGrid, box_frame
-from .indirect_attention import IndirectAttention, recompute_except_attention
+from .indirect_attention import IndirectAttention, recompute_except_attention, resolve_impl
 from .kshot import ExemplarKeys
 from .relative_bias import BoxRelativePositionBias
 from .position_encoding import box_sine_embedding
@@ -98,7 +98,8 @@ class Decoder(nn.Module):
         bias_hidden_dim: hidden width of the bias MLPs.
         bias_box_prior: starting strength of the box prior of the bias (see
             :class:`BoxRelativePositionBias`; 0 = start at zero).
-        attention_impl: ``"reference"`` or ``"fused"`` indirect attention kernel. ``"fused"`` also
+        attention_impl: ``"reference"``, ``"fused"`` or ``"auto"`` (by device and mode:
+            :func:`~detector.models.indirect_attention.resolve_impl`). ``"fused"`` also
             recomputes in backward what the reference stores: the bias MLPs' hidden activations and,
             in training, each layer's activations (checkpointing; same values, same gradients).
         look_forward_twice: see above.
@@ -115,8 +116,9 @@ class Decoder(nn.Module):
         self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
         # The fast path recomputes in backward instead of storing: the bias MLPs' activations and each
         # layer's (activation checkpointing). The reference keeps everything, as autograd does.
-        recompute = attention_impl != "reference"
-        self.recompute_layers = recompute
+        recompute = attention_impl != "reference"  # "auto": decided per call (resolve_impl)
+        self.attention_impl = attention_impl
+        self.recompute_layers = True  # with the fused kernel in training (tools can turn it off)
         self.biases = nn.ModuleList(BoxRelativePositionBias(num_heads, bias_hidden_dim, recompute_hidden=recompute,
                                                            box_prior=bias_box_prior)
                                     for _ in range(num_layers)) if use_bias else None
@@ -149,19 +151,20 @@ class Decoder(nn.Module):
             (hidden states, boxes): two lists of ``num_layers`` tensors ``[B, Q, d]`` (normed) and
             ``[B, Q, 4]`` (cxcywh, normalised).
         """
+        fused = resolve_impl(self.attention_impl, values.device, self.training) == "fused"
         x = object_queries
         ref_in = reference_boxes.detach()
         prev = reference_boxes
         hidden, boxes = [], []
         for i, layer in enumerate(self.layers):
             query_pos = self.ref_point_head(box_sine_embedding(ref_in, self.d_model // 4))
-            bias = self.biases[i](ref_in, grid_hw, valid_hw) if self.biases is not None else None
+            bias = self.biases[i](ref_in, grid_hw, valid_hw, recompute_hidden=fused) if self.biases is not None else None
             if isinstance(keys, ExemplarKeys):  # several exemplars (k-shot)
                 frame, key_source = keys.frame(ref_in, grid_hw, valid_hw), keys.features
             else:
                 frame = box_frame(ref_in, grid_hw, valid_hw, keys) if isinstance(keys, SupportGrid) else None
                 key_source = keys.features if isinstance(keys, SupportGrid) else keys
-            if self.recompute_layers and torch.is_grad_enabled():
+            if fused and self.recompute_layers and torch.is_grad_enabled():
                 x = checkpoint(layer, x, query_pos, key_source, values, key_padding_mask, bias, self_attn_mask, frame,
                                use_reentrant=False, context_fn=recompute_except_attention)
             else:

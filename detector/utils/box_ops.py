@@ -64,6 +64,18 @@ def generalized_box_iou(boxes1_xyxy: Tensor, boxes2_xyxy: Tensor) -> Tensor:
     return iou - (enclosing - union) / enclosing.clamp(min=1e-12)
 
 
+def paired_generalized_box_iou(boxes1_xyxy: Tensor, boxes2_xyxy: Tensor) -> Tensor:
+    """Generalised IoU of each box with its partner: ``[N, 4]``, ``[N, 4]`` -> ``[N]`` (the diagonal
+    of :func:`generalized_box_iou` without the ``[N, N]`` matrix)."""
+    area1, area2 = box_area(boxes1_xyxy), box_area(boxes2_xyxy)
+    inter_wh = (torch.min(boxes1_xyxy[:, 2:], boxes2_xyxy[:, 2:]) - torch.max(boxes1_xyxy[:, :2], boxes2_xyxy[:, :2])).clamp(min=0)
+    inter = inter_wh[:, 0] * inter_wh[:, 1]
+    union = area1 + area2 - inter
+    hull_wh = (torch.max(boxes1_xyxy[:, 2:], boxes2_xyxy[:, 2:]) - torch.min(boxes1_xyxy[:, :2], boxes2_xyxy[:, :2])).clamp(min=0)
+    enclosing = hull_wh[:, 0] * hull_wh[:, 1]
+    return inter / union.clamp(min=1e-12) - (enclosing - union) / enclosing.clamp(min=1e-12)
+
+
 def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
     """Logit of ``x`` clamped to ``[eps, 1 - eps]``: the space in which boxes are refined."""
     x = x.clamp(min=0, max=1)

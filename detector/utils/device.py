@@ -37,3 +37,11 @@ def resolve_device(requested: Union[str, torch.device, None] = "", what: str = "
     elif device.type != "cpu":
         raise InputError(f"{what} {requested!r}: unsupported device type (expected cpu, cuda or cuda:N)")
     return device
+
+
+def upload(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``host`` (usually a CPU tensor) on ``device`` without making the host wait: on CUDA through pinned
+    memory with ``non_blocking=True`` (a plain ``.to(device)`` waits for the device's queue to empty)."""
+    if device.type == "cuda" and host.device.type == "cpu" and not host.is_pinned():
+        host = host.pin_memory()
+    return host.to(device, non_blocking=True)  # itself where it already is

@@ -79,3 +79,31 @@ def test_pretrain_stage_runs_on_the_tiny_benchmark(tmp_path):
     cfg2 = load_config(TINY, [f"data.root={tmp_path / 'bench'}", f"train.output_dir={tmp_path / 'stage2'}",
                               "train.max_iters=1", f"train.init_checkpoint={result['checkpoint']}"])
     assert train(cfg2, final_eval=False, progress=False)["iteration"] == 1
+
+
+def test_train_compile_trains_the_compiled_module_and_saves_the_model_itself(tmp_path, monkeypatch):
+    """``train.compile=true`` wraps the model in ``torch.compile`` for the steps (here a spy that
+    counts the calls of what it wraps: compiling takes minutes on the CPU); checkpoints hold the
+    model's own weights, which the compiled module shares."""
+    wrapped = []
+
+    class Spy(torch.nn.Module):
+        def __init__(self, module):
+            super().__init__()
+            self.module, self.calls = module, 0
+
+        def forward(self, *args, **kwargs):
+            self.calls += 1
+            return self.module(*args, **kwargs)
+
+    def spy_compile(module, **kwargs):
+        wrapped.append(Spy(module))
+        return wrapped[-1]
+
+    monkeypatch.setattr(torch, "compile", spy_compile)
+    plain = run(tmp_path / "plain")
+    compiled = run(tmp_path / "compiled", "train.compile=true")
+    assert len(wrapped) == 1 and wrapped[0].calls == compiled["iteration"] == 12
+    a = load_checkpoint(plain["checkpoint"])["model"]
+    b = load_checkpoint(compiled["checkpoint"])["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -13,7 +13,8 @@ from torch.profiler import profile
 
 from detector.config import load_config
 from detector.models.build import build_decoder, build_model
-from detector.models.indirect_attention import IndirectAttention, indirect_attention_fused, indirect_attention_reference
+from detector.models.indirect_attention import (IndirectAttention, indirect_attention_fused, indirect_attention_reference,
+                                               resolve_impl)
 from detector.models.relative_bias import BoxRelativePositionBias, FactoredBias, RecomputedMLP, SequenceRelativeBias
 from detector.structures import ImageBatch
 
@@ -276,3 +277,41 @@ def test_whole_model_fused_matches_reference(tiny_cfg):
 def test_unknown_impl_is_rejected():
     with pytest.raises(ValueError, match="impl must be one of"):
         IndirectAttention(16, 4, impl="flex")
+
+
+def test_auto_is_fused_on_the_cpu_and_in_cuda_training_reference_in_cuda_inference():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert [resolve_impl("auto", d, t) for d in (cpu, cuda) for t in (True, False)] == [
+        "fused", "fused", "fused", "reference"]
+    assert all(resolve_impl(impl, cuda, False) == impl for impl in ("reference", "fused"))
+
+
+def test_an_auto_decoder_computes_what_the_fused_one_does_on_the_cpu(monkeypatch):
+    cfg = load_config(None, ["model.backbone.pretrained=none", "model.d_model=32", "model.num_heads=4",
+                             "model.num_decoder_layers=2", "model.dim_feedforward=64", "model.bias_hidden_dim=16"])
+    torch.manual_seed(0)
+    fused = build_decoder(replace_impl(cfg, "fused"))
+    auto = build_decoder(replace_impl(cfg, "auto"))
+    auto.load_state_dict(fused.state_dict())
+    b, num, hgt, wid = 2, 5, 3, 4
+    content, keys = torch.randn(b, num, 32), torch.randn(b, hgt * wid, 32)
+    boxes = torch.cat([torch.rand(b, num, 2) * 0.6 + 0.2, torch.rand(b, num, 2) * 0.3 + 0.1], -1)
+    args = (content, boxes, keys, keys.clone(), padding_mask(b, hgt, wid), (hgt, wid), torch.tensor([[hgt, wid], [hgt - 1, wid - 2]]))
+    calls = []
+    real = RecomputedMLP.apply
+    monkeypatch.setattr(RecomputedMLP, "apply", lambda *a: calls.append(1) or real(*a))
+    for mode in ("train", "eval"):
+        getattr(fused, mode)(), getattr(auto, mode)()
+        n = len(calls)
+        want = fused(*args)
+        m = len(calls) - n
+        got = auto(*args)
+        assert len(calls) - n == 2 * m > 0  # the recomputed bias MLPs in both
+        for x, y in zip(want[0] + want[1], got[0] + got[1]):
+            assert torch.equal(x, y)
+
+
+def replace_impl(cfg, impl):
+    import dataclasses
+
+    return dataclasses.replace(cfg.model, attention_impl=impl)

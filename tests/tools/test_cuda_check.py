@@ -24,3 +24,8 @@ def test_exits_with_a_clear_message_without_a_gpu():
                        timeout=120, cwd=ROOT)
     assert r.returncode == 2
     assert "no CUDA device" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_the_folding_check_runs_on_any_device_and_passes_on_the_cpu():
+    result = cuda_check.folding_on_cuda(torch.device("cpu"))
+    assert result["fell_back_with_warning"] is False and result["max_rel_diff"] < 1e-4
