@@ -23,7 +23,7 @@ from .features import FeatureCache
 from .loss_window import LossWindow
 from .models import build_model
 from .models.postprocess import results_to_host
-from .optim import build_optimizer, build_scheduler
+from .optim import build_optimizer, build_scheduler, load_optimizer_state
 from .run_folder import check_fresh, discard_after, start_run_folder
 from .utils import dist as du
 from .utils.checkpoint import checkpoint_state, load_checkpoint, load_weights, rng_state, save_rotating, set_rng_state
@@ -291,7 +291,7 @@ def train(cfg: Config, resume: Optional[str] = None, device: Optional[torch.devi
     if resume:
         state = load_checkpoint(resume)
         load_weights(model, state["model"], resume)
-        optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
@@ -357,17 +357,19 @@ def train(cfg: Config, resume: Optional[str] = None, device: Optional[torch.devi
     window = LossWindow()
     window_start, window_images = time.time(), 0
 
-    def read_window() -> dict:
-        """The window's mean losses; stops training at a non-finite loss (before any checkpoint
-        after it is written)."""
-        means, bad = window.read()
-        if bad is not None:
-            bar.close()
-            raise NonFiniteLossError(
-                f"non-finite loss ({bad[1]}) at iteration {bad[0]}, epoch {bad[0] // iters_per_epoch}; training "
-                f"stopped. The last good checkpoint is {last_ckpt or 'none (none was written yet)'}. "
-                f"Try a lower train.lr, a smaller train.clip_max_norm, or train.amp=false.")
-        return means
+    def stop_if_not_finite(bad) -> None:
+        if bad is None:
+            return
+        bar.close()
+        value = "on another process" if bad[1] is None else bad[1]
+        raise NonFiniteLossError(
+            f"non-finite loss ({value}) at iteration {bad[0]}, epoch {bad[0] // iters_per_epoch}; training "
+            f"stopped. The last good checkpoint is {last_ckpt or 'none (none was written yet)'}. "
+            f"Try a lower train.lr, a smaller train.clip_max_norm, or train.amp=false.")
+
+    def check_window() -> None:
+        """Before a checkpoint or an evaluation: stop at a non-finite loss (nothing after it is saved)."""
+        stop_if_not_finite(window.check())
 
     stop = iteration >= total_iters
     budget_fired = False
@@ -391,7 +393,8 @@ def train(cfg: Config, resume: Optional[str] = None, device: Optional[torch.devi
             window_images += len(query) * world
             bar.update(1)
             if iteration % t.log_every == 0 or iteration == total_iters:
-                reduced = read_window()
+                reduced, bad = window.take()
+                stop_if_not_finite(bad)
                 speed = window_images / max(time.time() - window_start, 1e-9)
                 log.write({"type": "train", "epoch": epoch, "iter": iteration, "lr": optimizer.param_groups[-1]["lr"],
                            "images_per_s": speed, "time_s": time.time() - start_time, **reduced})
@@ -399,15 +402,18 @@ def train(cfg: Config, resume: Optional[str] = None, device: Optional[torch.devi
                 window_start, window_images = time.time(), 0
             budget_over = t.time_budget_min > 0 and (time.time() - start_time) > 60 * t.time_budget_min
             if distributed and t.time_budget_min > 0:
-                budget_over = du.all_reduce_mean(torch.tensor(float(budget_over))).item() > 0
+                # The processes agree (a collective, on the backend's device) at the log lines only:
+                # not a wait for the device at every step.
+                logged = iteration % t.log_every == 0 or iteration == total_iters
+                budget_over = logged and du.any_process(budget_over)
             stop = iteration >= total_iters or budget_over
             budget_fired = budget_over and iteration < total_iters
             if t.checkpoint_every_iters > 0 and iteration % t.checkpoint_every_iters == 0 and not stop:
-                read_window()
+                check_window()
                 last_ckpt = checkpoint(epoch)
             if stop or iteration % iters_per_epoch == 0:
                 break
-        read_window()  # before any checkpoint or evaluation of the epoch
+        check_window()  # before any checkpoint or evaluation of the epoch
         epoch_done = iteration % iters_per_epoch == 0
         epoch = iteration // iters_per_epoch
         if stop or (epoch_done and t.checkpoint_every > 0 and epoch % t.checkpoint_every == 0):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
+from typing import Optional
 
 import torch
 
@@ -33,6 +34,8 @@ class FeatureCache:
         max_items: stop adding entries beyond this many (a warning says so once); guards memory when
             transforms turn out not to be deterministic.
         dtype: storage dtype of the cached maps (float32 keeps training exact).
+        max_bytes: stop adding beyond this many bytes of maps (0: no limit). Default: a quarter of
+            the GPU's memory when the backbone is on CUDA (the maps stay there), no limit on the CPU.
         batch_pixels: 0 (default): every miss is encoded on its own, so a cached map is bitwise
             what the model computes for that image alone, whatever else missed with it; training
             then resumes bitwise exactly although the resumed run's cache starts empty. > 0: the
@@ -43,7 +46,7 @@ class FeatureCache:
     """
 
     def __init__(self, backbone: Backbone, max_items: int = 200_000, dtype: torch.dtype = torch.float32,
-                 batch_pixels: int = 0):
+                 batch_pixels: int = 0, max_bytes: Optional[int] = None):
         if any(p.requires_grad for p in backbone.body.parameters()):
             raise ValueError("feature caching needs a frozen backbone body (model.backbone.freeze=true)")
         self.backbone = backbone
@@ -51,6 +54,11 @@ class FeatureCache:
         self.dtype = dtype
         self.batch_pixels = int(batch_pixels)
         self.store: dict[bytes, torch.Tensor] = {}
+        self.nbytes = 0
+        if max_bytes is None:  # the maps live where the backbone runs: on a GPU, a quarter of its memory
+            device = next(backbone.parameters()).device
+            max_bytes = torch.cuda.get_device_properties(device).total_memory // 4 if device.type == "cuda" else 0
+        self.max_bytes = int(max_bytes)
         self._body = None  # the folded copy of the body, made at the first miss
         self.hits = 0
         self.misses = 0
@@ -115,12 +123,14 @@ class FeatureCache:
         return self.encode_many([image], size_divisibility)[0]
 
     def _add(self, key: bytes, feats: torch.Tensor) -> None:
-        if len(self.store) < self.max_items:
+        size = feats.numel() * feats.element_size()
+        if len(self.store) < self.max_items and (self.max_bytes <= 0 or self.nbytes + size <= self.max_bytes):
             self.store[key] = feats
+            self.nbytes += size
         elif not self._warned:
             self._warned = True
-            warnings.warn(f"feature cache full ({self.max_items} maps): are the transforms deterministic "
-                          f"(data.augment=false)?")
+            warnings.warn(f"feature cache full ({len(self.store)} maps, {self.nbytes / 2**20:.0f} MB): are the "
+                          f"transforms deterministic (data.augment=false)? Further maps are computed, not kept.")
 
     def __call__(self, images: ImageBatch, size_divisibility: int = 32) -> FeatureBatch:
         """An ``ImageBatch`` -> the :class:`FeatureBatch` of its images' body features (on the backbone's device),

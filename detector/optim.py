@@ -84,3 +84,17 @@ def build_scheduler(optimizer: torch.optim.Optimizer, iters_per_epoch: int, tota
     only counters, so it checkpoints without pickled functions)."""
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda it: lr_factor(it, iters_per_epoch, total_iters, cfg))
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """``optimizer.load_state_dict(state)`` keeping this optimiser's implementation: a state saved
+    by another one (foreach on the CPU, fused on CUDA, or before fused existed) would otherwise
+    bring its flags along and silently switch the implementation (torch copies them with the
+    parameter groups, and decides from them where each ``step`` counter lives)."""
+    state = {**state, "param_groups": [dict(g) for g in state["param_groups"]]}
+    for saved, now in zip(state["param_groups"], optimizer.param_groups):
+        for key in ("fused", "foreach", "capturable"):
+            if key in now:
+                saved[key] = now[key]
+    optimizer.load_state_dict(state)
+

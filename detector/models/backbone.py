@@ -238,20 +238,19 @@ class Backbone(nn.Module):
             return self.body
         param = next(self.body.parameters())
         x = torch.randn(1, 3, 4 * self.stride, 4 * self.stride, device=param.device, dtype=param.dtype)
-        # Without TF32 (on by default for cuDNN convolutions): its rounding alone, through the
-        # whole body, exceeds the tolerance on CUDA and made this check fail there.
+        # Without TF32 for the convolutions (cuDNN's default on CUDA): its rounding alone, through
+        # the whole body, likely exceeded the tolerance there and made this check fall back. The
+        # bodies are convolutions only; the matmul precision is left alone (setting its legacy
+        # flag would clash with torch.set_float32_matmul_precision, which torch.compile reads).
         cudnn = torch.backends.cudnn
-        matmul_tf32 = torch.backends.cuda.matmul.allow_tf32
         with torch.no_grad(), cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark,
                                           deterministic=cudnn.deterministic, allow_tf32=False):
-            torch.backends.cuda.matmul.allow_tf32 = False
             was_training = self.body.training
             self.body.eval()
             try:
                 ref, got = self.body(x)[-1], body(x)[-1]
             finally:
                 self.body.train(was_training)
-                torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
         if not torch.allclose(got, ref, rtol=1e-3, atol=1e-3 * float(ref.abs().max())):
             warnings.warn("folding the frozen BatchNorms changed the backbone's output; using the plain body")
             return self.body

@@ -44,24 +44,13 @@ def select_distinct(scores: Tensor, boxes: Tensor, k: int, iou_threshold: float)
     with 4 anchors, 0.9 ms over 320).
 
     ``scores [B, N]``, ``boxes [B, N, 4]`` (cxcywh) -> ``[B, k]`` long, survivors in score order first.
-    While the model is exported to ONNX the same indices come from :func:`~detector.models.nms.distinct_top_k`
-    (the loop over images would be unrolled for the traced batch size).
+    The whole batch at once (:func:`~detector.models.nms.distinct_top_k`): on CUDA the host waits
+    for the NMS once per few images, not once per image, and an ONNX export sees no loop.
     """
-    if torch.onnx.is_in_onnx_export():
+    if torch.onnx.is_in_onnx_export():  # (a no_grad block would break the trace)
         return distinct_top_k(scores, boxes, k, iou_threshold)
-    picked = []
-    m = min(scores.shape[1], 8 * k)
     with torch.no_grad():
-        top_scores, top = scores.float().topk(m, dim=1)  # sorted, best first
-        xyxy = box_cxcywh_to_xyxy(torch.gather(boxes, 1, top[..., None].expand(-1, -1, 4)).float())
-        for s, b, idx in zip(top_scores, xyxy, top):
-            keep = nms(b, s, iou_threshold)
-            if len(keep) < k:
-                suppressed = torch.ones(m, dtype=torch.bool, device=s.device)
-                suppressed[keep] = False
-                keep = torch.cat([keep, suppressed.nonzero()[:, 0]])  # candidates are in score order
-            picked.append(idx[keep[:k]])
-    return torch.stack(picked)
+        return distinct_top_k(scores, boxes, k, iou_threshold)
 
 
 def valid_extent(mask: Tensor) -> Tensor:

@@ -3,7 +3,7 @@
 torchvision's ``nms`` takes one image at a time and returns a variable number of indices, so the
 model and the post-processing loop over the images of a batch; a traced ONNX graph would unroll that
 loop for the batch size it was traced with. :func:`nms_mask` computes the same NMS for the whole
-batch as a ``[B, N]`` keep mask: in PyTorch with torchvision per image, in an ONNX graph as one
+batch as a ``[B, N]`` keep mask: in PyTorch with torchvision over several images at once, in an ONNX graph as one
 ``NonMaxSuppression`` node (batched by definition; onnxruntime suppresses at ``IoU > threshold``,
 as torchvision does). :func:`distinct_top_k` is :func:`detector.models.detector.select_distinct`
 written on that mask, without the loop: the model uses it while it is exported.
@@ -17,15 +17,34 @@ from torchvision.ops import nms
 from ..utils.box_ops import box_cxcywh_to_xyxy
 
 
+CHUNK_BOXES = 8192  # boxes per torchvision NMS call (several images in one, see _NmsMask)
+
+
 class _NmsMask(torch.autograd.Function):
     """``apply(boxes_xyxy [B, N, 4], scores [B, N], iou_threshold)`` -> keep ``[B, N]`` bool."""
 
     @staticmethod
     def forward(ctx, boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
-        keep = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
-        for i in range(scores.shape[0]):
-            keep[i, nms(boxes[i], scores[i], iou_threshold)] = True
-        return keep
+        b, n = scores.shape
+        if torch.onnx.is_in_onnx_export():  # the graph gets the symbolic below; keep the trace simple
+            keep = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+            for i in range(b):
+                keep[i, nms(boxes[i], scores[i], iou_threshold)] = True
+            return keep
+        keep = torch.zeros(b * n, dtype=torch.bool, device=scores.device)
+        # Several images per torchvision call (each call makes the host wait for its result on
+        # CUDA): the images' boxes shifted apart so that no two images' boxes overlap, which
+        # leaves each image's NMS as it is. At most CHUNK_BOXES boxes per call (the CUDA kernel's
+        # suppression mask grows with the square of its input).
+        per_call = max(1, CHUNK_BOXES // max(n, 1))
+        lo = boxes.amin()
+        span = boxes.amax() - lo + 1.0
+        for start in range(0, b, per_call):
+            part = boxes[start:start + per_call] - lo
+            shift = torch.arange(part.shape[0], device=boxes.device, dtype=boxes.dtype)[:, None, None] * span
+            found = nms((part + shift).reshape(-1, 4), scores[start:start + per_call].reshape(-1), iou_threshold)
+            keep[found + start * n] = True
+        return keep.view(b, n)
 
     @staticmethod
     def symbolic(g, boxes, scores, iou_threshold: float):

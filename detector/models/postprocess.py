@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torchvision.ops import nms
 
 from ..utils.box_ops import box_cxcywh_to_xyxy, scale_boxes
+from .nms import nms_mask
 
 
 class PostProcess(nn.Module):
@@ -36,8 +36,9 @@ class PostProcess(nn.Module):
         absolute pixels, clipped to the image), sorted by score.
 
         Without NMS the whole batch goes through batched operators and nothing makes the host wait
-        for the device; NMS keeps a data-dependent number of boxes per image, so it runs image by
-        image (torchvision's kernel reads its result on the host)."""
+        for the device; with NMS the host waits for the NMS of the batch (torchvision's kernel
+        reads its result on the host; several images per call) and for the number of survivors
+        per image, once for the batch."""
         scores = outputs["pred_logits"][..., 0].float().sigmoid()
         boxes = scale_boxes(box_cxcywh_to_xyxy(outputs["pred_boxes"].float()), target_sizes)
         hw = target_sizes.to(boxes)
@@ -48,12 +49,15 @@ class PostProcess(nn.Module):
             top_scores, top = scores.topk(k, dim=1)  # sorted, as argsort(descending) would order them
             top_boxes = boxes.gather(1, top[..., None].expand(-1, -1, 4))
             return [{"scores": s, "boxes": b} for s, b in zip(top_scores, top_boxes)]
-        results = []
-        for s, b in zip(scores, boxes):
-            # nms returns its survivors by decreasing score.
-            keep = nms(b, s, self.nms_iou)[: self.num_select]
-            results.append({"scores": s[keep], "boxes": b[keep]})
-        return results
+        keep = nms_mask(boxes, scores, self.nms_iou)  # [B, Q]
+        q = scores.shape[1]
+        k = min(self.num_select, q)
+        order = scores.argsort(dim=1, descending=True)
+        suppressed = ~keep.gather(1, order)
+        rank = torch.arange(q, device=scores.device)[None, :] + q * suppressed.long()  # survivors first
+        top = order.gather(1, rank.topk(k, dim=1, largest=False).indices)  # [B, k], by decreasing score
+        counts = keep.sum(dim=1).clamp(max=k).tolist()  # the one read: how many survive per image
+        return [{"scores": scores[i, top[i, :c]], "boxes": boxes[i, top[i, :c]]} for i, c in enumerate(counts)]
 
 
 def results_to_host(results: list[dict]) -> list[dict]:

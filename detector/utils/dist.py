@@ -68,6 +68,14 @@ def reduce_dict_mean(values: dict) -> dict:
     return {k: float(v) for k, v in zip(keys, t.tolist())}
 
 
+def any_process(flag: bool) -> bool:
+    """Whether ``flag`` is true on any process (``flag`` itself without a process group). A
+    collective: every process must call it at the same point."""
+    if not is_distributed():
+        return bool(flag)
+    return reduce_dict_mean({"flag": float(flag)})["flag"] > 0
+
+
 def all_gather_objects(obj) -> list:
     """Every process's ``obj`` (picklable), in rank order; ``[obj]`` without a process group."""
     if not is_distributed():

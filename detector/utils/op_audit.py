@@ -20,7 +20,10 @@ made with an explicit ``device=`` argument other than the literal ``"cpu"``; ``.
   (``.to(device)`` without ``non_blocking=True``, ``torch.tensor(data, device=...)``: PyTorch waits
   for the stream after such a copy), ``torch.equal`` of device tensors, and an operator on a device
   tensor whose output size depends on the data (``nonzero``, boolean-mask indexing,
-  ``masked_select``, ``unique``, ``repeat_interleave`` without ``output_size``).
+  ``masked_select``, ``unique``, ``repeat_interleave`` without ``output_size``, torchvision's
+  ``nms``), and indexing a device tensor with host indices (copied over, blocking).
+  A transfer to the host is recognised by ``.cpu()`` or the string ``"cpu"``: write host copies
+  that way (a ``torch.device("cpu")`` object reads as the device, which it is on a CPU run).
 * ``uploads``: asynchronous host-to-device copies (``non_blocking=True``), which do not wait.
 """
 from __future__ import annotations
@@ -43,8 +46,9 @@ _NO_KERNEL = {"detach", "alias", "empty", "empty_like", "empty_strided", "new_em
               "sym_storage_offset", "is_same_size", "_has_compatible_shallow_copy_type", "record_stream",
               "_local_scalar_dense"}
 _DATA_DEPENDENT = {"nonzero", "masked_select", "_unique", "_unique2", "unique_dim", "unique_consecutive",
-                   "argwhere"}
-_READS = {"item", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__", "equal"}
+                   "argwhere", "bincount", "nms"}  # nms: torchvision's CUDA kernel reads its mask on the host
+_READS = {"item", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__", "equal", "allclose",
+          "__format__", "__array__", "__repr__"}
 _FACTORIES = {"tensor", "as_tensor", "zeros", "ones", "full", "empty", "arange", "linspace", "eye", "rand",
               "randn", "randint", "randperm", "zeros_like", "ones_like", "full_like", "empty_like"}
 
@@ -153,6 +157,8 @@ class _Dispatch(TorchDispatchMode):
                 audit._sync(name)
             elif name in ("index", "index_put", "index_put_") and _bool_index(args):
                 audit._sync(f"{name} with a bool mask")
+            elif name in ("index", "index_put", "index_put_") and _host_index(audit, args):
+                audit._sync(f"{name} with host indices")  # copied to the device, blocking
             elif name == "repeat_interleave" and kwargs.get("output_size") is None and len(args) > 1 \
                     and isinstance(args[1], torch.Tensor):
                 audit._sync("repeat_interleave")
@@ -163,6 +169,11 @@ class _Dispatch(TorchDispatchMode):
         if on_device:
             audit.mark(_tensors(result))
         return result
+
+
+def _host_index(audit: "OpAudit", args) -> bool:
+    indices = args[1] if len(args) > 1 else ()
+    return any(isinstance(i, torch.Tensor) and i.dim() > 0 and not audit.on_device(i) for i in (indices or ()))
 
 
 def _bool_index(args) -> bool:

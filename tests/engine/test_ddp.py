@@ -9,7 +9,7 @@ import torch.multiprocessing as mp
 TINY = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs", "tiny.yaml")
 
 
-def _worker(rank: int, world: int, tmp: str) -> None:
+def _worker(rank: int, world: int, tmp: str, extra: tuple = ()) -> None:
     from detector.config import load_config
     from detector.engine import train
     from detector.models.criterion import SetCriterion
@@ -27,9 +27,11 @@ def _worker(rank: int, world: int, tmp: str) -> None:
 
     SetCriterion.forward = recording
     cfg = load_config(TINY, [f"train.output_dir={tmp}/run", "train.max_iters=4", "train.epochs=2", "train.log_every=2",
-                             "train.checkpoint_every_iters=0"])
-    train(cfg, datasets=(ToyDataset(n=8, log_path=f"{tmp}/served_rank{rank}.txt"), None, None),
-          final_eval=False, progress=False, collate_fn=collate)
+                             "train.checkpoint_every_iters=0", *extra])
+    result = train(cfg, datasets=(ToyDataset(n=8, log_path=f"{tmp}/served_rank{rank}.txt"), None, None),
+                   final_eval=False, progress=False, collate_fn=collate)
+    with open(f"{tmp}/result_rank{rank}.json", "w") as f:
+        json.dump({k: result[k] for k in ("iteration", "stopped_by_time_budget")}, f)
     dist.destroy_process_group()
 
 
@@ -51,3 +53,12 @@ def test_two_gloo_processes(tmp_path):
     # Only rank 0 wrote checkpoints (end of each epoch), and no temporary files are left.
     files = sorted(os.listdir(f"{tmp}/run"))
     assert [f for f in files if "checkpoint" in f] == ["checkpoint_00000002.pth", "checkpoint_00000004.pth"]
+
+
+def test_the_time_budget_stops_every_process_at_the_same_log_line(tmp_path):
+    """The processes agree on the budget at the log lines (a collective), not at every step: with
+    a budget spent after the first step, all of them stop at the first log line, iteration 2."""
+    tmp = str(tmp_path)
+    mp.spawn(_worker, args=(2, tmp, ("train.time_budget_min=0.000001",)), nprocs=2, join=True)
+    results = [json.load(open(f"{tmp}/result_rank{r}.json")) for r in range(2)]
+    assert results == [{"iteration": 2, "stopped_by_time_budget": True}] * 2

@@ -156,3 +156,18 @@ def test_a_cache_is_reused_only_by_a_backbone_that_encodes_alike():
     with torch.no_grad():
         next(b.body.parameters()).add_(1e-3)
     assert not cache.encodes_like(b)
+
+
+def test_a_byte_budget_stops_adding_maps_but_not_computing_them(tiny_cfg):
+    model, _, _ = build_model(tiny_cfg("model.backbone.freeze=true"))
+    images = [torch.rand(3, 64, 64) for _ in range(3)]
+    unlimited = FeatureCache(model.backbone)
+    one = unlimited.encode(images[0])
+    size = one.numel() * one.element_size()
+    assert unlimited.max_bytes == 0 and unlimited.nbytes == size  # on the CPU: no byte limit by default
+    cache = FeatureCache(model.backbone, max_bytes=2 * size)
+    with pytest.warns(UserWarning, match="feature cache full"):
+        maps = [cache.encode(im) for im in images]
+    assert len(cache) == 2 and cache.nbytes == 2 * size
+    assert torch.equal(maps[2], unlimited.encode(images[2]))  # the third is computed all the same
+    assert torch.equal(cache.encode(images[0]), maps[0]) and cache.hits == 1

@@ -63,3 +63,21 @@ def test_scheduler_steps_every_group_and_round_trips(tiny_cfg):
     opt.step()
     sched.step()
     assert opt2.param_groups[0]["lr"] == pytest.approx(opt.param_groups[0]["lr"])
+
+
+def test_a_loaded_state_keeps_the_optimisers_own_implementation():
+    from detector.optim import load_optimizer_state
+
+    params = [torch.nn.Parameter(torch.randn(3, 2))]
+    saved_by = torch.optim.AdamW(params, lr=0.1, foreach=False)  # as the CPU runs it
+    params[0].grad = torch.ones(3, 2)
+    saved_by.step()
+    state = saved_by.state_dict()
+    for kind in ({"foreach": True}, {"fused": True}):  # as CUDA runs it (fused AdamW also runs on the CPU)
+        loaded = torch.optim.AdamW(params, lr=0.5, **kind)
+        load_optimizer_state(loaded, state)
+        key = next(iter(kind))
+        assert loaded.param_groups[0][key] is True and loaded.param_groups[0]["lr"] == 0.1
+        assert torch.equal(loaded.state[params[0]]["exp_avg"], saved_by.state[params[0]]["exp_avg"])
+        loaded.step()  # runs with the loaded state
+    assert state["param_groups"][0]["foreach"] is False  # the saved dict is not changed

@@ -115,3 +115,27 @@ def test_paired_generalized_iou_is_the_diagonal():
     got = paired_generalized_box_iou(a, b)
     torch.testing.assert_close(got, torch.diag(generalized_box_iou(a, b)))
     torch.testing.assert_close(got[:5], torch.ones(5))
+
+
+@pytest.mark.parametrize("nms_iou", [0.0, 0.5])
+def test_batched_postprocess_is_the_per_image_one(nms_iou):
+    from torchvision.ops import nms
+
+    from detector.models.postprocess import PostProcess, results_to_host
+
+    g = torch.Generator().manual_seed(4)
+    crowded = torch.cat([torch.rand(3, 30, 2, generator=g) * 0.2 + 0.4, torch.rand(3, 30, 2, generator=g) * 0.2 + 0.2], -1)
+    outputs = {"pred_logits": torch.randn(3, 30, 1, generator=g), "pred_boxes": crowded}
+    sizes = torch.tensor([[100, 200], [50, 60], [300, 300]])
+    got = results_to_host(PostProcess(num_select=12, nms_iou=nms_iou)(outputs, sizes))
+    for i, r in enumerate(got):
+        h, w = sizes[i].tolist()
+        s = outputs["pred_logits"][i, :, 0].sigmoid()
+        b = box_cxcywh_to_xyxy(outputs["pred_boxes"][i]) * torch.tensor([w, h, w, h])
+        b[:, 0::2], b[:, 1::2] = b[:, 0::2].clamp(0, w), b[:, 1::2].clamp(0, h)
+        keep = (nms(b, s, nms_iou) if nms_iou > 0 else s.argsort(descending=True))[:12]
+        assert r["scores"].dtype == torch.float32 and r["scores"].device.type == "cpu"
+        torch.testing.assert_close(r["scores"], s[keep])
+        torch.testing.assert_close(r["boxes"], b[keep])
+    if nms_iou:
+        assert any(len(r["scores"]) < 12 for r in got)  # NMS did remove some

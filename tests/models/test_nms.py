@@ -28,13 +28,45 @@ def test_the_mask_is_torchvisions_nms_per_image():
             assert sorted(keep[i].nonzero()[:, 0].tolist()) == sorted(nms(xyxy[i], scores[i], 0.4).tolist())
 
 
+def per_image_select_distinct(scores, boxes, k, iou):
+    """The selection written image by image with torchvision's nms (the model's code until the
+    batched one replaced it)."""
+    picked = []
+    m = min(scores.shape[1], 8 * k)
+    top_scores, top = scores.float().topk(m, dim=1)
+    xyxy = _xyxy(torch.gather(boxes, 1, top[..., None].expand(-1, -1, 4)).float())
+    for s, b, idx in zip(top_scores, xyxy, top):
+        keep = nms(b, s, iou)
+        if len(keep) < k:
+            suppressed = torch.ones(m, dtype=torch.bool)
+            suppressed[keep] = False
+            keep = torch.cat([keep, suppressed.nonzero()[:, 0]])
+        picked.append(idx[keep[:k]])
+    return torch.stack(picked)
+
+
+def test_the_mask_is_per_image_nms_when_many_images_share_a_call(monkeypatch):
+    import detector.models.nms as nms_module
+
+    g = torch.Generator().manual_seed(2)
+    for per_call_boxes in (1, 100, 8192):  # one image per call, two, all
+        monkeypatch.setattr(nms_module, "CHUNK_BOXES", per_call_boxes)
+        cxcywh, scores = _boxes(g, 5, 50) * 3 - 1, torch.rand(5, 50, generator=g)  # coordinates from -1 to 2
+        xyxy = _xyxy(cxcywh)
+        keep = nms_mask(xyxy, scores, 0.4)
+        for i in range(5):
+            assert sorted(keep[i].nonzero()[:, 0].tolist()) == sorted(nms(xyxy[i], scores[i], 0.4).tolist())
+
+
 def test_distinct_top_k_is_select_distinct():
     g = torch.Generator().manual_seed(1)
     for trial in range(100):
         n = int(torch.randint(10, 300, (1,), generator=g))
         k = min(n, int(torch.randint(1, 12, (1,), generator=g)))
         scores, boxes, iou = torch.randn(3, n, generator=g), _boxes(g, 3, n), float(torch.rand(1, generator=g))
-        assert torch.equal(distinct_top_k(scores, boxes, k, iou), select_distinct(scores, boxes, k, iou)), trial
+        want = per_image_select_distinct(scores, boxes, k, iou)
+        assert torch.equal(distinct_top_k(scores, boxes, k, iou), want), trial
+        assert torch.equal(select_distinct(scores, boxes, k, iou), want), trial
 
 
 def test_onnxruntime_runs_the_same_nms_for_any_batch_size(tmp_path):
@@ -53,5 +85,5 @@ def test_onnxruntime_runs_the_same_nms_for_any_batch_size(tmp_path):
     for b in (1, 4):
         scores, boxes = torch.randn(b, 60, generator=g), _boxes(g, b, 60)
         top, keep = session.run(None, {"scores": scores.numpy(), "boxes": boxes.numpy()})
-        assert np.array_equal(top, select_distinct(scores, boxes, 5, 0.5).numpy())
+        assert np.array_equal(top, per_image_select_distinct(scores, boxes, 5, 0.5).numpy())
         assert np.array_equal(keep, nms_mask(_xyxy(boxes), scores, 0.3).numpy())
