@@ -17,7 +17,11 @@ from torchvision.ops import nms
 from ..utils.box_ops import box_cxcywh_to_xyxy
 
 
-CHUNK_BOXES = 8192  # boxes per torchvision NMS call (several images in one, see _NmsMask)
+# Boxes per torchvision NMS call, by device type (several images in one call, see _NmsMask). On
+# CUDA each call makes the host wait for its result: up to 8192 boxes. On the CPU nothing waits,
+# and one image per call is cheaper (6.2 against 13.9 ms for 8 images of 320 candidates: the
+# greedy pass compares each kept box with the other images' boxes too): 0, one image per call.
+CHUNK_BOXES = {"cuda": 8192}
 
 
 class _NmsMask(torch.autograd.Function):
@@ -36,7 +40,7 @@ class _NmsMask(torch.autograd.Function):
         # CUDA): the images' boxes shifted apart so that no two images' boxes overlap, which
         # leaves each image's NMS as it is. At most CHUNK_BOXES boxes per call (the CUDA kernel's
         # suppression mask grows with the square of its input).
-        per_call = max(1, CHUNK_BOXES // max(n, 1))
+        per_call = max(1, CHUNK_BOXES.get(boxes.device.type, 0) // max(n, 1))
         lo = boxes.amin()
         span = boxes.amax() - lo + 1.0
         for start in range(0, b, per_call):

@@ -45,7 +45,10 @@ def batch(g, b=2, size=64, s_size=32):
 @pytest.mark.parametrize("layout", [DEMO_LIKE, ["model.support_layout=resize", "model.num_queries_one2many=12"],
                                     ["model.support_layout=pad", "model.attention_impl=fused"]],
                          ids=["demo", "resize+hybrid", "pad+fused"])
-def test_a_training_step_waits_for_the_matching_and_the_proposal_nms_only(tiny_cfg, layout):
+def test_a_training_step_waits_for_the_matching_and_the_proposal_nms_only(tiny_cfg, layout, monkeypatch):
+    import detector.models.nms as nms_module
+
+    monkeypatch.setattr(nms_module, "CHUNK_BOXES", {"cpu": nms_module.CHUNK_BOXES["cuda"]})  # as on CUDA
     model, criterion, postprocess = build_model(tiny_cfg(*layout))
     query, support, targets = batch(torch.Generator().manual_seed(0))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)

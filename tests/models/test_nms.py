@@ -50,7 +50,7 @@ def test_the_mask_is_per_image_nms_when_many_images_share_a_call(monkeypatch):
 
     g = torch.Generator().manual_seed(2)
     for per_call_boxes in (1, 100, 8192):  # one image per call, two, all
-        monkeypatch.setattr(nms_module, "CHUNK_BOXES", per_call_boxes)
+        monkeypatch.setattr(nms_module, "CHUNK_BOXES", {"cpu": per_call_boxes})
         cxcywh, scores = _boxes(g, 5, 50) * 3 - 1, torch.rand(5, 50, generator=g)  # coordinates from -1 to 2
         xyxy = _xyxy(cxcywh)
         keep = nms_mask(xyxy, scores, 0.4)

@@ -18,6 +18,9 @@ TINY = {
 
 
 def test_the_gpu_suite_runs_on_the_cpu_and_fills_every_table():
+    from detector.models import nms
+
+    before = dict(nms.CHUNK_BOXES)
     torch.set_num_threads(1)
     rows = run_suite(torch.device("cpu"), TINY, ["reference", "fused"])
     assert not [r for r in rows if "error" in r], [r["error"] for r in rows if "error" in r]
@@ -35,7 +38,8 @@ def test_the_gpu_suite_runs_on_the_cpu_and_fills_every_table():
     assert all(r["images_per_s"] > 0 and r["ops"] > 100 for r in train)
     infer = [r for r in rows if r["part"] == "infer"]
     assert all(r["single_syncs"] == 1 and r["batched_syncs"] == 1 and r["batched_pairs_per_s"] > 0 for r in infer)
-    demo = rows[-1]  # proposal_nms: the proposals' NMS for the batch, plus the matching
+    assert nms.CHUNK_BOXES == before  # the suite groups NMS calls as on CUDA while it runs, then restores
+    demo = rows[-1]  # proposal_nms: the proposals' NMS for the batch (grouped as on CUDA), plus the matching
     assert demo["syncs"] == 2 and sorted(s.split(":")[0] for s in demo["sync_sites"]) == [
         "detector/models/matcher.py", "detector/models/nms.py"]
     assert demo["images_per_s"] > 0
