@@ -288,11 +288,11 @@ def oracle_predict(dataset, same_category_only: bool = False) -> PredictFn:
     return predict
 
 
-def write_evaluation_files(metrics: dict, folder: str, table: str) -> tuple[str, str]:
-    """``metrics.json`` (:func:`write_metrics`) and ``metrics.md`` (``table``, a markdown text) in
+def write_evaluation_files(metrics: dict, folder: str, table: str, stem: str = "metrics") -> tuple[str, str]:
+    """``<stem>.json`` (:func:`write_metrics`) and ``<stem>.md`` (``table``, a markdown text) in
     ``folder``; returns both paths."""
-    json_path = write_metrics(metrics, folder)
-    md_path = os.path.join(folder, "metrics.md")
+    json_path = write_metrics(metrics, os.path.join(folder, f"{stem}.json"))
+    md_path = os.path.join(folder, f"{stem}.md")
     with open(md_path, "w", encoding="utf-8") as f:
         f.write(table + "\n")
     return json_path, md_path

@@ -11,6 +11,7 @@ checkpoint, so none is written after it.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -56,7 +57,7 @@ class LossWindow:
         if any(f != 1.0 for f in flags):
             step = next(i for i, f in enumerate(flags) if f != 1.0)
             local = float(total[step])  # a second copy, on the way out only
-            bad = (self.iterations[step], None if torch.isfinite(torch.tensor(local)) else local)
+            bad = (self.iterations[step], None if math.isfinite(local) else local)
         self.sums = sums if self.sums is None else [a + b for a, b in zip(self.sums, sums)]
         self.count += len(self.rows)
         self.rows, self.iterations = [], []

@@ -35,11 +35,15 @@ def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gam
 
 class _Stack(NamedTuple):
     """Prediction sets scored together: ``names[S]`` (loss-name suffixes), ``logits [S, B, Q, 1]``,
-    ``boxes [S, B, Q, 4]``, the targets they are matched to, and the weight of their losses."""
+    ``boxes [S, B, Q, 4]``, the targets they are matched to (the per-image dicts, and their boxes
+    concatenated once: ``target_boxes [M, 4]``, ``sizes[b]`` of image ``b``), and the weight of
+    their losses."""
     names: list
     logits: Tensor
     boxes: Tensor
     targets: list
+    target_boxes: Tensor
+    sizes: list
     weight: float
 
 
@@ -84,20 +88,22 @@ class SetCriterion(nn.Module):
         for named, tgts, weight in groups:
             # Sets of one group with the same number of object queries share a stack (the proposals
             # usually have as many as the decoder, and join its layers).
-            if stacks and stacks[-1].targets is tgts and stacks[-1].logits.shape[2] == named[0][1]["pred_logits"].shape[1] \
-                    and stacks[-1].weight == weight:
-                last = stacks.pop()
-                names, logits, boxes = last.names + [n for n, _ in named], [last.logits], [last.boxes]
+            logits = torch.stack([o["pred_logits"] for _, o in named])
+            boxes = torch.stack([o["pred_boxes"] for _, o in named])
+            last = stacks[-1] if stacks else None
+            if last is not None and last.targets is tgts and last.logits.shape[2] == logits.shape[2] \
+                    and last.weight == weight:
+                stacks[-1] = last._replace(names=last.names + [n for n, _ in named],
+                                           logits=torch.cat([last.logits, logits]), boxes=torch.cat([last.boxes, boxes]))
             else:
-                names, logits, boxes = [n for n, _ in named], [], []
-            logits = torch.cat(logits + [torch.stack([o["pred_logits"] for _, o in named])])
-            boxes = torch.cat(boxes + [torch.stack([o["pred_boxes"] for _, o in named])])
-            stacks.append(_Stack(names, logits, boxes, tgts, weight))
+                target_boxes = torch.cat([t["boxes"] for t in tgts]) if tgts else boxes.new_zeros(0, 4)
+                stacks.append(_Stack([n for n, _ in named], logits, boxes, tgts, target_boxes,
+                                     [len(t["boxes"]) for t in tgts], weight))
         return stacks
 
     def _num_boxes(self, stacks: list[_Stack], device: torch.device) -> list[Union[float, Tensor]]:
         """Per stack, the number of target boxes per image batch (averaged over processes), at least 1."""
-        counts = [float(sum(len(t["boxes"]) for t in s.targets)) for s in stacks]
+        counts = [float(len(s.target_boxes)) for s in stacks]
         if not is_distributed():
             return [max(c, 1.0) for c in counts]
         reduced = all_reduce_mean(upload(torch.tensor(counts), device)).clamp(min=1.0)
@@ -112,7 +118,7 @@ class SetCriterion(nn.Module):
         target_classes[set_i, image_i, pred_i, 0] = 1.0
         loss_class = sigmoid_focal_loss(logits, target_classes, self.focal_alpha, self.focal_gamma).flatten(1).sum(1)
         pred = stack.boxes[set_i, image_i, pred_i].float()
-        tgt = torch.cat([t["boxes"] for t in stack.targets]).to(pred)[target_i]
+        tgt = stack.target_boxes.to(pred)[target_i]
         per_pair = torch.stack([(pred - tgt).abs().sum(-1),
                                 1 - paired_generalized_box_iou(box_cxcywh_to_xyxy(pred), box_cxcywh_to_xyxy(tgt))])
         box_losses = per_pair.new_zeros(2, logits.shape[0]).index_add_(1, set_i, per_pair)
@@ -132,7 +138,8 @@ class SetCriterion(nn.Module):
         """
         stacks = self._stacks(outputs, targets)
         device = stacks[0].logits.device
-        matched = self.matcher.match_stacked([(s.logits.detach(), s.boxes.detach(), s.targets) for s in stacks])
+        matched = self.matcher.match_stacked([(s.logits.detach(), s.boxes.detach(), s.target_boxes, s.sizes)
+                                              for s in stacks])
         losses, total = {}, []
         for stack, pairs, num_boxes in zip(stacks, matched, self._num_boxes(stacks, device)):
             per_set = self._stack_losses(stack, upload(pairs, device), num_boxes)

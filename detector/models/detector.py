@@ -7,10 +7,9 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import nms
 
 from ..structures import ImageBatch
-from ..utils.box_ops import box_cxcywh_to_xyxy, inverse_sigmoid
+from ..utils.box_ops import inverse_sigmoid
 from .backbone import Backbone, FeatureBatch
 from . import kshot
 from .box_frame import SupportGrid

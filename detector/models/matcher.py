@@ -50,18 +50,20 @@ class HungarianMatcher(nn.Module):
             Per image ``(prediction_indices, target_indices)``, both ``int64 [min(Q, M_b)]`` on the CPU.
         """
         sizes = [len(t["boxes"]) for t in targets]
-        matched = self.match_stacked([(outputs["pred_logits"][None], outputs["pred_boxes"][None], targets)])[0]
+        target_boxes = torch.cat([t["boxes"] for t in targets]) if targets else outputs["pred_boxes"].new_zeros(0, 4)
+        matched = self.match_stacked([(outputs["pred_logits"][None], outputs["pred_boxes"][None], target_boxes, sizes)])[0]
         return [(matched[2][matched[1] == i], matched[3][matched[1] == i] - start)
                 for i, start in enumerate(_offsets(sizes))]
 
     @torch.no_grad()
-    def match_stacked(self, groups: list[tuple[Tensor, Tensor, list[dict]]]) -> list[Tensor]:
+    def match_stacked(self, groups: list[tuple[Tensor, Tensor, Tensor, list[int]]]) -> list[Tensor]:
         """Match several stacks of prediction sets with one copy from the device to the host.
 
         Args:
-            groups: ``(logits [S, B, Q, 1], boxes [S, B, Q, 4], targets)``: ``S`` prediction sets
-                (decoder layers) of the same object queries, all matched to ``targets`` (per image
-                ``boxes [M_b, 4]``). ``Q`` and the targets may differ between groups.
+            groups: ``(logits [S, B, Q, 1], boxes [S, B, Q, 4], target_boxes [M, 4], sizes)``: ``S``
+                prediction sets (decoder layers) of the same object queries, all matched to the
+                targets, the images' boxes concatenated (``sizes[b]`` of image ``b``, cxcywh).
+                ``Q`` and the targets may differ between groups.
 
         Returns:
             Per group ``int64 [4, K]`` on the CPU: rows set, image, prediction index, and target
@@ -69,13 +71,12 @@ class HungarianMatcher(nn.Module):
             Matching each set and image on its own gives the same pairs.
         """
         blocks, plans = [], []
-        for logits, boxes, targets in groups:
+        for logits, boxes, target_boxes, sizes in groups:
             s, b, q = logits.shape[:3]
-            sizes = [len(t["boxes"]) for t in targets]
             plans.append((s, b, q, sizes))
             if sum(sizes) == 0:
                 continue
-            tgt = torch.cat([t["boxes"] for t in targets]).to(boxes.device, torch.float32)
+            tgt = target_boxes.to(boxes.device, torch.float32)
             cost = self.cost_matrix(logits.flatten(0, 2).float(), boxes.flatten(0, 2).float(), tgt).view(s, b, q, -1)
             # Only the blocks of each image with its own targets travel: [S, Q, M_b] per image.
             blocks += [cost[:, i, :, start:start + m].flatten() for i, (start, m) in enumerate(zip(_offsets(sizes), sizes))]

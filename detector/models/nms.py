@@ -88,7 +88,14 @@ def distinct_top_k(scores: Tensor, boxes: Tensor, k: int, iou_threshold: float) 
     top_scores, top = scores.float().topk(m, dim=1)  # sorted, best first
     xyxy = box_cxcywh_to_xyxy(torch.gather(boxes, 1, top[..., None].expand(-1, -1, 4)).float())
     keep = nms_mask(xyxy, top_scores, iou_threshold)
-    position = torch.arange(m, device=scores.device)[None, :]
-    rank = position + m * (~keep).long()  # survivors first, then the suppressed, each in score order
-    order = rank.topk(k, dim=1, largest=False).indices  # ranks are distinct: sorted, no ties
-    return torch.gather(top, 1, order)
+    return torch.gather(top, 1, survivors_first(keep, k))
+
+
+def survivors_first(keep_in_score_order: Tensor, k: int) -> Tensor:
+    """``keep [B, m]`` (NMS survivors among boxes sorted by decreasing score) -> ``[B, k]`` positions:
+    the survivors, then the suppressed, each in score order (no sync: ranks are distinct, so
+    ``topk`` sorts them without ties)."""
+    m = keep_in_score_order.shape[1]
+    position = torch.arange(m, device=keep_in_score_order.device)[None, :]
+    rank = position + m * (~keep_in_score_order).long()
+    return rank.topk(k, dim=1, largest=False).indices

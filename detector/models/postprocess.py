@@ -5,7 +5,7 @@ import torch
 from torch import Tensor, nn
 
 from ..utils.box_ops import box_cxcywh_to_xyxy, scale_boxes
-from .nms import nms_mask
+from .nms import nms_mask, survivors_first
 
 
 class PostProcess(nn.Module):
@@ -50,12 +50,9 @@ class PostProcess(nn.Module):
             top_boxes = boxes.gather(1, top[..., None].expand(-1, -1, 4))
             return [{"scores": s, "boxes": b} for s, b in zip(top_scores, top_boxes)]
         keep = nms_mask(boxes, scores, self.nms_iou)  # [B, Q]
-        q = scores.shape[1]
-        k = min(self.num_select, q)
+        k = min(self.num_select, scores.shape[1])
         order = scores.argsort(dim=1, descending=True)
-        suppressed = ~keep.gather(1, order)
-        rank = torch.arange(q, device=scores.device)[None, :] + q * suppressed.long()  # survivors first
-        top = order.gather(1, rank.topk(k, dim=1, largest=False).indices)  # [B, k], by decreasing score
+        top = order.gather(1, survivors_first(keep.gather(1, order), k))  # [B, k], by decreasing score
         counts = keep.sum(dim=1).clamp(max=k).tolist()  # the one read: how many survive per image
         return [{"scores": scores[i, top[i, :c]], "boxes": boxes[i, top[i, :c]]} for i, c in enumerate(counts)]
 

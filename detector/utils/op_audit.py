@@ -29,6 +29,7 @@ made with an explicit ``device=`` argument other than the literal ``"cpu"``; ``.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import sys
 import traceback
@@ -215,18 +216,13 @@ class OpAudit:
         if not self._quiet_depth:
             self.uploads += 1
 
-    class _QuietScope:
-        def __init__(self, audit):
-            self.audit = audit
-
-        def __enter__(self):
-            self.audit._quiet_depth += 1
-
-        def __exit__(self, *exc):
-            self.audit._quiet_depth -= 1
-
+    @contextlib.contextmanager
     def _quiet(self):
-        return OpAudit._QuietScope(self)
+        self._quiet_depth += 1
+        try:
+            yield
+        finally:
+            self._quiet_depth -= 1
 
     def __enter__(self) -> "OpAudit":
         self._modes = (_Functions(self), _Dispatch(self))

@@ -80,7 +80,7 @@ def test_copies_are_changed_not_identical():
     rng = np.random.default_rng(0)
     photo = np.random.default_rng(1).integers(0, 256, (200, 200, 3)).astype(np.uint8)
     patch = pasted_mod.make_patch(rng, {"p": photo}, ["p"], 256)
-    (a, ma), (b, mb) = pasted_mod._copy(rng, patch), pasted_mod._copy(rng, patch)
+    (a, ma), (b, _) = pasted_mod._copy(rng, patch), pasted_mod._copy(rng, patch)
     assert a.shape[:2] == ma.shape and ma.max() <= 1.0 and ma.max() > 0.5
     assert a.shape == b.shape and not np.allclose(a, b)  # each copy is another window, recoloured
 

@@ -90,7 +90,11 @@ def test_match_stacked_equals_matching_each_set_and_image():
     logits, boxes = torch.randn(4, 3, 9, 1, generator=g), torch.rand(4, 3, 9, 4, generator=g) * 0.5 + 0.25
     targets = [{"boxes": torch.rand(n, 4, generator=g) * 0.5 + 0.25} for n in (3, 0, 5)]
     other = [{"boxes": torch.rand(n, 4, generator=g) * 0.5 + 0.25} for n in (1, 2, 0)]
-    pairs, pairs_other = matcher.match_stacked([(logits, boxes, targets), (logits[:2, :, :4], boxes[:2, :, :4], other)])
+    def group(lg, bx, tgts):
+        return lg, bx, torch.cat([t["boxes"] for t in tgts]), [len(t["boxes"]) for t in tgts]
+
+    pairs, pairs_other = matcher.match_stacked([group(logits, boxes, targets),
+                                                group(logits[:2, :, :4], boxes[:2, :, :4], other)])
     assert pairs.shape == (4, 4 * 8) and pairs_other.shape == (4, 2 * 3)
     for s in range(4):
         single = matcher({"pred_logits": logits[s], "pred_boxes": boxes[s]}, targets)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 
@@ -73,6 +72,7 @@ def format_table(result: dict) -> str:
 
 def _main(argv=None) -> int:
     from detector.data.realphoto import load_realphoto
+    from detector.evaluation import write_evaluation_files
     from detector.evaluation_realphoto import effective_options, protocol_options
     from detector.inference import OneShotDetector, load_model
     from detector.run_folder import check_output_path
@@ -88,12 +88,8 @@ def _main(argv=None) -> int:
     effective = effective_options(detector, options)  # checked before the first pair
     result = {"checkpoint": os.path.abspath(args.checkpoint), "inference_options": effective,
               "rows": probe(detector, bench, options)}
-    os.makedirs(args.output_dir, exist_ok=True)
-    with open(os.path.join(args.output_dir, "realphoto_probe.json"), "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=1)
     table = format_table(result)
-    with open(os.path.join(args.output_dir, "realphoto_probe.md"), "w", encoding="utf-8") as f:
-        f.write(table + "\n")
+    write_evaluation_files(result, args.output_dir, table, stem="realphoto_probe")
     print(table)
     return 0
 

@@ -35,7 +35,6 @@ baseline (0 exactly when the path changes nothing). ``DIR/support_paths.md`` has
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -165,14 +164,12 @@ def _main(argv=None) -> int:
     start = time.time()
     result = probe(args.checkpoint, args.overrides, args.runs, args.seed, args.device, not args.no_progress)
     result["seconds"] = round(time.time() - start, 1)
-    os.makedirs(args.output_dir, exist_ok=True)
-    with open(os.path.join(args.output_dir, "support_paths.json"), "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=1)
+    from detector.evaluation import write_evaluation_files
+
     table = markdown_table(result)
-    with open(os.path.join(args.output_dir, "support_paths.md"), "w", encoding="utf-8") as f:
-        f.write(table + "\n")
+    json_path, _ = write_evaluation_files(result, args.output_dir, table, stem="support_paths")
     print(table)
-    print(f"wrote {os.path.join(args.output_dir, 'support_paths.json')} ({result['seconds']:.0f} s)")
+    print(f"wrote {json_path} ({result['seconds']:.0f} s)")
     return 0
 
 
