@@ -49,7 +49,8 @@ class ModelConfig:
     proposal_conditioning: bool = False  # proposals see the support too (then the cross step barely matters)
     support_conditioning: bool = True  # add the pooled support embedding to object queries and a similarity logit
     correlation_channels: int = 0  # per-cell exemplar correlation channels added to the values (0: off)
-    correlation_dropout: float = 0.0  # training: share of images whose correlation is left out, so the keys must learn too
+    correlation_dropout: float = 0.0  # training: share of images whose correlation and similarity are left out, so the keys must learn too
+    exemplar_similarity: bool = False  # parameter-free cosine maps of frozen features (query vs exemplar) read into the values and proposals
     shot_keys: str = "mean"  # several exemplars: keys of their mean ("mean") or of all k in one softmax ("joint"); docs/RESULTS.md section 5
     shot_correlation: str = "mean"  # several exemplars: correlation = mean of each one's best match ("mean") or the best over all k ("max")
     look_forward_twice: bool = True  # box loss of layer l also trains layer l-1's refinement (DINO)
@@ -143,14 +144,14 @@ class EvalConfig:
     shots: int = 1  # exemplars per item (k-shot; shot 0 is the one-shot exemplar, the others come from other images)
 
 
-RESCALE_MODES = ("fit", "exemplar", "native")  # infer.rescale
+RESCALE_MODES = ("auto", "fit", "exemplar", "native")  # infer.rescale
 MIN_INFER_SIZE = 32  # the smallest working resolution: a few cells of the backbone's stride-16 map
 
 
 @dataclass
 class InferConfig:
     size: int = 0  # working resolution: the resized query's longer side ("fit") or the tile side; 0: data.eval_size
-    rescale: str = "fit"  # query scale: "fit" (longer side -> size) | "exemplar" (exemplar side -> object_size) | "native" (own pixels)
+    rescale: str = "auto"  # query scale: "auto" ("exemplar" when every exemplar has a box and object_size is known, else "fit") | "fit" (longer side -> size) | "exemplar" (exemplar side -> object_size) | "native" (own pixels)
     object_size: float = 0.0  # object side sqrt(w*h) the model was trained on, in model-input pixels ("exemplar"; 0: not known)
     tile_overlap: float = 0.25  # overlap of neighbouring tiles, a fraction of the tile side, in [0, 1)
     max_detections: int = 1000  # detections kept per query image after the tiles are merged

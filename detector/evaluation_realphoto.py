@@ -22,6 +22,9 @@ use the largest, pooled over the mode's pairs as COCO pools images):
 ``per_pair`` rows: ``pair``, ``mode``, ``query``, ``support`` (file names), ``instances``,
 ``detections`` (all returned), ``detections_above`` (score >= ``count_threshold``),
 ``count_error``, ``ap50``, ``recall50`` (the pair alone).
+
+``anchors``: the same metrics (without ``per_pair``) of the training-free matchers of
+:mod:`detector.matching` on the same pairs (:func:`anchor_metrics`), printed beside the model's.
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ from PIL import Image
 from .data.realphoto import MODES, RealPhotoBenchmark
 from .evaluation import coco_ground_truth, detections_array, load_detections, run_cocoeval, write_evaluation_files
 from .evaluation import format_percent as _pct
+from .matching import ANCHORS, FeatureMatcher, template_match
 from .utils.box_ops import box_xywh_to_xyxy
 
 MAX_DETS = (1, 100, 1000)  # COCOeval maxDets; the last (the one reported) must exceed 574 trees
@@ -140,17 +144,52 @@ def score_pairs(bench: RealPhotoBenchmark, results: Sequence[dict], count_thresh
     return metrics
 
 
+def anchor_results(bench: RealPhotoBenchmark, name: str, progress: bool = False) -> list[dict]:
+    """The training-free matcher ``name`` (one of :data:`~detector.matching.ANCHORS`) on every
+    pair, in pair order -> ``predict``-shaped results."""
+    from .data.image_io import read_image
+
+    if name not in ANCHORS:
+        raise ValueError(f"unknown anchor {name!r}; known: {', '.join(ANCHORS)}")
+    match = template_match if name == "template" else FeatureMatcher.build()
+    images: dict = {}
+
+    def image(i: int) -> np.ndarray:
+        if i not in images:
+            images[i] = read_image(bench.image_path(i))
+        return images[i]
+
+    pairs = bench.pairs
+    if progress:
+        from tqdm import tqdm
+        pairs = tqdm(pairs, desc=f"anchor {name}", dynamic_ncols=True, mininterval=1.0)
+    return [match(image(p["query_image_id"]), image(p["support_image_id"]), p["support_box"]) for p in pairs]
+
+
+def anchor_metrics(bench: RealPhotoBenchmark, names: Sequence[str] = ANCHORS, progress: bool = False) -> dict:
+    """``{name: metrics}`` of each training-free matcher (:func:`score_pairs`, ``per_pair`` kept,
+    plus ``eval_time_s``)."""
+    out = {}
+    for name in names:
+        start = time.time()
+        out[name] = {**score_pairs(bench, anchor_results(bench, name, progress)),
+                     "eval_time_s": round(time.time() - start, 2)}
+    return out
+
+
 def evaluate_realphoto(detector, bench: RealPhotoBenchmark, options: Optional[dict] = None,
-                       progress: bool = False) -> tuple[dict, list[dict]]:
+                       progress: bool = False, anchors: Sequence[str] = ANCHORS) -> tuple[dict, list[dict]]:
     """Predict and score every pair -> ``(metrics, results)``; ``metrics`` adds ``split``
-    (``"realphoto"``), ``benchmark_root``, ``inference_options`` (what was passed to ``predict``)
-    and ``eval_time_s`` to :func:`score_pairs`'s."""
+    (``"realphoto"``), ``benchmark_root``, ``inference_options`` (what was passed to ``predict``),
+    ``eval_time_s`` and ``anchors`` (:func:`anchor_metrics` of the matchers ``anchors``, the same
+    pairs) to :func:`score_pairs`'s."""
     start = time.time()
     effective = effective_options(detector, options)  # checked before the first pair
     results = predict_pairs(detector, bench, options, progress)
     metrics = {"split": "realphoto", "benchmark_root": os.path.abspath(bench.root),
                "inference_options": effective, **score_pairs(bench, results)}
     metrics["eval_time_s"] = round(time.time() - start, 2)
+    metrics["anchors"] = anchor_metrics(bench, anchors, progress)
     return metrics, results
 
 
@@ -164,25 +203,36 @@ def effective_options(detector, options: Optional[dict]) -> dict:
     return dataclasses.asdict(detector.infer_options(**(options or {})))
 
 
+ANCHOR_LABELS = {"template": "template matching (pixels, no learning)",
+                 "features": "feature matching (frozen MobileNetV2, no learning)"}
+
+
 def format_realphoto_table(metrics: dict) -> str:
-    """Markdown: one row per mode (AP50, AP, recall50 in %, count error), then one row per pair."""
+    """Markdown: one row per (method, mode): the model, then each anchor of ``metrics["anchors"]``
+    on the same pairs (AP50, AP, recall50 in %, count error); then the model's and the anchors'
+    AP50 per pair."""
     thr = metrics.get("count_threshold", COUNT_THRESHOLD)
+    anchors = metrics.get("anchors", {})
+    methods = [("model", metrics)] + [(ANCHOR_LABELS.get(n, n), m) for n, m in anchors.items()]
     lines = [f"Real-photo benchmark (deepforest aerial tiles); maxDets {metrics['max_dets'][-1]}, "
              f"counts at score >= {thr:g} (not tuned)", "",
-             "| mode | pairs | instances | AP50 | AP | recall50 | count error | relative count error | count bias |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| method | mode | pairs | instances | AP50 | AP | recall50 | count error | relative count error | count bias |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for mode in MODES:
-        if f"{mode}_pairs" not in metrics:
-            continue
-        lines.append(f"| {mode} | {metrics[f'{mode}_pairs']} | {metrics[f'{mode}_instances']} | "
-                     f"{_pct(metrics[f'{mode}_ap50'])} | {_pct(metrics[f'{mode}_ap'])} | "
-                     f"{_pct(metrics[f'{mode}_recall50'])} | {metrics[f'{mode}_count_error']:.1f} | "
-                     f"{_pct(metrics[f'{mode}_count_error_relative'])}% | {metrics[f'{mode}_count_bias']:+.1f} |")
-    lines += ["", f"| pair | mode | query | exemplar from | instances | detections >= {thr:g} | AP50 | recall50 |",
-              "|---|---|---|---|---|---|---|---|"]
-    for r in metrics["per_pair"]:
+        for label, m in methods:
+            if f"{mode}_pairs" not in m:
+                continue
+            lines.append(f"| {label} | {mode} | {m[f'{mode}_pairs']} | {m[f'{mode}_instances']} | "
+                         f"{_pct(m[f'{mode}_ap50'])} | {_pct(m[f'{mode}_ap'])} | "
+                         f"{_pct(m[f'{mode}_recall50'])} | {m[f'{mode}_count_error']:.1f} | "
+                         f"{_pct(m[f'{mode}_count_error_relative'])}% | {m[f'{mode}_count_bias']:+.1f} |")
+    extra = "".join(f" {n} AP50 |" for n in anchors)
+    lines += ["", f"| pair | mode | query | exemplar from | instances | detections >= {thr:g} | AP50 | recall50 |{extra}",
+              "|---|---|---|---|---|---|---|---|" + "---|" * len(anchors)]
+    for j, r in enumerate(metrics["per_pair"]):
+        cells = "".join(f" {_pct(m['per_pair'][j]['ap50'])} |" for m in anchors.values())
         lines.append(f"| {r['pair']} | {r['mode']} | {r['query']} | {r['support']} | {r['instances']} | "
-                     f"{r['detections_above']} | {_pct(r['ap50'])} | {_pct(r['recall50'])} |")
+                     f"{r['detections_above']} | {_pct(r['ap50'])} | {_pct(r['recall50'])} |{cells}")
     return "\n".join(lines)
 
 

@@ -319,6 +319,7 @@ class OneShotDetector:
             return []
         images, boxes = pair_supports(support_images, support_boxes)
         shots = [self.prepare_support(image, box)[0] for image, box in zip(images, boxes)]  # checks the boxes
+        opts = replace(opts, rescale=resolve_rescale(opts.rescale, opts.object_size, boxes))
         scale = None if opts.rescale == "fit" else self.query_scale(opts, boxes)
         if scale is None:
             found = self._predict_fit(query_images, shots, opts)
@@ -368,6 +369,15 @@ class InferOptions:
         if self.rescale == "exemplar" and self.object_size <= 0:
             raise InputError("rescale=exemplar needs the object size the model was trained on: set "
                              "infer.object_size (--object-size, object_size=) to it, in model-input pixels")
+
+
+def resolve_rescale(rescale: str, object_size: float, support_boxes: Sequence) -> str:
+    """The mode ``auto`` stands for: ``exemplar`` when the model's trained ``object_size`` is known
+    and every exemplar has a box (its size then tells the query's scale, as on the real-photo
+    benchmark), else ``fit``. Other modes are returned as they are."""
+    if rescale != "auto":
+        return rescale
+    return "exemplar" if object_size > 0 and all(b is not None for b in support_boxes) else "fit"
 
 
 def pair_supports(support_images, support_boxes=None) -> tuple[list, list]:

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from detector.data.realphoto import RealPhotoBenchmark, load_realphoto, prepare_realphoto
-from detector.evaluation_realphoto import (COUNT_THRESHOLD, MAX_DETS, format_realphoto_table,
+from detector.evaluation_realphoto import (COUNT_THRESHOLD, MAX_DETS, anchor_metrics, anchor_results, format_realphoto_table,
                                            predict_pairs, render_pair, save_pair_pictures,
                                            score_pairs, write_realphoto_evaluation)
 
@@ -120,7 +120,7 @@ def test_predict_pairs_on_files_with_options(fake_deepforest, tmp_path):
     json_path, md_path = write_realphoto_evaluation({"split": "realphoto", **m}, str(tmp_path / "eval"))
     assert json.load(open(json_path))["other_image_pairs"] == 12
     table = open(md_path).read()
-    assert "| same_image | 4 | 14 | 100.0 | 100.0 | 100.0 | 0.0 | 0.0% | +0.0 |" in table
+    assert "| model | same_image | 4 | 14 | 100.0 | 100.0 | 100.0 | 0.0 | 0.0% | +0.0 |" in table
     assert "| 5 | other_image | OSBS_029.png | SOAP_061.png | 3 | 3 | 100.0 | 100.0 |" in table
     assert table == format_realphoto_table(m) + "\n"
     picture = render_pair(bench, bench.pairs[0], results[0])
@@ -134,3 +134,27 @@ def test_constants_are_the_documented_ones():
     assert COUNT_THRESHOLD == 0.3 and MAX_DETS == (1, 100, 1000)
     with pytest.raises(ValueError, match="3 results for 4 pairs"):
         score_pairs(_bench(), [_result([])] * 3)
+
+
+def test_anchors_run_on_the_same_pairs_and_stand_beside_the_model(fake_deepforest, tmp_path):
+    prepare_realphoto(str(tmp_path / "rp"), [fake_deepforest])
+    bench = load_realphoto(str(tmp_path / "rp"))
+    template = anchor_results(bench, "template")
+    assert len(template) == len(bench.pairs)
+    for pair, result in zip(bench.pairs, template):
+        query = bench.images[pair["query_image_id"]]
+        assert (result["width"], result["height"]) == (query["width"], query["height"])
+        if pair["mode"] == "same_image":  # the exemplar finds itself first, exactly
+            best = result["detections"][0]
+            assert best["score"] == pytest.approx(1.0, abs=1e-4)
+            assert best["bbox"] == pytest.approx(pair["support_box"], abs=1.0)
+    anchors = anchor_metrics(bench, ("template",))
+    assert set(anchors) == {"template"} and anchors["template"]["same_image_pairs"] == 4
+    with pytest.raises(ValueError, match="unknown anchor"):
+        anchor_results(bench, "oracle")
+    model = score_pairs(bench, [_result(_truth(bench, p)) for p in bench.pairs])
+    table = format_realphoto_table({**model, "anchors": anchors})
+    assert "| model | same_image | 4 |" in table and "| template matching (pixels, no learning) | same_image | 4 |" in table
+    assert table.index("| model | other_image") < table.index("| template matching (pixels, no learning) | other_image")
+    header = next(line for line in table.splitlines() if line.startswith("| pair |"))
+    assert header.endswith("| AP50 | recall50 | template AP50 |")

@@ -162,7 +162,7 @@ def test_infer_defaults_come_from_the_config(detector):
 @pytest.mark.parametrize("options, message", [
     ({"rescale": "exemplar", "support_box": (1, 1, 20, 20)}, r"set infer\.object_size \(--object-size, object_size=\)"),
     ({"rescale": "exemplar", "object_size": 40.0}, "rescale=exemplar needs an exemplar box"),
-    ({"rescale": "zoom"}, "rescale: expected one of fit, exemplar, native, got 'zoom'"),
+    ({"rescale": "zoom"}, "rescale: expected one of auto, fit, exemplar, native, got 'zoom'"),
     ({"size": 16}, "size: expected an integer >= 32"),
     ({"size": 64.5}, "size: expected an integer"),
     ({"tile_overlap": 1.0}, r"tile_overlap: expected a number in \[0, 1\)"),

@@ -1,14 +1,16 @@
 """Find every instance of an exemplar's class in query images.
 
 ``python tools/infer.py --checkpoint CKPT --query IMG_OR_FOLDER --support IMG [--support-box x,y,w,h]
---output results.json [--visualize OUT_DIR] [--score-threshold T] [--rescale fit|exemplar|native]
+--output results.json [--visualize OUT_DIR] [--score-threshold T] [--rescale auto|fit|exemplar|native]
 [--size N] [--object-size PX] [--tile-overlap F] [--max-detections N]``
 
 Real photos (large images, small objects, hundreds of them): the model was trained at one input
 size and finds at most its number of object queries per pass, so a big photo shrunk to that size
 loses its objects. Options (defaults: the checkpoint's ``infer`` config section):
 
-* ``--rescale fit`` (default): the query's longer side resized to ``--size``, one pass (as before);
+* ``--rescale auto`` (default): ``exemplar`` when the exemplar has a box (``--support-box``) and
+  the checkpoint knows its trained object size, else ``fit``: what the real-photo benchmark does;
+* ``--rescale fit``: the query's longer side resized to ``--size``, one pass;
 * ``--rescale exemplar``: the query scaled so that the exemplar box (``--support-box``, cut from
   the query image or one at its scale) gets the object side the model was trained on,
   ``--object-size`` pixels; then cut into tiles;
@@ -98,8 +100,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def add_infer_options(p: argparse.ArgumentParser) -> None:
     """The real-photo options; each defaults to the checkpoint's ``infer`` config value."""
     p.add_argument("--rescale", choices=RESCALE_MODES, default=None,
-                   help="fit: longer side -> --size, one pass (default); exemplar: scale the query so the exemplar "
-                        "box gets --object-size pixels, then tile; native: the query's own pixels, then tile")
+                   help="auto (default): exemplar when --support-box is given and the object size is known, else "
+                        "fit; fit: longer side -> --size, one pass; exemplar: scale the query so the exemplar box gets "
+                        "--object-size pixels, then tile; native: the query's own pixels, then tile")
     p.add_argument("--size", type=working_size, default=None,
                    help="working resolution in pixels: longer side (fit) or tile side (exemplar, native); "
                         f"0: the training data.eval_size; else >= {MIN_INFER_SIZE}")
@@ -211,7 +214,9 @@ def predict_chunk(detector, chunk: list, supports, boxes, threshold: float, opti
 
 def run(args: argparse.Namespace) -> tuple[list[dict], int]:
     """``(results, number of skipped images)``; writes ``--output`` (and pictures)."""
-    from detector.inference import OneShotDetector, crop_exemplar, load_image
+    from dataclasses import replace
+
+    from detector.inference import OneShotDetector, crop_exemplar, load_image, resolve_rescale
     from detector.utils.device import resolve_device
     from detector.visualize import save_detections, tile_exemplars
 
@@ -231,6 +236,7 @@ def run(args: argparse.Namespace) -> tuple[list[dict], int]:
     exemplar = tile_exemplars([crop_exemplar(s, b, 0.0) for s, b in zip(supports, boxes)])
     options = infer_options(args)
     opts = detector.infer_options(**options)
+    opts = replace(opts, rescale=resolve_rescale(opts.rescale, opts.object_size, boxes))
     if opts.rescale != "fit":
         detector.query_scale(opts, boxes)  # refuses exemplar mode without a box or object size before any work
     images, errors = load_queries(queries, max_pixels, single=not os.path.isdir(args.query))

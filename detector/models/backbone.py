@@ -263,6 +263,12 @@ class Backbone(nn.Module):
         A feature cell is padding when the pixel at its top-left corner is padding, so that cells
         covering any image pixel stay valid.
         """
+        _, feats, mask = self.encode(images)
+        return feats, mask
+
+    def encode(self, images: Union[ImageBatch, FeatureBatch]) -> tuple[Tensor, Tensor, Tensor]:
+        """As :meth:`forward`, with the body features first: ``(body [B, C, H/s, W/s], features,
+        mask)``."""
         if isinstance(images, FeatureBatch):
             body = images.tensors.to(self.proj[0].weight.dtype)
         else:
@@ -273,4 +279,4 @@ class Backbone(nn.Module):
         rows = torch.arange(h, device=feats.device)[None, :] * self.stride
         cols = torch.arange(w, device=feats.device)[None, :] * self.stride
         mask = (rows[:, :, None] >= sizes[:, 0, None, None]) | (cols[:, None, :] >= sizes[:, 1, None, None])
-        return feats, mask
+        return body, feats, mask

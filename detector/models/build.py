@@ -5,6 +5,7 @@ from ..config import Config, LossConfig, ModelConfig
 from .backbone import Backbone
 from .criterion import SetCriterion
 from .detector import OneShotDETR
+from .exemplar_similarity import ExemplarSimilarity
 from .matcher import HungarianMatcher
 from .postprocess import PostProcess
 from .support_correlation import SupportCorrelation
@@ -50,5 +51,6 @@ def build_model(cfg: Config) -> tuple[OneShotDETR, SetCriterion, PostProcess]:
                         correlation=SupportCorrelation(m.d_model, m.correlation_channels) if m.correlation_channels else None,
                         support_margin=cfg.data.support_margin, query_content=m.query_content,
                         correlation_dropout=m.correlation_dropout, shot_keys=m.shot_keys,
-                        shot_correlation=m.shot_correlation)
+                        shot_correlation=m.shot_correlation,
+                        similarity=ExemplarSimilarity(m.d_model) if m.exemplar_similarity else None)
     return model, build_criterion(cfg.loss), PostProcess(cfg.eval.max_detections, cfg.eval.nms_iou)

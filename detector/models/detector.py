@@ -13,6 +13,7 @@ from ..utils.box_ops import inverse_sigmoid
 from .backbone import Backbone, FeatureBatch
 from . import kshot
 from .box_frame import SupportGrid
+from .exemplar_similarity import ExemplarSimilarity
 from .nms import distinct_top_k
 from .position_encoding import PositionEmbeddingSine
 from .relative_bias import cell_centres
@@ -24,7 +25,7 @@ LAYOUTS = ("resize", "pad", "box")
 QUERY_CONTENTS = ("learned", "proposal")
 # Every way the support can reach the detections (the probe of tools/analysis/support_paths.py feeds
 # each its own exemplar through ``forward(..., path_supports=...)``).
-SUPPORT_PATHS = ("keys", "fusion", "object_queries", "logits", "correlation", "proposals")
+SUPPORT_PATHS = ("keys", "fusion", "object_queries", "logits", "correlation", "proposals", "similarity")
 
 
 def masked_mean(feats: Tensor, mask: Tensor) -> Tensor:
@@ -138,9 +139,12 @@ class OneShotDETR(nn.Module):
         correlation: optional :class:`SupportCorrelation`; its per-cell match with the exemplar is
             added to the values (the keys stay the support's), so that what a box reads says how
             much it looks like the exemplar. Proposals do not see it.
-        correlation_dropout: in training, the share of images whose correlation is left out (path
-            dropout): the decoder then cannot rely on the correlation alone and must also learn to
-            find the exemplar through the keys. Evaluation always uses it.
+        correlation_dropout: in training, the share of images whose correlation and similarity are
+            left out (path dropout): the decoder then cannot rely on them alone and must also learn
+            to find the exemplar through the keys. Evaluation always uses them.
+        similarity: optional :class:`ExemplarSimilarity`: parameter-free cosine maps of the frozen
+            body features of the query with the exemplar, read into the values and into the
+            proposals' memory (object queries start on look-alikes). The keys stay the support's.
         shot_keys, shot_correlation: with several exemplars per query image (k-shot), how the keys
             and the correlation combine them (:mod:`detector.models.kshot`); unused with one.
     """
@@ -152,7 +156,7 @@ class OneShotDETR(nn.Module):
                  fusion_encoder: Optional[SupportFusionEncoder] = None,
                  correlation: Optional[SupportCorrelation] = None, support_margin: float = 0.1,
                  query_content: str = "learned", correlation_dropout: float = 0.0, shot_keys: str = "mean",
-                 shot_correlation: str = "mean"):
+                 shot_correlation: str = "mean", similarity: Optional[ExemplarSimilarity] = None):
         super().__init__()
         kshot.check_choices(shot_keys, shot_correlation)
         self.shot_keys, self.shot_correlation = shot_keys, shot_correlation
@@ -171,6 +175,7 @@ class OneShotDETR(nn.Module):
         self.decoder = decoder
         self.fusion_encoder = fusion_encoder
         self.correlation = correlation
+        self.exemplar_similarity = similarity
         if not 0.0 <= correlation_dropout < 1.0:
             raise ValueError(f"correlation_dropout must be in [0, 1), got {correlation_dropout}")
         self.correlation_dropout = float(correlation_dropout)
@@ -219,11 +224,13 @@ class OneShotDETR(nn.Module):
         :data:`SUPPORT_PATHS`): ``keys`` (the cross step's keys), ``fusion`` (the double
         cross-attention encoder), ``object_queries`` (pooled support embedding added to their
         content), ``logits`` (the support-similarity logit), ``correlation`` (exemplar correlation in
-        the values), ``proposals`` (support-conditioned proposals)."""
+        the values), ``proposals`` (support-conditioned proposals), ``similarity`` (parameter-free
+        similarity maps in the values and the proposals)."""
         present = {"keys": self.fusion_encoder is None, "fusion": self.fusion_encoder is not None,
                    "object_queries": self.support_to_query is not None, "logits": self.similarity is not None,
                    "correlation": self.correlation is not None,
-                   "proposals": self.two_stage and self.enc_film is not None}
+                   "proposals": self.two_stage and self.enc_film is not None,
+                   "similarity": self.exemplar_similarity is not None}
         return tuple(p for p in SUPPORT_PATHS if present[p])
 
     # -- support layout -------------------------------------------------------------------------
@@ -291,8 +298,9 @@ class OneShotDETR(nn.Module):
         return logits
 
     def _encode_supports(self, support, path_supports: Optional[dict]) -> dict:
-        """``{path: (features [B, d, h, w], mask [B, h, w])}`` for every path of this model; each
-        distinct support batch goes through the backbone once."""
+        """``{path: (features [B, d, h, w], mask [B, h, w])}`` for every path of this model (for
+        ``similarity`` the body features ``[B, C, h, w]``, before the projection); each distinct
+        support batch goes through the backbone once."""
         path_supports = dict(path_supports or {})
         unknown = set(path_supports) - set(self.support_paths)
         if unknown:
@@ -305,11 +313,12 @@ class OneShotDETR(nn.Module):
             if len(source) != len(support):
                 raise ValueError(f"path_supports['{path}'] has {len(source)} supports for {len(support)} query images")
             if id(source) not in encoded:
-                encoded[id(source)] = self.backbone(source)
-            out[path] = encoded[id(source)]
+                encoded[id(source)] = self.backbone.encode(source)
+            body, feats, mask = encoded[id(source)]
+            out[path] = (body if path == "similarity" else feats, mask)
         return out
 
-    def _cross_inputs(self, q_feat: Tensor, q_mask: Tensor, supports: dict):
+    def _cross_inputs(self, q_feat: Tensor, q_mask: Tensor, supports: dict, keep: Optional[Tensor] = None):
         """Keys, values and their padding mask for the decoder's cross step, and the memory the
         proposals are computed from, with the query features and mask on the value grid."""
         if self.fusion_encoder is not None:
@@ -326,18 +335,42 @@ class OneShotDETR(nn.Module):
             s_feat, s_mask = supports["correlation"]
             match = self.correlation(q_feat.flatten(2).transpose(1, 2), s_feat.flatten(2).transpose(1, 2),
                                      s_mask.flatten(1))
-            keys, values = self._add_correlation(keys, values, match)
+            keys, values = self._add_correlation(keys, values, match, keep)
         return keys, values, key_padding_mask, memory, q_feat, q_mask
 
-    def _add_correlation(self, keys, values: Tensor, match: Tensor):
-        """The correlation channels ``match [B, N, d]`` added to the ``values [B, N, d]``; in training
-        left out for a random ``correlation_dropout`` share of the images. Returns ``(keys, values)``:
-        the double cross-attention baseline reads its keys from the values, so they change too."""
-        if self.training and self.correlation_dropout > 0:
-            keep = torch.rand(len(match), device=match.device) >= self.correlation_dropout
+    def _side_path_keep(self, batch: int, device) -> Optional[Tensor]:
+        """In training with ``correlation_dropout``: ``[B]`` bool, the images whose correlation and
+        similarity are kept (one draw per forward, shared by both); else ``None``."""
+        if self.training and self.correlation_dropout > 0 and (self.correlation is not None
+                                                               or self.exemplar_similarity is not None):
+            return torch.rand(batch, device=device) >= self.correlation_dropout
+        return None
+
+    def _add_correlation(self, keys, values: Tensor, match: Tensor, keep: Optional[Tensor] = None):
+        """The correlation channels ``match [B, N, d]`` added to the ``values [B, N, d]``, except for
+        the images that ``keep [B]`` leaves out. Returns ``(keys, values)``: the double
+        cross-attention baseline reads its keys from the values, so they change too."""
+        if keep is not None:
             match = match * keep[:, None, None].to(match.dtype)
         values = values + match
         return (values if self.fusion_encoder is not None else keys), values
+
+    def _add_similarity(self, keys, values: Tensor, memory: Tensor, maps: Tensor, grid_hw, value_hw,
+                        keep: Optional[Tensor]):
+        """The similarity ``maps [B, H*W, M]`` (on the query grid ``grid_hw``) read into the values and
+        the proposals' memory (on ``value_hw``: the ``pad`` layout's grid is larger, its extra cells
+        get zero maps), except for the images that ``keep [B]`` leaves out -> ``(keys, values,
+        memory)``."""
+        b, _, m = maps.shape
+        (h, w), (gh, gw) = grid_hw, value_hw
+        if (gh, gw) != (h, w):
+            maps = F.pad(maps.view(b, h, w, m), (0, 0, 0, gw - w, 0, gh - h)).flatten(1, 2)
+        to_values, to_proposals = self.exemplar_similarity(maps.to(values.dtype))
+        if keep is not None:
+            k = keep[:, None, None].to(to_values.dtype)
+            to_values, to_proposals = to_values * k, to_proposals * k
+        values = values + to_values
+        return (values if self.fusion_encoder is not None else keys), values, memory + to_proposals
 
     def _select(self, memory: Tensor, q_mask: Tensor, grid_hw, valid_hw: Tensor, num: int,
                 proposal_embedding: Optional[Tensor]) -> tuple[Tensor, Tensor, Optional[dict]]:
@@ -389,19 +422,25 @@ class OneShotDETR(nn.Module):
         for s in shots:
             if len(query) != len(s):
                 raise ValueError(f"{len(query)} query images but {len(s)} supports: one support per query image")
-        q_feat, q_mask = self.backbone(query)
+        q_body, q_feat, q_mask = self.backbone.encode(query)
+        query_hw, query_mask = tuple(q_feat.shape[-2:]), q_mask
+        keep = self._side_path_keep(q_feat.shape[0], q_feat.device)
         pooled = ("object_queries", "logits", "proposals")
         if len(shots) == 1:
-            supports = self._encode_supports(shots[0], path_supports)
-            embedding = {path: masked_mean(*supports[path]) for path in pooled if path in supports}
-            keys, values, key_padding_mask, memory, q_feat, q_mask = self._cross_inputs(q_feat, q_mask, supports)
+            encoded = [self._encode_supports(shots[0], path_supports)]
+            embedding = {path: masked_mean(*encoded[0][path]) for path in pooled if path in encoded[0]}
+            keys, values, key_padding_mask, memory, q_feat, q_mask = self._cross_inputs(q_feat, q_mask, encoded[0], keep)
         else:
             if path_supports:
                 raise ValueError("path_supports needs one exemplar per query image, not a list of them")
             encoded = [self._encode_supports(s, None) for s in shots]
             embedding = kshot.mean_embeddings(encoded, pooled, masked_mean)
-            keys, values, key_padding_mask, memory, q_feat, q_mask = kshot.cross_inputs(self, q_feat, q_mask, encoded)
+            keys, values, key_padding_mask, memory, q_feat, q_mask = kshot.cross_inputs(self, q_feat, q_mask, encoded,
+                                                                                          keep)
         grid_hw, valid_hw = tuple(q_feat.shape[-2:]), valid_extent(q_mask)
+        if self.exemplar_similarity is not None:  # several exemplars: the mean of their maps
+            maps = torch.stack([ExemplarSimilarity.maps(q_body, query_mask, *e["similarity"]) for e in encoded]).mean(0)
+            keys, values, memory = self._add_similarity(keys, values, memory, maps, query_hw, grid_hw, keep)
 
         # The batch size as a tensor dimension, not len(): an ONNX trace keeps it dynamic.
         b, num = q_feat.shape[0], self.num_queries + (self.num_queries_one2many if self.training else 0)

@@ -144,7 +144,7 @@ def mean_embeddings(shots: Sequence[dict], paths: Sequence[str], pool) -> dict:
     return {p: torch.stack([pool(*s[p]) for s in shots]).mean(dim=0) for p in paths if p in shots[0]}
 
 
-def cross_inputs(model, q_feat: Tensor, q_mask: Tensor, shots: Sequence[dict]):
+def cross_inputs(model, q_feat: Tensor, q_mask: Tensor, shots: Sequence[dict], keep=None):
     """The ``k``-exemplar counterpart of ``OneShotDETR._cross_inputs``: the same outputs (keys,
     values, key padding mask, proposal memory, query features and mask on the value grid) from the
     per-exemplar encodings ``shots`` (``[{path: (features [B, d, h, w], mask [B, h, w])}]``).
@@ -171,7 +171,7 @@ def cross_inputs(model, q_feat: Tensor, q_mask: Tensor, shots: Sequence[dict]):
         sims = [model.correlation.similarity(_tokens(q_feat), _tokens(s["correlation"][0]), _tokens(s["correlation"][1]))
                 for s in shots]
         match = model.correlation.out(combine_correlation(sims, model.shot_correlation))
-        keys, values = model._add_correlation(keys, values, match)
+        keys, values = model._add_correlation(keys, values, match, keep)
     return keys, values, key_padding_mask, memory, q_feat, q_mask
 
 

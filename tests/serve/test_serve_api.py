@@ -60,7 +60,7 @@ def test_health_model_and_page(client, serve_files):
                                "read_timeout_s": 30.0}
     assert model["predict_fields"] == ["query", "support", "support_box", "score_threshold", "size", "rescale",
                                        "object_size", "tile_overlap", "max_detections"]
-    assert model["infer"]["rescale"] == "fit" and model["infer"]["max_detections"] == 1000
+    assert model["infer"]["rescale"] == "auto" and model["infer"]["max_detections"] == 1000
     page = client.get("/")
     assert page.status_code == 200 and 'id="find"' in page.text and "/static/app.js" in page.text
     assert "default-src 'self'" in page.headers["content-security-policy"]
@@ -78,10 +78,11 @@ def test_predict_equals_the_inference_api(client, detector, serve_files, box, th
     expected = detector.predict(serve_files["query"], serve_files["support"], support_box=box,
                                 score_threshold=0.3 if threshold is None else threshold)
     assert r.json() == {**expected, "image": "query.png"}
-    if threshold == 0.0:
-        assert len(expected["detections"]) == 6  # everything: max_detections
+    # the default rescale (auto): by the exemplar box when there is one, else fitted in one pass
+    assert expected["scale"] == pytest.approx(64 / 80 if box is None else 24.5 / (box[2] * box[3]) ** 0.5)
+    everything = detector.predict(serve_files["query"], serve_files["support"], support_box=box, score_threshold=0.0)
     if threshold is None:  # the default 0.3 keeps some and drops some
-        assert 0 < len(expected["detections"]) < 6
+        assert 0 < len(expected["detections"]) < len(everything["detections"])
 
 
 def test_real_photo_fields_are_predict_s_options(client, detector, serve_files):
@@ -148,7 +149,7 @@ BAD = [  # (name, files (query/support replaced), data, status, message)
     ("unknown text field", {}, {"tile_size": "512"}, 400, "unknown field 'tile_size'"),
     ("size too small", {}, {"size": "16"}, 400, "size: expected 0 (the training size) or an integer >= 32, got '16'"),
     ("size not an integer", {}, {"size": "64.5"}, 400, "size: expected 0"),
-    ("rescale unknown", {}, {"rescale": "zoom"}, 400, "rescale: expected one of fit, exemplar, native, got 'zoom'"),
+    ("rescale unknown", {}, {"rescale": "zoom"}, 400, "rescale: expected one of auto, fit, exemplar, native, got 'zoom'"),
     ("object size negative", {}, {"object_size": "-2"}, 400, "object_size: expected a number >= 0"),
     ("object size inf", {}, {"object_size": "inf"}, 400, "object_size: expected a number >= 0"),
     ("overlap 1", {}, {"tile_overlap": "1"}, 400, "tile_overlap: expected a number in [0, 1)"),

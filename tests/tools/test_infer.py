@@ -49,7 +49,7 @@ def test_cli_writes_one_entry_per_query_image_and_pictures(files):
     vis = files["dir"] / "vis"
     r = run_infer("--checkpoint", files["ckpt"], "--query", str(files["queries"]), "--support", str(files["support"]),
                   "--support-box", "5,5,30,20", "--output", str(out), "--visualize", str(vis),
-                  "--score-threshold", "0")
+                  "--score-threshold", "0", "--rescale", "fit")
     assert r.returncode == 0, r.stderr
     results = json.loads(out.read_text())
     assert [os.path.basename(e["image"]) for e in results] == ["a.png", "b.jpg"]
@@ -286,3 +286,20 @@ def test_a_folder_image_too_large_once_rescaled_is_skipped_not_the_run(files, tm
     assert "over the limit" in results[0]["error"] and "detections" not in results[0]
     assert results[1]["scale"] == pytest.approx(2.45) and results[1]["detections"]
     assert stderr.startswith("warning: skipped ") and "big.png" in stderr
+
+
+def test_the_default_rescale_is_the_benchmark_s_exemplar_rescale_when_there_is_a_box(files):
+    """``auto``: with a box (and the tiny config's object size 24.5) the query is scaled by the
+    exemplar, as the real-photo benchmark does; without one, it is fitted."""
+    out = files["dir"] / "auto.json"
+    query = str(files["queries"] / "a.png")
+    r = run_infer("--checkpoint", files["ckpt"], "--query", query, "--support", str(files["support"]),
+                  "--support-box", "5,5,30,20", "--output", str(out))
+    assert r.returncode == 0, r.stderr
+    (entry,) = json.loads(out.read_text())
+    assert entry["scale"] == pytest.approx(24.5 / (30 * 20) ** 0.5)
+    r = run_infer("--checkpoint", files["ckpt"], "--query", query, "--support", str(files["support"]),
+                  "--output", str(files["dir"] / "fit.json"))
+    assert r.returncode == 0, r.stderr
+    (entry,) = json.loads((files["dir"] / "fit.json").read_text())
+    assert entry["scale"] == pytest.approx(64 / 80) and entry["tiles"] == 1  # fit: longer side 80 -> 64
