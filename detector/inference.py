@@ -232,11 +232,21 @@ class OneShotDetector:
         sides = [float(np.sqrt(float(b[2]) * float(b[3]))) for b in support_boxes]
         return opts.object_size / float(np.mean(sides))
 
+    def min_query_side(self) -> int:
+        """The padded query side below which the model's feature map would hold fewer proposals
+        than it has object queries (a query scaled far down, e.g. by a large exemplar box): small
+        queries are padded up to it (padding cells give no proposal a score)."""
+        m = self.model
+        if not getattr(m, "two_stage", False):
+            return 0
+        cells = math.ceil(m.num_queries / len(m.proposal_sizes))
+        return math.ceil(math.sqrt(cells)) * m.backbone.stride
+
     @torch.no_grad()
     def _forward(self, queries: list[torch.Tensor], shots: list[torch.Tensor], sizes_hw: list[tuple[int, int]]) -> list[dict]:
         """One forward pass: query tensors ``[3, h, w]``, exemplar tensors ``[3, h', w']`` -> per
         query ``{"scores" [K], "boxes" [K, 4]}`` (``xyxy`` pixels of an image of ``sizes_hw``)."""
-        query = ImageBatch.from_tensors(queries).to(self.device)
+        query = ImageBatch.from_tensors(queries, min_size=self.min_query_side()).to(self.device)
         # Padded to the square support_size, as collate_oneshot pads exemplar crops.
         batches = [ImageBatch.from_tensors([t] * len(queries), size_divisibility=self.cfg.model.support_size)
                    .to(self.device) for t in shots]

@@ -36,16 +36,16 @@ class ImageBatch:
     image_sizes: Tensor
 
     @classmethod
-    def from_tensors(cls, images: Sequence[Tensor], size_divisibility: int = 32) -> "ImageBatch":
-        """Pad ``[3, h_i, w_i]`` images to a common ``[H, W]`` (a multiple of ``size_divisibility``),
-        top-left aligned."""
+    def from_tensors(cls, images: Sequence[Tensor], size_divisibility: int = 32, min_size: int = 0) -> "ImageBatch":
+        """Pad ``[3, h_i, w_i]`` images to a common ``[H, W]`` (a multiple of ``size_divisibility``,
+        each at least ``min_size``), top-left aligned."""
         if len(images) == 0:
             raise ValueError("ImageBatch.from_tensors needs at least one image")
         for i, img in enumerate(images):
             if img.dim() != 3 or img.shape[0] != 3:
                 raise ValueError(f"image {i} has shape {tuple(img.shape)}; expected [3, H, W]")
-        max_h, max_w = padded_size((max(int(img.shape[1]) for img in images),
-                                    max(int(img.shape[2]) for img in images)), size_divisibility)
+        max_h, max_w = padded_size((max([min_size] + [int(img.shape[1]) for img in images]),
+                                    max([min_size] + [int(img.shape[2]) for img in images])), size_divisibility)
         ref = images[0]
         tensors = ref.new_zeros((len(images), 3, max_h, max_w))
         mask = torch.ones((len(images), max_h, max_w), dtype=torch.bool, device=ref.device)

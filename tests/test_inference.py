@@ -192,3 +192,25 @@ def test_sizes_and_tilings_that_would_run_for_minutes_are_refused(detector):
             detector.predict(image, image, support_box=(10, 10, 20, 20), rescale="native", size=32, tile_overlap=0.99)
     finally:
         detector.max_pixels = before
+
+
+def test_queries_scaled_below_the_proposal_count_are_padded_not_refused():
+    """A working size of 32 px, or a large exemplar box under exemplar rescale, leaves a 2 x 2
+    feature map: 16 proposals (4 anchors a cell) for 20 object queries. The query is padded up instead (the padding
+    scores no proposal), so inference answers with boxes inside the image."""
+    from detector.config import load_config
+    from detector.models import build_model
+    from tests.conftest import TINY_MODEL
+
+    cfg = load_config(None, TINY_MODEL + ["model.num_queries=20"])
+    model, _, post = build_model(cfg)
+    det = OneShotDetector(model.eval(), post, cfg)
+    assert det.min_query_side() == 48  # ceil(20 / 4 anchors) = 5 cells -> 3 x 3 cells of 16 px
+    query = np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    for options in ({"size": 32, "rescale": "fit"}, {"rescale": "exemplar", "object_size": 10.0},
+                    {"rescale": "native", "size": 32}):
+        result = det.predict(query, query, support_box=(0, 0, 50, 40), score_threshold=0.0, **options)
+        assert 0 < len(result["detections"]) <= 20 * result["tiles"], options
+        for d in result["detections"]:
+            x, y, w, h = d["bbox"]
+            assert 0 <= x and 0 <= y and x + w <= 50 + 1e-3 and y + h <= 40 + 1e-3 and np.isfinite(d["score"])

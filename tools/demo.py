@@ -17,7 +17,8 @@
 
 ``python tools/demo.py [--config configs/synthetic.yaml] [--stage1-config configs/pretrain_photos.yaml |
 --no-stage1] [--realphoto datasets/realphoto | --no-realphoto] [--output-dir outputs/demo] [--overwrite]
-[key=value ...]`` (overrides apply to stage 2; stage 1 must build the same model).
+[key=value ...]`` (overrides apply to stage 2; stage 1 trains stage 2's model, ``model.*`` overrides
+included, and takes only its data and schedule from ``--stage1-config`` and ``--stage1``).
 
 The output folder belongs to one run: a second demo into it is refused unless ``--overwrite``
 (``make demo DEMO_ARGS=--overwrite``). Its ``train.log`` keeps what the console showed.
@@ -44,7 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--overwrite", action="store_true", help="empty the output folder of a previous run first")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     p.add_argument("--stage1-config", default=os.path.join(ROOT, "configs", "pretrain_photos.yaml"),
-                   help="config of stage 1 (real-photo pretraining); it must build the config's model")
+                   help="config of stage 1 (real-photo pretraining): its data and schedule; the model is --config's")
     p.add_argument("--stage1", action="append", default=[], metavar="KEY=VALUE",
                    help="an override of the stage-1 config (repeat it for several)")
     p.add_argument("--no-stage1", action="store_true", help="skip stage 1: train the config from scratch")
@@ -115,19 +116,23 @@ def stage1_folder(output_dir: str) -> str:
 
 
 def load_stages(args):
-    """``(stage-2 config, stage-1 config or None)``; :class:`InputError` when stage 1 would train
-    another model than stage 2 (its weights could not be loaded)."""
-    from detector.config import load_config, to_dict
+    """``(stage-2 config, stage-1 config or None)``. Stage 1 trains stage 2's model (stage 2 starts
+    from its weights): its ``model`` section is the stage-2 config's, overrides included, whatever
+    the stage-1 file says; :class:`InputError` for a ``--stage1 model.*`` override."""
+    import copy
+
+    from detector.config import load_config
     from detector.errors import InputError
 
     cfg = load_config(args.config, list(args.overrides) + [f"train.output_dir={args.output_dir}"])
     if args.no_stage1:
         return cfg, None
+    bad = [o for o in args.stage1 if o.strip().startswith("model.")]
+    if bad:
+        raise InputError(f"--stage1 {bad[0]}: stage 1 trains stage 2's model; give model options to stage 2 "
+                         f"(as a plain override or in --config) and both stages use them")
     stage1 = load_config(args.stage1_config, list(args.stage1) + [f"train.output_dir={stage1_folder(args.output_dir)}"])
-    if to_dict(stage1)["model"] != to_dict(cfg)["model"]:
-        raise InputError(f"--stage1-config {args.stage1_config}: its model section differs from {args.config}'s "
-                         f"(stage 2 starts from stage 1's weights); give a stage-1 config with the same model, "
-                         f"or --no-stage1")
+    stage1.model = copy.deepcopy(cfg.model)
     return cfg, stage1
 
 

@@ -65,8 +65,28 @@ def test_demo_says_loudly_when_the_time_budget_stopped_training(tmp_path):
     assert any(rec["type"] == "warning" for rec in log)
 
 
-def test_demo_refuses_a_stage1_config_of_another_model(tmp_path):
-    r = run_demo(tmp_path, tmp_path / "demo", stages=("--stage1-config", os.path.join(ROOT, "configs", "pretrain_photos.yaml"),
-                                                       "--no-realphoto"))
+def test_stage1_trains_stage2_s_model_whatever_its_file_says(tmp_path):
+    """Any configuration is one demo command: stage 1 takes the model of ``--config`` and its
+    ``model.*`` overrides (``pretrain_photos.yaml`` builds another model than ``tiny.yaml``)."""
+    sys.path.insert(0, ROOT)
+    from detector.config import to_dict
+    from detector.errors import InputError
+    from tools.demo import load_stages, parse_args
+
+    args = parse_args(["--config", os.path.join(ROOT, "configs", "tiny.yaml"), "--stage1-config",
+                       os.path.join(ROOT, "configs", "pretrain_photos.yaml"), "--output-dir", str(tmp_path / "d"),
+                       "--stage1", "train.max_iters=3", "model.attention=double_cross", "model.exemplar_similarity=true"])
+    cfg, stage1 = load_stages(args)
+    assert to_dict(stage1)["model"] == to_dict(cfg)["model"]
+    assert stage1.model.attention == "double_cross" and stage1.model.exemplar_similarity
+    assert stage1.model.d_model == 32  # tiny.yaml's, not pretrain_photos.yaml's 128
+    assert stage1.data.dataset == "pasted" and stage1.train.max_iters == 3  # stage 1's own data and schedule
+    assert stage1.train.output_dir == str(tmp_path / "d") + "_stage1"
+    with pytest.raises(InputError, match="stage 1 trains stage 2's model"):
+        load_stages(parse_args(["--stage1", "model.d_model=64"]))
+
+
+def test_demo_refuses_a_model_override_for_stage1_in_one_line(tmp_path):
+    r = run_demo(tmp_path, tmp_path / "demo", stages=("--stage1", "model.num_queries=3", "--no-realphoto"))
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
-    assert "model section differs" in r.stderr and not os.path.exists(tmp_path / "demo")
+    assert "--stage1 model.num_queries=3" in r.stderr and not os.path.exists(tmp_path / "demo")
