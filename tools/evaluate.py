@@ -10,7 +10,8 @@ exemplar) on the same items instead. ``python tools/evaluate.py --checkpoint CKP
 
 Without ``--config`` the config stored in the checkpoint is used (overrides still apply). Writes
 ``metrics.json`` and ``metrics.md`` (seen / unseen AP50 and AP, per-run spread, per-category AP) in
-the output folder (default: the checkpoint's folder), and with ``--coco-results`` the detections in
+the output folder (default: ``<checkpoint folder>/eval_<split>``, never the training run's own
+``metrics.json``), and with ``--coco-results`` the detections in
 COCO results format. Overrides may come anywhere among the options; ``eval.shots=k`` gives every
 item k exemplars (k-shot; ``tools/kshot_table.py`` tabulates several k). Exit codes: 0 done, 2 a bad
 option, checkpoint, config or data file (one line; nothing written).
@@ -34,7 +35,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="instead of a model, score every ground-truth box of the image at 1 whatever the "
                         "exemplar (the bound a detector must beat to show it uses the exemplar); needs --config")
     p.add_argument("--config", default="", help="YAML config (default: the one stored in the checkpoint)")
-    p.add_argument("--output-dir", default="", help="where metrics.json / metrics.md go (default: checkpoint folder)")
+    p.add_argument("--output-dir", default="", help="where metrics.json / metrics.md go (default: <checkpoint folder>/eval_<split>)")
     p.add_argument("--coco-results", action="store_true", help="also write the detections in COCO results format")
     p.add_argument("--device", default="", help="cpu | cuda (default: cuda when available)")
     p.add_argument("--realphoto", default="", metavar="DIR",
@@ -87,7 +88,8 @@ def evaluate_checkpoint(checkpoint: str, config: str = "", overrides=(), output_
         check_output_path(output_dir, "--output-dir")
     cfg, model, postprocessor, dev, dataset, split_info, cache = load_for_evaluation(checkpoint, overrides, config,
                                                                                       device)
-    out = output_dir or os.path.dirname(os.path.abspath(checkpoint))
+    # Never the checkpoint's own folder: the training run's metrics.json lives there.
+    out = output_dir or os.path.join(os.path.dirname(os.path.abspath(checkpoint)), f"eval_{cfg.eval.split}")
     os.makedirs(out, exist_ok=True)
     record: list = []
     metrics = run_evaluation(model, postprocessor, dataset, split_info, cfg, dev, cfg.eval.runs,

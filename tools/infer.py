@@ -166,6 +166,26 @@ def check_output_paths(args: argparse.Namespace) -> None:
         check_output_path(args.visualize, "--visualize")
 
 
+def check_not_inputs(args: argparse.Namespace, queries: list[str]) -> None:
+    """No output lands on an input: ``--output`` is not a query or support image, and
+    ``--visualize`` is not a folder that holds one (pictures there would replace, or later be read
+    as, the user's images)."""
+    inputs = [os.path.realpath(p) for p in list(queries) + list(args.support)]
+    if os.path.realpath(args.output) in inputs:
+        raise InputError(f"--output {args.output}: is one of the input images; give another file name")
+    if args.visualize:
+        folder = os.path.realpath(args.visualize)
+        if any(os.path.dirname(p) == folder for p in inputs):
+            raise InputError(f"--visualize {args.visualize}: holds input images; give another folder")
+
+
+def picture_names(paths: list[str]) -> dict[str, str]:
+    """``{query path: picture file name}``: ``<stem>.png``, or ``<file name>.png`` where several
+    queries share a stem (``a.png`` and ``a.jpg``), so that no picture replaces another."""
+    stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
+    return {p: (stem if stems.count(stem) == 1 else os.path.basename(p)) + ".png" for p, stem in zip(paths, stems)}
+
+
 def load_queries(paths: list[str], max_pixels: int, single: bool) -> tuple[list, list[dict]]:
     """``([(index, path, image)], errors)``: the usable query images and ``{"index", "image",
     "error"}`` of the others. A single query image that cannot be used is an error."""
@@ -227,6 +247,8 @@ def run(args: argparse.Namespace) -> tuple[list[dict], int]:
         torch.set_num_threads(args.threads)
     max_pixels = int(args.max_megapixels * 1e6)
     queries = list_queries(args.query)
+    check_not_inputs(args, queries)
+    names = picture_names(queries)
     device = resolve_device(args.device, "--device")
     detector = OneShotDetector.from_checkpoint(args.checkpoint, device=device, max_pixels=max_pixels)
     supports, boxes = pair_supports(args)
@@ -257,7 +279,7 @@ def run(args: argparse.Namespace) -> tuple[list[dict], int]:
                 continue
             entries.append({"index": i, "image": path, **r})
             if args.visualize:
-                name = os.path.splitext(os.path.basename(path))[0] + ".png"
+                name = names[path]
                 try:
                     save_detections(os.path.join(args.visualize, name), image, exemplar, r["detections"],
                                     title=f"{os.path.basename(path)}: {len(r['detections'])} detections")

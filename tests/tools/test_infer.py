@@ -303,3 +303,30 @@ def test_the_default_rescale_is_the_benchmark_s_exemplar_rescale_when_there_is_a
     assert r.returncode == 0, r.stderr
     (entry,) = json.loads((files["dir"] / "fit.json").read_text())
     assert entry["scale"] == pytest.approx(64 / 80) and entry["tiles"] == 1  # fit: longer side 80 -> 64
+
+
+def test_no_output_lands_on_an_input(files, tmp_path):
+    """``--output`` naming a query image, or ``--visualize`` naming the query folder, is refused in
+    one line before any work, and the images are left as they were."""
+    a_png = files["queries"] / "a.png"
+    before = {p.name: p.read_bytes() for p in files["queries"].iterdir()}
+    common = ["--checkpoint", files["ckpt"], "--support", str(files["support"])]
+    r = run_infer(*common, "--query", str(a_png), "--output", str(a_png))
+    assert r.returncode == 2 and "is one of the input images" in r.stderr and "Traceback" not in r.stderr
+    r = run_infer(*common, "--query", str(files["queries"]), "--output", str(tmp_path / "r.json"),
+                  "--visualize", str(files["queries"]))
+    assert r.returncode == 2 and "holds input images" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in files["queries"].iterdir()} == before
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_queries_that_share_a_name_get_a_picture_each(files, tmp_path):
+    folder = tmp_path / "same_stem"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    for name in ("a.png", "a.jpg", "c.png"):
+        Image.fromarray(rng.integers(0, 255, (50, 60, 3), dtype=np.uint8)).save(folder / name)
+    r = run_infer("--checkpoint", files["ckpt"], "--query", str(folder), "--support", str(files["support"]),
+                  "--output", str(tmp_path / "r.json"), "--visualize", str(tmp_path / "vis"))
+    assert r.returncode == 0, r.stderr
+    assert sorted(os.listdir(tmp_path / "vis")) == ["a.jpg.png", "a.png.png", "c.png"]

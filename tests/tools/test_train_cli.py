@@ -57,6 +57,15 @@ def test_train_writes_the_output_folder_and_evaluate_reads_it(bench, tmp_path):
     assert dets and {d["run"] for d in dets} == {0, 1}
     assert set(dets[0]) == {"image_id", "category_id", "bbox", "score", "run"}
 
+    # Without --output-dir the evaluation goes beside the checkpoint, never over the run's metrics.json
+    before = (out / "metrics.json").read_bytes()
+    ev = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "evaluate.py"), "--checkpoint",
+                         str(out / ckpts[-1]), "eval.runs=1", "eval.split=test"],
+                        capture_output=True, text=True, timeout=300, env=env(), cwd=ROOT)
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    assert (out / "metrics.json").read_bytes() == before
+    assert json.load(open(out / "eval_test" / "metrics.json"))["split"] == "test"
+
 
 def test_sigkill_then_resume_ends_with_the_same_weights(bench, reference, tmp_path):
     killed = tmp_path / "killed"

@@ -188,7 +188,8 @@ async function find() {
   const form = new FormData();
   form.append("query", state.query.file, state.query.file.name);
   if (!$("same-image").checked) form.append("support", state.support.file, state.support.file.name);
-  if (state.box) form.append("support_box", state.box.map((v) => v.toFixed(1)).join(","));
+  // the box as the field shows it (whole pixels): what is sent is what the user sees and can reuse
+  if (state.box) form.append("support_box", state.box.map((v) => Math.round(v)).join(","));
   form.append("score_threshold", "0");  // everything the model returns; the slider filters here
   const token = ++state.request, started = performance.now();
   $("find").disabled = true;
