@@ -157,6 +157,7 @@ class InferConfig:
     max_detections: int = 1000  # detections kept per query image after the tiles are merged
     tile_batch: int = 8  # tiles per forward pass
     merge_iou: float = 0.5  # class-agnostic NMS across tiles after the ownership rule (0: off); single tiles get none
+    self_exemplars: int = 0  # a second pass with the first pass's k best detections of each query as further exemplars (k-shot from the query; 0: off)
 
 
 @dataclass
@@ -308,6 +309,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model.correlation_dropout={m.correlation_dropout!r} must be in [0, 1)")
     if 0 < cfg.infer.size < MIN_INFER_SIZE:
         raise ConfigError(f"infer.size={cfg.infer.size!r} must be 0 (data.eval_size) or >= {MIN_INFER_SIZE} pixels")
+    if not 0 <= cfg.infer.self_exemplars <= 16:
+        raise ConfigError(f"infer.self_exemplars={cfg.infer.self_exemplars!r} must be in [0, 16]")
     if not 0.0 <= cfg.infer.tile_overlap < 1.0:
         raise ConfigError(f"infer.tile_overlap={cfg.infer.tile_overlap!r} must be in [0, 1) (a fraction of the tile side)")
     for key, iou in (("model.proposal_nms", m.proposal_nms), ("eval.nms_iou", cfg.eval.nms_iou),

@@ -331,11 +331,29 @@ class OneShotDetector:
         shots = [self.prepare_support(image, box)[0] for image, box in zip(images, boxes)]  # checks the boxes
         opts = replace(opts, rescale=resolve_rescale(opts.rescale, opts.object_size, boxes))
         scale = None if opts.rescale == "fit" else self.query_scale(opts, boxes)
-        if scale is None:
-            found = self._predict_fit(query_images, shots, opts)
-        else:
-            found = [self._predict_tiled(q, shots, scale, opts) for q in query_images]
+        found = self._predict_all(query_images, shots, scale, opts)
+        k = self.cfg.infer.self_exemplars
+        if k > 0:  # one query at a time: each gets its own further exemplars
+            found = [self._predict_all([q], shots + self._self_exemplars(q, r, k), scale, opts)[0]
+                     for q, r in zip(query_images, found)]
         return [_result(r, score_threshold) for r in found]
+
+    def _predict_all(self, query_images: Sequence[ImageLike], shots: list[torch.Tensor], scale: Optional[float],
+                     opts: InferOptions) -> list[dict]:
+        """Every query in mode ``fit`` (``scale`` None: one pass) or scaled by ``scale`` and tiled."""
+        if scale is None:
+            return self._predict_fit(query_images, shots, opts)
+        return [self._predict_tiled(q, shots, scale, opts) for q in query_images]
+
+    def _self_exemplars(self, query_image: ImageLike, found: dict, k: int) -> list[torch.Tensor]:
+        """The ``k`` best detections of ``found`` (one query's first pass, ``xyxy`` pixels), cut from
+        the query image as exemplar tensors (``infer.self_exemplars``)."""
+        image = load_image(query_image, "query image", self.max_pixels)
+        out = []
+        for x0, y0, x1, y1 in found["boxes"][:k].tolist():
+            if x1 - x0 >= 1 and y1 - y0 >= 1:
+                out.append(self.prepare_support(image, (x0, y0, x1 - x0, y1 - y0))[0])
+        return out
 
     def predict(self, query_image: ImageLike, support_images, support_boxes=None, score_threshold: float = 0.3, *,
                 support_box: Optional[Sequence[float]] = None, **options) -> dict:

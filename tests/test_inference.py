@@ -214,3 +214,21 @@ def test_queries_scaled_below_the_proposal_count_are_padded_not_refused():
         for d in result["detections"]:
             x, y, w, h = d["bbox"]
             assert 0 <= x and 0 <= y and x + w <= 50 + 1e-3 and y + h <= 40 + 1e-3 and np.isfinite(d["score"])
+
+
+def test_self_exemplars_run_a_second_pass_with_the_best_detections_as_exemplars(monkeypatch):
+    from detector.config import load_config
+    from detector.models import build_model
+    from tests.conftest import TINY_MODEL
+
+    cfg = load_config(None, TINY_MODEL + ["infer.self_exemplars=2"])
+    model, _, post = build_model(cfg)
+    det = OneShotDetector(model.eval(), post, cfg)
+    calls = []
+    forward = det._forward
+    monkeypatch.setattr(det, "_forward", lambda queries, shots, sizes: calls.append(len(shots)) or forward(queries, shots, sizes))
+    query = np.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=np.uint8)
+    result = det.predict(query, query, support_box=(5, 5, 30, 20), score_threshold=0.0, rescale="fit")
+    assert calls == [1, 3] and len(result["detections"]) == cfg.model.num_queries  # 6 object queries
+    with pytest.raises(ConfigError, match="infer.self_exemplars"):
+        load_config(None, TINY_MODEL + ["infer.self_exemplars=-1"])
