@@ -232,12 +232,19 @@ class OneShotDetector:
         sides = [float(np.sqrt(float(b[2]) * float(b[3]))) for b in support_boxes]
         return opts.object_size / float(np.mean(sides))
 
+    def scale_options(self, opts: InferOptions, support_boxes: Sequence) -> tuple["InferOptions", Optional[float]]:
+        """``opts`` with ``auto`` resolved (:func:`resolve_rescale`) and the factor applied to the
+        query (:meth:`query_scale`; ``None`` for ``fit``, which depends on each image).
+        :class:`InputError` for a mode these exemplars cannot run (``exemplar`` without a box)."""
+        opts = replace(opts, rescale=resolve_rescale(opts.rescale, opts.object_size, support_boxes))
+        return opts, None if opts.rescale == "fit" else self.query_scale(opts, support_boxes)
+
     def min_query_side(self) -> int:
         """The padded query side below which the model's feature map would hold fewer proposals
         than it has object queries (a query scaled far down, e.g. by a large exemplar box): small
         queries are padded up to it (padding cells give no proposal a score)."""
         m = self.model
-        if not getattr(m, "two_stage", False):
+        if not m.two_stage:
             return 0
         cells = math.ceil(m.num_queries / len(m.proposal_sizes))
         return math.ceil(math.sqrt(cells)) * m.backbone.stride
@@ -329,10 +336,11 @@ class OneShotDetector:
             return []
         images, boxes = pair_supports(support_images, support_boxes)
         shots = [self.prepare_support(image, box)[0] for image, box in zip(images, boxes)]  # checks the boxes
-        opts = replace(opts, rescale=resolve_rescale(opts.rescale, opts.object_size, boxes))
-        scale = None if opts.rescale == "fit" else self.query_scale(opts, boxes)
-        found = self._predict_all(query_images, shots, scale, opts)
+        opts, scale = self.scale_options(opts, boxes)
         k = self.cfg.infer.self_exemplars
+        if k > 0:  # decoded once for both passes and the crops
+            query_images = [load_image(q, "query image", self.max_pixels) for q in query_images]
+        found = self._predict_all(query_images, shots, scale, opts)
         if k > 0:  # one query at a time: each gets its own further exemplars
             found = [self._predict_all([q], shots + self._self_exemplars(q, r, k), scale, opts)[0]
                      for q, r in zip(query_images, found)]
@@ -348,12 +356,8 @@ class OneShotDetector:
     def _self_exemplars(self, query_image: ImageLike, found: dict, k: int) -> list[torch.Tensor]:
         """The ``k`` best detections of ``found`` (one query's first pass, ``xyxy`` pixels), cut from
         the query image as exemplar tensors (``infer.self_exemplars``)."""
-        image = load_image(query_image, "query image", self.max_pixels)
-        out = []
-        for x0, y0, x1, y1 in found["boxes"][:k].tolist():
-            if x1 - x0 >= 1 and y1 - y0 >= 1:
-                out.append(self.prepare_support(image, (x0, y0, x1 - x0, y1 - y0))[0])
-        return out
+        return [self.prepare_support(query_image, (x0, y0, x1 - x0, y1 - y0))[0]
+                for x0, y0, x1, y1 in found["boxes"][:k].tolist() if x1 - x0 >= 1 and y1 - y0 >= 1]
 
     def predict(self, query_image: ImageLike, support_images, support_boxes=None, score_threshold: float = 0.3, *,
                 support_box: Optional[Sequence[float]] = None, **options) -> dict:

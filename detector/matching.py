@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import nms, roi_align
 
+from .data.image_io import check_pixels
 from .data.transforms import resize, to_tensor
 from .structures import ImageBatch
 
@@ -135,9 +136,7 @@ class FeatureMatcher:
         """``image`` RGB uint8 rescaled by ``scale`` -> body features ``[C, h, w]``."""
         h, w = image.shape[:2]
         sh, sw = max(1, round(h * scale)), max(1, round(w * scale))
-        if sh * sw > self.max_pixels:
-            raise ValueError(f"the image rescaled by {scale:.3g} would be {sw}x{sh} pixels, over the feature "
-                             f"matcher's limit of {self.max_pixels / 1e6:g} megapixels")
+        check_pixels(sw, sh, self.max_pixels, f"feature matcher: the image rescaled by {scale:.3g}")
         tensor = to_tensor(resize(np.ascontiguousarray(image), (sh, sw)))
         batch = ImageBatch.from_tensors([tensor], size_divisibility=self.backbone.stride)
         feats = self.backbone.body_features(batch)[0]

@@ -234,9 +234,7 @@ def predict_chunk(detector, chunk: list, supports, boxes, threshold: float, opti
 
 def run(args: argparse.Namespace) -> tuple[list[dict], int]:
     """``(results, number of skipped images)``; writes ``--output`` (and pictures)."""
-    from dataclasses import replace
-
-    from detector.inference import OneShotDetector, crop_exemplar, load_image, resolve_rescale
+    from detector.inference import OneShotDetector, crop_exemplar, load_image
     from detector.utils.device import resolve_device
     from detector.visualize import save_detections, tile_exemplars
 
@@ -257,10 +255,8 @@ def run(args: argparse.Namespace) -> tuple[list[dict], int]:
     # Also validates the boxes before any work.
     exemplar = tile_exemplars([crop_exemplar(s, b, 0.0) for s, b in zip(supports, boxes)])
     options = infer_options(args)
-    opts = detector.infer_options(**options)
-    opts = replace(opts, rescale=resolve_rescale(opts.rescale, opts.object_size, boxes))
-    if opts.rescale != "fit":
-        detector.query_scale(opts, boxes)  # refuses exemplar mode without a box or object size before any work
+    # refuses exemplar mode without a box or object size before any work
+    detector.scale_options(detector.infer_options(**options), boxes)
     images, errors = load_queries(queries, max_pixels, single=not os.path.isdir(args.query))
     if not images:
         raise InputError(f"--query {args.query}: none of its {len(queries)} images can be used "
