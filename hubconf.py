@@ -10,10 +10,12 @@ From GitHub, ``torch.hub.load("OWNER/REPO", "oneshot_detector", checkpoint=PATH)
 after torch.hub downloads the code. Weights are never downloaded: ``checkpoint`` is a file written
 by ``tools/train.py``.
 """
+from detector.config import DEFAULT_MAX_PIXELS
+
 dependencies = ["torch", "torchvision", "timm", "albumentations", "cv2", "numpy", "PIL", "yaml"]
 
 
-def oneshot_detector(checkpoint: str, device: str = "cpu", max_pixels: int = 64_000_000):
+def oneshot_detector(checkpoint: str, device: str = "cpu", max_pixels: int = DEFAULT_MAX_PIXELS):
     """The trained detector of ``checkpoint`` as a :class:`detector.inference.OneShotDetector`
     (``predict``, ``predict_batch``; one or several exemplars), on ``device``.
 

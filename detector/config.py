@@ -17,6 +17,16 @@ import yaml
 from .errors import ConfigError
 
 
+# The allowed values of the model's choices, in one place: ``validate`` checks configs against
+# them and the modules that implement each choice (``detector/models``) check their arguments.
+ATTENTIONS = ("indirect", "misaligned", "double_cross")  # model.attention: detector/models/cross_inputs.py
+SUPPORT_LAYOUTS = ("box", "pad", "resize")  # model.support_layout: detector/models/support_layout.py
+QUERY_CONTENTS = ("learned", "proposal")  # model.query_content
+ATTENTION_IMPLS = ("reference", "fused", "auto")  # model.attention_impl: detector/models/indirect_attention.py
+SHOT_KEYS = ("mean", "joint")  # model.shot_keys: detector/models/kshot.py
+SHOT_CORRELATIONS = ("mean", "max")  # model.shot_correlation: detector/models/kshot.py
+
+
 @dataclass
 class BackboneConfig:
     name: str = "mobilenetv2_100"  # timm model name (features_only)
@@ -28,6 +38,11 @@ class BackboneConfig:
 
 @dataclass
 class ModelConfig:
+    """The model. The defaults are the product's design (the exemplar laid into each object query's
+    box, an attention sink, the box bias started as a box prior, distinct proposals, a per-cell
+    exemplar correlation in the values) at the paper's sizes; ``configs/synthetic_paper.yaml`` keeps
+    the keys the only way in, and the baselines change ``attention``."""
+
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     d_model: int = 256  # hidden width of the decoder
     num_heads: int = 8  # attention heads
@@ -35,21 +50,21 @@ class ModelConfig:
     dim_feedforward: int = 2048  # FFN width
     dropout: float = 0.0  # dropout in the decoder (0 in the official code)
     attention: str = "indirect"  # cross step: "indirect" | "misaligned" | "double_cross"
-    support_layout: str = "resize"  # how support keys line up with query values: "resize" | "pad" (official) | "box" (exemplar laid into each object query's box)
+    support_layout: str = "box"  # how support keys line up with query values: "box" (the exemplar laid into each object query's box) | "pad" (the official code: one corner) | "resize"
     attention_impl: str = "auto"  # indirect attention kernel: "fused" (exact, fast, lean; docs/PERFORMANCE.md) | "reference" (materialised bias) | "auto" (fused, except reference for CUDA inference)
     bias_hidden_dim: int = 512  # hidden width of the per-axis box-bias MLPs
-    bias_box_prior: float = 0.0  # box bias starts as -strength * distance outside the box (0: starts at zero)
-    attention_sink: bool = False  # a learned null key/value per head in the cross step, so the keys' match level survives the softmax
+    bias_box_prior: float = 32.0  # box bias starts as -strength * distance outside the box, still learned (0: starts at zero, as the official code)
+    attention_sink: bool = True  # a learned null key/value per head in the cross step, so the keys' match level survives the softmax
     query_content: str = "learned"  # object-query content: "learned" | "proposal" (+ the query-image feature of its proposal's cell)
     num_queries: int = 300  # one-to-one object queries (used at evaluation)
     num_queries_one2many: int = 0  # extra one-to-many object queries for hybrid matching (training only)
     two_stage: bool = True  # initial reference boxes from the top-k proposals on the query map
     proposal_sizes: tuple = (0.05, 0.1, 0.2, 0.4)  # anchor sides (normalised) at each query-map cell for the proposals
-    proposal_nms: float = 0.0  # IoU of a class-agnostic NMS over the proposals before the top-k (DDQ; 0: off)
+    proposal_nms: float = 0.7  # IoU of a class-agnostic NMS over the proposals before the top-k (DDQ; 0: off, plain top-k)
     proposal_conditioning: bool = False  # proposals see the support too (then the cross step barely matters)
-    support_conditioning: bool = True  # add the pooled support embedding to object queries and a similarity logit
-    correlation_channels: int = 0  # per-cell exemplar correlation channels added to the values (0: off)
-    correlation_dropout: float = 0.0  # training: share of images whose correlation and similarity are left out, so the keys must learn too
+    support_conditioning: bool = False  # add the pooled support embedding to object queries and a similarity logit (a side path; it cost AP)
+    correlation_channels: int = 32  # per-cell exemplar correlation channels added to the values (0: off, the keys the only way in)
+    correlation_dropout: float = 0.25  # training: share of images whose correlation and similarity are left out, so the keys must learn too
     exemplar_similarity: bool = False  # parameter-free cosine maps of frozen features (query vs exemplar) read into the values and proposals
     shot_keys: str = "mean"  # several exemplars: keys of their mean ("mean") or of all k in one softmax ("joint"); docs/RESULTS.md section 5
     shot_correlation: str = "mean"  # several exemplars: correlation = mean of each one's best match ("mean") or the best over all k ("max")
@@ -130,6 +145,7 @@ class TrainConfig:
     eval_runs: int = 0  # evaluation runs during training (0: eval.runs); the final evaluation uses eval.runs
     init_checkpoint: str = ""  # start from these model weights (e.g. the stage-1 pretraining run)
     num_threads: int = 0  # torch CPU threads (0: torch's default; 1 is faster on a busy machine)
+    tensorboard: bool = False  # also write TensorBoard scalars to <output_dir>/tensorboard (needs the tensorboard package)
 
 
 @dataclass
@@ -146,6 +162,23 @@ class EvalConfig:
 
 RESCALE_MODES = ("auto", "fit", "exemplar", "native")  # infer.rescale
 MIN_INFER_SIZE = 32  # the smallest working resolution: a few cells of the backbone's stride-16 map
+DEFAULT_MAX_PIXELS = 64_000_000  # inference refuses larger images before decoding: the largest camera photos (61 MP), not a 144 MP scan
+
+# Each per-call inference option's range, written once: validate, InferOptions.check, tools/infer.py
+# and the server's form ask infer_option_ok, each in its own words. Lower bounds from _MINIMA (below).
+_INFER_RULES = {
+    "size": lambda v: v == 0 or v >= MIN_INFER_SIZE,  # pixels; 0: data.eval_size
+    "rescale": lambda v: v in RESCALE_MODES,
+    "object_size": lambda v: v >= _MINIMA["infer.object_size"],  # pixels; 0: not known
+    "tile_overlap": lambda v: 0 <= v < 1,  # a fraction of the tile side (tiles that overlap entirely never advance)
+    "max_detections": lambda v: v >= _MINIMA["infer.max_detections"],
+}
+
+
+def infer_option_ok(name: str, value: Any) -> bool:
+    """Whether ``value`` is in the range of inference option ``name`` (a key of ``_INFER_RULES``);
+    the caller checks its type (int: size, max_detections; finite number: the other numbers)."""
+    return bool(_INFER_RULES[name](value))
 
 
 @dataclass
@@ -278,12 +311,12 @@ def validate(cfg: Config) -> None:
     """Cross-field checks that a type check cannot express."""
     m = cfg.model
     choices = {
-        "model.attention": (m.attention, ("indirect", "misaligned", "double_cross")),
-        "model.support_layout": (m.support_layout, ("resize", "pad", "box")),
-        "model.query_content": (m.query_content, ("learned", "proposal")),
-        "model.attention_impl": (m.attention_impl, ("reference", "fused", "auto")),
-        "model.shot_keys": (m.shot_keys, ("joint", "mean")),
-        "model.shot_correlation": (m.shot_correlation, ("max", "mean")),
+        "model.attention": (m.attention, ATTENTIONS),
+        "model.support_layout": (m.support_layout, SUPPORT_LAYOUTS),
+        "model.query_content": (m.query_content, QUERY_CONTENTS),
+        "model.attention_impl": (m.attention_impl, ATTENTION_IMPLS),
+        "model.shot_keys": (m.shot_keys, SHOT_KEYS),
+        "model.shot_correlation": (m.shot_correlation, SHOT_CORRELATIONS),
         "train.lr_schedule": (cfg.train.lr_schedule, ("step", "cosine", "constant")),
         "train.stage": (cfg.train.stage, ("oneshot", "pretrain")),
         "eval.split": (cfg.eval.split, ("val", "test")),
@@ -307,11 +340,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.train_single_share={cfg.data.train_single_share!r} must be in [0, 1]")
     if not 0.0 <= m.correlation_dropout < 1.0:
         raise ConfigError(f"model.correlation_dropout={m.correlation_dropout!r} must be in [0, 1)")
-    if 0 < cfg.infer.size < MIN_INFER_SIZE:
+    if cfg.infer.size > 0 and not infer_option_ok("size", cfg.infer.size):  # a negative size: _MINIMA's message
         raise ConfigError(f"infer.size={cfg.infer.size!r} must be 0 (data.eval_size) or >= {MIN_INFER_SIZE} pixels")
     if not 0 <= cfg.infer.self_exemplars <= 16:
         raise ConfigError(f"infer.self_exemplars={cfg.infer.self_exemplars!r} must be in [0, 16]")
-    if not 0.0 <= cfg.infer.tile_overlap < 1.0:
+    if not infer_option_ok("tile_overlap", cfg.infer.tile_overlap):
         raise ConfigError(f"infer.tile_overlap={cfg.infer.tile_overlap!r} must be in [0, 1) (a fraction of the tile side)")
     for key, iou in (("model.proposal_nms", m.proposal_nms), ("eval.nms_iou", cfg.eval.nms_iou),
                      ("infer.merge_iou", cfg.infer.merge_iou)):

@@ -1,4 +1,4 @@
-"""The one-shot evaluation protocol (CoAE / BHRL, PAPER.md section 5), scored with COCOeval.
+"""The one-shot evaluation protocol (CoAE / BHRL, docs/PAPER_NOTES.md section 5), scored with COCOeval.
 
 One *run* is one pass over the evaluation items (:class:`detector.data.OneShotEvalDataset`) with
 that run's exemplar for each item. Each item (image, queried category) becomes its own
@@ -222,14 +222,10 @@ def evaluate_oneshot(predict: PredictFn, dataset, runs: int = 5, seen_ids: Itera
         detections = detections_array(predictions, 0, category_of_item, max_detections)
         scores = score_categories(gt, detections, present, max_detections)
         per_category_runs.append(scores)
-        per_run.append({"run": r, "seen_ap50": _set_mean(scores, seen, 1), "seen_ap": _set_mean(scores, seen, 0),
-                        "unseen_ap50": _set_mean(scores, unseen, 1), "unseen_ap": _set_mean(scores, unseen, 0)})
+        per_run.append(_run_means(r, scores, seen, unseen))
         if num_absent:
-            absent_scores = score_categories(gt, detections, with_absent, max_detections)
-            per_run_absent.append({"run": r, "seen_ap50": _set_mean(absent_scores, seen, 1),
-                                   "seen_ap": _set_mean(absent_scores, seen, 0),
-                                   "unseen_ap50": _set_mean(absent_scores, unseen, 1),
-                                   "unseen_ap": _set_mean(absent_scores, unseen, 0)})
+            per_run_absent.append(_run_means(r, score_categories(gt, detections, with_absent, max_detections),
+                                             seen, unseen))
 
     shots = int(getattr(dataset, "shots", 1))
     protocol = PROTOCOL if shots == 1 else PROTOCOL + f"; {shots} exemplars per item (shots 1.. from other images)"
@@ -244,6 +240,21 @@ def evaluate_oneshot(predict: PredictFn, dataset, runs: int = 5, seen_ids: Itera
     metrics["num_items_unseen"] = sum(len(present.get(c, [])) for c in unseen)
     metrics["num_categories_seen"] = sum(c in present for c in seen)
     metrics["num_categories_unseen"] = sum(c in present for c in unseen)
+    metrics["per_category"] = _category_table(dataset, per_category_runs, present, seen, unseen, names)
+    if num_absent:
+        metrics["absent_class"] = _absent_summary(per_run_absent, num_absent)
+    metrics["eval_time_s"] = round(time.time() - start, 2)
+    return metrics
+
+
+def _run_means(run: int, scores: dict, seen: list, unseen: list) -> dict:
+    """One run's mean AP50 / AP over the seen and the unseen categories."""
+    return {"run": run, "seen_ap50": _set_mean(scores, seen, 1), "seen_ap": _set_mean(scores, seen, 0),
+            "unseen_ap50": _set_mean(scores, unseen, 1), "unseen_ap": _set_mean(scores, unseen, 0)}
+
+
+def _category_table(dataset, per_category_runs: list, present: dict, seen: list, unseen: list, names: dict) -> list:
+    """``metrics["per_category"]``: one row per evaluated category, its AP50 / AP averaged over runs."""
     table = []
     for c in seen + unseen:
         if c not in present:
@@ -255,18 +266,19 @@ def evaluate_oneshot(predict: PredictFn, dataset, runs: int = 5, seen_ids: Itera
                       "num_instances": int(sum(1 for j in present[c] for g in dataset.ground_truth(j) if not g["iscrowd"])),
                       "ap50": _stats(ap50_runs)["mean"], "ap": _stats([v[0] if v else None for v in runs_c])["mean"],
                       "ap50_per_run": ap50_runs})
-    metrics["per_category"] = table
-    if num_absent:
-        absent = {"num_absent_items": num_absent}
-        for key in ("seen_ap50", "seen_ap", "unseen_ap50", "unseen_ap"):
-            s = _stats([p[key] for p in per_run_absent])
-            absent[key] = s["mean"]
-            if key.endswith("ap50"):
-                absent[f"{key}_std"] = s["std"]
-        absent["per_run"] = per_run_absent
-        metrics["absent_class"] = absent
-    metrics["eval_time_s"] = round(time.time() - start, 2)
-    return metrics
+    return table
+
+
+def _absent_summary(per_run_absent: list, num_absent: int) -> dict:
+    """``metrics["absent_class"]``: the absent-class protocol's means over runs."""
+    absent: dict = {"num_absent_items": num_absent}
+    for key in ("seen_ap50", "seen_ap", "unseen_ap50", "unseen_ap"):
+        s = _stats([p[key] for p in per_run_absent])
+        absent[key] = s["mean"]
+        if key.endswith("ap50"):
+            absent[f"{key}_std"] = s["std"]
+    absent["per_run"] = per_run_absent
+    return absent
 
 
 def oracle_predict(dataset, same_category_only: bool = False) -> PredictFn:

@@ -247,7 +247,8 @@ def render_pair(bench: RealPhotoBenchmark, pair: dict, result: dict, count_thres
     (red = 1 to yellow = 0; scores written only below 100 boxes), the ground truth as thin cyan
     lines, and the exemplar (``support_box`` enlarged by ``margin`` of its size) on a side panel
     one sixth of the tile's height (at least 256 px). Line widths follow the picture's size."""
-    from .inference import crop_exemplar, load_image
+    from .data.image_io import load_image
+    from .data.support import crop_exemplar
     from .visualize import draw_detections
 
     query = load_image(bench.image_path(pair["query_image_id"]), "query image", None)

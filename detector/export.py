@@ -26,7 +26,6 @@ a tolerance of PyTorch's (:class:`~detector.models.postprocess.PostProcess` on t
 from __future__ import annotations
 
 import copy
-import os
 import warnings
 from typing import Optional, Sequence
 
@@ -37,6 +36,7 @@ from torch import Tensor, nn
 from .errors import InputError, RunError
 from .models.nms import nms_mask
 from .structures import ImageBatch
+from .utils.atomic import atomic_path
 from .utils.box_ops import box_cxcywh_to_xyxy, scale_boxes
 
 INPUTS = ("query", "query_hw", "support", "support_hw")
@@ -191,17 +191,17 @@ def export_onnx(model: nn.Module, postprocessor, path: str, size: int, support_s
                 check_batches: Sequence[dict], tolerance: float = 1e-3, opset: int = 17, threads: int = 1) -> dict:
     """Export ``model`` (+ ``postprocessor``'s settings) at query size ``size`` to ``path``.
 
-    The graph is traced with a batch of 2 (dynamic batch axis), written next to ``path``, run with
-    onnxruntime on ``check_batches`` and compared with PyTorch; it replaces ``path`` only when they
-    agree within ``tolerance`` (:class:`ExportMismatchError` otherwise, and nothing is left behind).
+    The graph is traced with a batch of 2 (dynamic batch axis), written to a temporary file next to
+    ``path`` (:func:`detector.utils.atomic.atomic_path`), run with onnxruntime on ``check_batches``
+    and compared with PyTorch; it replaces ``path`` only when they agree within ``tolerance``
+    (:class:`ExportMismatchError` otherwise, and nothing is left behind).
     Returns the agreement report of :func:`check_onnx`.
     """
     check_size(model, size)
     graph = DetectionGraph(model, postprocessor.num_select, postprocessor.nms_iou)
     example = random_inputs(2, size, support_size, np.random.default_rng(0))
     args = tuple(torch.from_numpy(example[name]) for name in INPUTS)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
+    with atomic_path(path) as tmp:  # replaces path only when the block finishes
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer warnings about shapes that are fixed in the graph
             torch.onnx.export(graph, args, tmp, dynamo=False, opset_version=opset, input_names=list(INPUTS),
@@ -212,11 +212,7 @@ def export_onnx(model: nn.Module, postprocessor, path: str, size: int, support_s
                 f"onnxruntime disagrees with PyTorch on {report['pairs']} pairs (max score difference "
                 f"{report['max_score_diff']:.2e}, max box difference {report['max_box_diff']:.2e} px, "
                 f"{report['count_mismatches']} detection counts differ; tolerance {tolerance:g}): nothing written")
-        os.replace(tmp, path)
-        return report
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    return report
 
 
 def pack_inputs(queries: Sequence[Tensor], supports: Sequence[Tensor], size: int, support_size: int) -> dict:

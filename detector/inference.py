@@ -1,15 +1,18 @@
 """The Python inference API: ``OneShotDetector.from_checkpoint(path).predict(query, support)``.
 
-Images may be paths, PIL images or numpy arrays (rules in :func:`load_image`). The exemplar is the
-whole support image, or the box ``support_box = (x, y, w, h)`` (pixels) cut from it with the
-training context margin. Several exemplars of one class (k-shot): ``predict(query, [img1, img2],
-support_boxes=[box1, box2])``, or several boxes of one support image. Both go through the data pipeline's evaluation transforms (query: longer
-side ``data.eval_size``; exemplar: longer side ``model.support_size``); boxes come back in pixels of
-the original query image. Real photos (large images, small objects, more objects than the model's
-object queries): ``predict(..., rescale="exemplar" | "native", size=...)`` scales the query and cuts it
-into tiles of side ``size`` (:mod:`detector.tiling`); :class:`detector.config.InferConfig` has the
-options and their defaults. Images of more than ``max_pixels`` pixels (default
-:data:`DEFAULT_MAX_PIXELS`) are refused before they are decoded.
+Images may be paths, PIL images or numpy arrays (rules in :func:`detector.data.image_io.load_image`).
+The exemplar is the whole support image, or the box ``support_box = (x, y, w, h)`` (pixels) cut from
+it with the training context margin (:func:`detector.data.support.crop_exemplar`). Several exemplars
+of one class (k-shot): ``predict(query, [img1, img2], support_boxes=[box1, box2])``, or several boxes
+of one support image (:func:`pair_supports`). Both go through the data pipeline's evaluation
+transforms (query: longer side ``data.eval_size``; exemplar: longer side ``model.support_size``);
+boxes come back in pixels of the original query image. Real photos (large images, small objects,
+more objects than the model's object queries): ``predict(..., rescale="exemplar" | "native",
+size=...)`` scales the query and cuts it into tiles of side ``size`` (:mod:`detector.tiling`);
+:class:`detector.config.InferConfig` has the options and their defaults, and
+:func:`detector.config.infer_option_ok` their ranges. Images of more than ``max_pixels`` pixels
+(default :data:`detector.config.DEFAULT_MAX_PIXELS`) are refused before they are decoded. The model
+comes from a checkpoint by :func:`detector.loading.load_model`.
 
 Bad inputs raise :class:`InputError`, unusable checkpoints :class:`CheckpointError` (both
 importable from ``detector``), each with a one-line message naming the input and the problem.
@@ -25,126 +28,19 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .config import MIN_INFER_SIZE, RESCALE_MODES, Config, ConfigError, from_dict
-from .data.image_io import ImageReadError, check_pixels, read_image, to_rgb_uint8
-from .data.support import crop_box_with_margin
+from .config import DEFAULT_MAX_PIXELS, MIN_INFER_SIZE, RESCALE_MODES, Config, infer_option_ok
+from .data.image_io import ImageLike, load_image
+from .data.support import crop_exemplar
 from .data.transforms import QueryTransform, SupportTransform, resize, to_tensor
 from .errors import CheckpointError, InputError
+from .loading import load_model
 from .models.postprocess import results_to_host
 from .structures import ImageBatch
-from .tiling import merge_tiles, shift_to_image, tile_grid
+from .tiling import crop_tiles, merge_tiles, shift_to_image, tile_grid
 from .utils.box_ops import box_xyxy_to_xywh
-from .utils.checkpoint import load_checkpoint, load_weights
 from .utils.device import resolve_device, upload
 
-ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
-
 MAX_TILES = 4096  # tiles per query image (64 megapixels in 256 px tiles at 25% overlap: about 1,750)
-DEFAULT_MAX_PIXELS = 64_000_000  # 64 megapixels: the largest camera photos (61 MP), not a 144 MP scan
-
-
-def load_image(image: ImageLike, what: str = "image", max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """An image as an RGB PIL image; :class:`InputError` (one line) for anything else.
-
-    Accepted:
-
-    * a path: any format PIL reads, by the data pipeline's rules (EXIF orientation, grayscale,
-      palette, 16-bit, alpha onto white; :mod:`detector.data.image_io`);
-    * a PIL image of any mode, converted by the same rules;
-    * a numpy array ``[H, W]``, ``[H, W, 1]``, ``[H, W, 3]`` (RGB) or ``[H, W, 4]`` (RGBA, alpha
-      onto white) of dtype ``uint8`` (0-255), another integer dtype with values in 0-255, or a
-      float dtype with values in [0, 1]. Anything else (float values above 1, negative or
-      non-finite values, channels first, ``bool``) is refused, never rescaled by a guess.
-
-    ``max_pixels`` (``None`` or 0: no limit) refuses larger images, files before decoding them.
-    """
-    if isinstance(image, Image.Image):
-        check_pixels(image.width, image.height, max_pixels, what)
-        return Image.fromarray(to_rgb_uint8(image))
-    if isinstance(image, np.ndarray):
-        return Image.fromarray(_array_to_rgb(image, what, max_pixels))
-    if isinstance(image, (str, os.PathLike)):
-        try:
-            return Image.fromarray(read_image(os.fspath(image), max_pixels=max_pixels))
-        except ImageReadError as e:
-            raise InputError(f"{what}: {e}") from None
-    raise InputError(f"{what}: expected a path, a PIL image or a numpy array, got {type(image).__name__}")
-
-
-def _array_to_rgb(arr: np.ndarray, what: str, max_pixels: Optional[int]) -> np.ndarray:
-    """The array rules of :func:`load_image`: ``[H, W, 3]`` ``uint8`` or :class:`InputError`."""
-    if arr.ndim == 2:
-        arr = arr[..., None]
-    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4) or arr.shape[0] == 0 or arr.shape[1] == 0:
-        hint = " (channels first? use array.transpose(1, 2, 0))" if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) else ""
-        raise InputError(f"{what}: expected an array [H, W], [H, W, 1], [H, W, 3] or [H, W, 4], "
-                         f"got shape {tuple(arr.shape)}{hint}")
-    check_pixels(arr.shape[1], arr.shape[0], max_pixels, what)
-    if np.issubdtype(arr.dtype, np.floating):
-        if not np.isfinite(arr).all():
-            raise InputError(f"{what}: a float array must hold finite values in [0, 1]; it holds NaN or inf")
-        lo, hi = float(arr.min()), float(arr.max())
-        if lo < 0.0 or hi > 1.0:
-            raise InputError(f"{what}: a float array must hold values in [0, 1], got {lo:g} to {hi:g} "
-                             f"(for 0-255 values pass arr.astype(np.uint8), or divide by 255)")
-        arr = (arr.astype(np.float64) * 255.0).round().astype(np.uint8)
-    elif np.issubdtype(arr.dtype, np.integer) and arr.dtype != np.uint8:
-        lo, hi = int(arr.min()), int(arr.max())
-        if lo < 0 or hi > 255:
-            raise InputError(f"{what}: an integer array must hold values in 0-255, got {lo} to {hi} "
-                             f"(scale {arr.dtype} data to uint8 first)")
-        arr = arr.astype(np.uint8)
-    elif arr.dtype != np.uint8:
-        raise InputError(f"{what}: unsupported array dtype {arr.dtype} (expected uint8, an integer or a float dtype)")
-    if arr.shape[2] == 1:
-        return np.repeat(arr, 3, axis=2)
-    if arr.shape[2] == 4:
-        return to_rgb_uint8(Image.fromarray(np.ascontiguousarray(arr), "RGBA"))
-    return np.ascontiguousarray(arr)
-
-
-def crop_exemplar(support: Image.Image, support_box: Optional[Sequence[float]], margin: float) -> Image.Image:
-    """The exemplar: the whole image, or ``support_box`` (x, y, w, h pixels) enlarged by ``margin``
-    of its size on each side and clipped to the image (as in training). :class:`InputError` for a
-    box of zero area or outside the image."""
-    if support_box is None:
-        return support
-    if len(support_box) != 4:
-        raise InputError(f"support box must be x,y,w,h; got {list(support_box)}")
-    x, y, w, h = (float(v) for v in support_box)
-    W, H = support.size
-    if not all(np.isfinite([x, y, w, h])) or w <= 0 or h <= 0:
-        raise InputError(f"support box {[x, y, w, h]} has zero area (width and height must be > 0)")
-    if min(x + w, W) - max(x, 0.0) < 1 or min(y + h, H) - max(y, 0.0) < 1:
-        raise InputError(f"support box {[x, y, w, h]} lies outside the support image ({W}x{H} pixels)")
-    x0, y0, x1, y1 = crop_box_with_margin((x, y, x + w, y + h), margin, (H, W))
-    return support.crop((x0, y0, x1, y1))
-
-
-def load_model(path: str, overrides: Sequence[str] = (), config_path: str = "") -> tuple[Config, torch.nn.Module, object]:
-    """``(cfg, model, postprocessor)`` of a ``tools/train.py`` checkpoint, on the CPU, in eval mode.
-
-    The config is the one stored in the checkpoint (or ``config_path``), then ``overrides``
-    (dotted ``key=value``). :class:`CheckpointError` for a missing or unreadable file, a stored
-    config this code cannot read, or weights that do not fit the model; ``ConfigError`` for a bad
-    override or config file.
-    """
-    from .config import apply_overrides, load_config
-    from .models import build_model
-
-    state = load_checkpoint(path)
-    if config_path:
-        cfg = load_config(config_path, overrides)
-    else:
-        try:
-            cfg = from_dict(state["config"], source=f"{path} (stored config)")
-        except ConfigError as e:
-            raise CheckpointError(f"{path}: its stored config does not fit this code: {e}") from None
-        cfg = apply_overrides(cfg, overrides)
-    cfg.model.backbone.pretrained = "none"  # the weights come from the checkpoint
-    model, _, postprocessor = build_model(cfg)
-    load_weights(model, state["model"], path)
-    return cfg, model.eval(), postprocessor
 
 
 class OneShotDetector:
@@ -203,6 +99,12 @@ class OneShotDetector:
         """
         return [self.prepare_support(image, box) for image, box in zip(*pair_supports(support_images, support_boxes))]
 
+    @property
+    def pixel_limit(self) -> int:
+        """The most pixels a working image (a ``size x size`` tile, a rescaled query) may have:
+        ``max_pixels``, or :data:`detector.config.DEFAULT_MAX_PIXELS` when images are unlimited."""
+        return self.max_pixels or DEFAULT_MAX_PIXELS
+
     def infer_options(self, size: Optional[int] = None, rescale: Optional[str] = None,
                       object_size: Optional[float] = None, tile_overlap: Optional[float] = None,
                       max_detections: Optional[int] = None) -> InferOptions:
@@ -215,7 +117,7 @@ class OneShotDetector:
                             max_detections=pick(max_detections, c.max_detections))
         opts.check()
         opts = replace(opts, size=opts.size or self.cfg.data.eval_size)
-        limit = self.max_pixels or DEFAULT_MAX_PIXELS
+        limit = self.pixel_limit
         if opts.size * opts.size > limit:
             raise InputError(f"size: {opts.size} px makes {opts.size}x{opts.size} images, over the limit of "
                              f"{limit / 1e6:g} megapixels")
@@ -286,9 +188,8 @@ class OneShotDetector:
         boxes, scores, index = [], [], []
         step = self.cfg.infer.tile_batch
         for start in range(0, len(grid), step):
-            tiles = grid.tiles[start:start + step].tolist()
-            crops = [image[:, y0:y1, x0:x1] for x0, y0, x1, y1 in tiles]
-            for i, r in enumerate(self._forward(crops, shots, [(y1 - y0, x1 - x0) for x0, y0, x1, y1 in tiles])):
+            crops, sizes_hw = crop_tiles(image, grid.tiles[start:start + step])
+            for i, r in enumerate(self._forward(crops, shots, sizes_hw)):
                 boxes.append(r["boxes"])
                 scores.append(r["scores"])
                 index.append(torch.full((len(r["scores"]),), start + i, dtype=torch.long))
@@ -304,7 +205,7 @@ class OneShotDetector:
     def _check_scaled_pixels(self, opts: InferOptions, scale: float, sh: int, sw: int) -> None:
         """:class:`InputError` when the scaled query would be over the pixel limit (a tiny exemplar
         box in mode ``exemplar`` can ask for an enormous image)."""
-        limit = self.max_pixels or DEFAULT_MAX_PIXELS
+        limit = self.pixel_limit
         if sh * sw > limit:
             raise InputError(f"rescale={opts.rescale}: the query scaled by {scale:.3g} would be {sw}x{sh} pixels, "
                              f"over the limit of {limit / 1e6:g} megapixels (is the exemplar box far smaller than "
@@ -386,18 +287,18 @@ class InferOptions:
         """:class:`InputError` (one line naming the option) for a value outside its range."""
         number = lambda v: isinstance(v, (int, float, np.number)) and not isinstance(v, bool)  # noqa: E731
         integer = lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, bool)  # noqa: E731
-        checks = [
-            ("size", integer(self.size) and (self.size == 0 or self.size >= MIN_INFER_SIZE),
-             f"an integer >= {MIN_INFER_SIZE} (pixels), or 0 for data.eval_size"),
-            ("rescale", self.rescale in RESCALE_MODES, f"one of {', '.join(RESCALE_MODES)}"),
-            ("object_size", number(self.object_size) and 0 <= self.object_size < math.inf,
-             "a finite number >= 0 (pixels; 0: not known)"),
-            ("tile_overlap", number(self.tile_overlap) and 0 <= self.tile_overlap < 1, "a number in [0, 1)"),
-            ("max_detections", integer(self.max_detections) and self.max_detections >= 1, "an integer >= 1"),
+        finite = lambda v: number(v) and v < math.inf  # noqa: E731 - NaN compares false too
+        checks = [  # (option, its type, what it takes); the range is the config's rule (infer_option_ok)
+            ("size", integer, f"an integer >= {MIN_INFER_SIZE} (pixels), or 0 for data.eval_size"),
+            ("rescale", lambda v: isinstance(v, str), f"one of {', '.join(RESCALE_MODES)}"),
+            ("object_size", finite, "a finite number >= 0 (pixels; 0: not known)"),
+            ("tile_overlap", number, "a number in [0, 1)"),
+            ("max_detections", integer, "an integer >= 1"),
         ]
-        for name, ok, expected in checks:
-            if not ok:
-                raise InputError(f"{name}: expected {expected}, got {getattr(self, name)!r}")
+        for name, of_type, expected in checks:
+            value = getattr(self, name)
+            if not (of_type(value) and infer_option_ok(name, value)):
+                raise InputError(f"{name}: expected {expected}, got {value!r}")
         if self.rescale == "exemplar" and self.object_size <= 0:
             raise InputError("rescale=exemplar needs the object size the model was trained on: set "
                              "infer.object_size (--object-size, object_size=) to it, in model-input pixels")
@@ -412,9 +313,17 @@ def resolve_rescale(rescale: str, object_size: float, support_boxes: Sequence) -
     return "exemplar" if object_size > 0 and all(b is not None for b in support_boxes) else "fit"
 
 
-def pair_supports(support_images, support_boxes=None) -> tuple[list, list]:
+PAIRING_ERROR = ("{images} support images but {boxes} support boxes: give one box per support image, or several "
+                 "boxes for one support image")  # pair_supports' message; tools/infer.py words it for its options
+
+
+def pair_supports(support_images, support_boxes=None, mismatch: str = PAIRING_ERROR) -> tuple[list, list]:
     """``(images, boxes)``, one entry per exemplar, by the rules of
-    :meth:`OneShotDetector.prepare_supports`; :class:`InputError` when they do not pair up."""
+    :meth:`OneShotDetector.prepare_supports`: ``support_images`` one image or a list of them,
+    ``support_boxes`` ``None`` (every image whole), one ``(x, y, w, h)`` box, or a list of boxes
+    (``None`` entries: the whole image), one per image or several for a single image.
+    :class:`InputError` when they do not pair up: ``mismatch`` with ``{images}`` and ``{boxes}``
+    (the counts) filled in."""
     images = list(support_images) if isinstance(support_images, (list, tuple)) else [support_images]
     if not images:
         raise InputError("no support image: give one, or a list of k >= 1")
@@ -427,8 +336,7 @@ def pair_supports(support_images, support_boxes=None) -> tuple[list, list]:
     if len(images) == 1 and len(boxes) > 1:
         images = images * len(boxes)
     if not boxes or len(boxes) != len(images):
-        raise InputError(f"{len(images)} support images but {len(boxes)} support boxes: give one box per "
-                         f"support image, or several boxes for one support image")
+        raise InputError(mismatch.format(images=len(images), boxes=len(boxes)))
     return images, boxes
 
 
@@ -449,5 +357,7 @@ def _is_box(value) -> bool:
             and all(isinstance(v, (int, float, np.number)) for v in value))
 
 
-__all__ = ["OneShotDetector", "InferOptions", "RESCALE_MODES", "pair_supports", "InputError", "CheckpointError", "DEFAULT_MAX_PIXELS", "load_image", "load_model",
-           "crop_exemplar"]
+# Re-exported where they used to live: image decoding (detector.data.image_io), exemplar cropping
+# (detector.data.support), checkpoint loading (detector.loading), the option constants (detector.config).
+__all__ = ["OneShotDetector", "InferOptions", "RESCALE_MODES", "pair_supports", "resolve_rescale", "InputError",
+           "CheckpointError", "DEFAULT_MAX_PIXELS", "ImageLike", "load_image", "load_model", "crop_exemplar"]

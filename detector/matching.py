@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import nms, roi_align
 
+from .config import DEFAULT_MAX_PIXELS
 from .data.image_io import check_pixels
 from .data.transforms import resize, to_tensor
 from .structures import ImageBatch
@@ -116,7 +117,7 @@ class FeatureMatcher:
     """
 
     def __init__(self, backbone, exemplar_side: float = FEATURE_EXEMPLAR_SIDE, cells: int = FEATURE_CELLS,
-                 max_pixels: int = 64_000_000):
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
         self.backbone = backbone.eval()
         self.exemplar_side = float(exemplar_side)
         self.cells = int(cells)

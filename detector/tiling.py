@@ -7,7 +7,8 @@ the border, so they may overlap their neighbour more. Each tile *owns* a core: t
 neighbours share is split at its middle, so that the owned regions partition the image. A detection
 is kept only by the tile owning its centre (an object near a tile's edge is seen whole by the
 neighbour that owns it), then a class-agnostic NMS across tiles removes what is left of an object
-cut by a tile's edge. Pure geometry on absolute ``xyxy`` pixel boxes: torch only, no model.
+cut by a tile's edge. Pure geometry on absolute ``xyxy`` pixel boxes: torch only, no model. The
+overlap's range is the ``infer.tile_overlap`` rule (:func:`detector.config.infer_option_ok`).
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 from torchvision.ops import nms
+
+from .config import infer_option_ok
 
 
 @dataclass
@@ -40,7 +43,7 @@ def tile_starts(length: int, tile: int, overlap: float) -> list[int]:
     """Start offsets of tiles of side ``tile`` along an axis of ``length`` pixels: every
     ``tile - round(overlap * tile)`` pixels (at least 1), the last one ``length - tile`` so that the
     last tile ends at the border; ``[0]`` when ``length <= tile``."""
-    if tile < 1 or not 0.0 <= overlap < 1.0:
+    if tile < 1 or not infer_option_ok("tile_overlap", overlap):
         raise ValueError(f"tile_starts: tile must be >= 1 and overlap in [0, 1), got {tile}, {overlap}")
     if length <= tile:
         return [0]
@@ -65,6 +68,13 @@ def tile_grid(height: int, width: int, tile: int, overlap: float) -> TileGrid:
     tiles = torch.tensor([[x, y, x + tw, y + th] for y in ys for x in xs], dtype=torch.long)
     owned = torch.tensor([[x0, y0, x1, y1] for (y0, y1) in own_y for (x0, x1) in own_x], dtype=torch.float64)
     return TileGrid(tiles=tiles, owned=owned)
+
+
+def crop_tiles(image: Tensor, tiles: Tensor) -> tuple[list[Tensor], list[tuple[int, int]]]:
+    """``image [C, H, W]`` cut at ``tiles [T, 4]`` (``xyxy`` pixels, ``x1``, ``y1`` exclusive, as in
+    :class:`TileGrid`) -> ``(crops, sizes_hw)``: the ``T`` views ``[C, h, w]`` and their ``(h, w)``."""
+    boxes = tiles.tolist()
+    return [image[:, y0:y1, x0:x1] for x0, y0, x1, y1 in boxes], [(y1 - y0, x1 - x0) for x0, y0, x1, y1 in boxes]
 
 
 def shift_to_image(boxes_xyxy: Tensor, tile_index: Tensor, tiles: Tensor) -> Tensor:
@@ -101,4 +111,5 @@ def merge_tiles(boxes_xyxy: Tensor, scores: Tensor, tile_index: Tensor, owned: T
     return boxes[order], scores[order]
 
 
-__all__ = ["TileGrid", "tile_starts", "owned_intervals", "tile_grid", "shift_to_image", "keep_owned", "merge_tiles"]
+__all__ = ["TileGrid", "tile_starts", "owned_intervals", "tile_grid", "crop_tiles", "shift_to_image", "keep_owned",
+           "merge_tiles"]

@@ -56,32 +56,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def load_for_evaluation(checkpoint: str, overrides=(), config: str = "", device: str = ""):
-    """``(cfg, model, postprocessor, device, dataset, split_info, cache)``: the checkpoint's model
-    frozen on ``device`` and the items of its ``eval.split``, with a feature cache for the backbone
-    (shared by every evaluation of this model). Also used by ``tools/analysis/support_paths.py``."""
-    from detector.data import build_eval_dataset
-    from detector.features import FeatureCache
-    from detector.inference import load_model
-    from detector.utils.device import resolve_device
-
-    dev = resolve_device(device, "--device")
-    cfg, model, postprocessor = load_model(checkpoint, overrides, config)
-    if cfg.train.num_threads > 0:
-        import torch
-
-        torch.set_num_threads(cfg.train.num_threads)
-    model.to(dev).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    dataset, split_info = build_eval_dataset(cfg, cfg.eval.split)
-    return cfg, model, postprocessor, dev, dataset, split_info, FeatureCache(model.backbone)
-
-
 def evaluate_checkpoint(checkpoint: str, config: str = "", overrides=(), output_dir: str = "",
                         coco_results: bool = False, device: str = "") -> tuple[dict, str]:
-    """Load, evaluate, write; returns ``(metrics, output_dir)``."""
+    """Load (:func:`detector.loading.load_for_evaluation`), evaluate, write; returns
+    ``(metrics, output_dir)``."""
     from detector.engine import run_evaluation, write_evaluation
+    from detector.loading import load_for_evaluation
     from detector.run_folder import check_output_path
 
     if output_dir:
@@ -150,7 +130,8 @@ def evaluate_realphoto_checkpoint(checkpoint: str, root: str, config: str = "", 
     from detector.data.realphoto import load_realphoto
     from detector.evaluation_realphoto import (evaluate_realphoto, protocol_options, save_pair_pictures,
                                                write_realphoto_evaluation)
-    from detector.inference import OneShotDetector, load_model
+    from detector.inference import OneShotDetector
+    from detector.loading import load_model, use_config_threads
     from detector.run_folder import check_output_path
     from detector.utils.device import resolve_device
 
@@ -160,10 +141,7 @@ def evaluate_realphoto_checkpoint(checkpoint: str, root: str, config: str = "", 
     dev = resolve_device(device, "--device")  # before the checkpoint is read
     bench = load_realphoto(root)
     cfg, model, postprocessor = load_model(checkpoint, overrides, config)
-    if cfg.train.num_threads > 0:
-        import torch
-
-        torch.set_num_threads(cfg.train.num_threads)
+    use_config_threads(cfg)
     detector = OneShotDetector(model, postprocessor, cfg, dev)
     metrics, results = evaluate_realphoto(detector, bench, protocol_options(overrides), progress=True)
     metrics = {"checkpoint": os.path.abspath(checkpoint), **metrics}

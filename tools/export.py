@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> dict:
 
     from detector.errors import InputError
     from detector.export import check_size, dataset_batches, export_onnx, random_inputs
-    from detector.inference import load_model
+    from detector.loading import load_model
     from detector.run_folder import check_output_path
 
     if os.path.isdir(args.output) or args.output.endswith(os.sep):

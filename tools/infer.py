@@ -38,7 +38,6 @@ not an image, over ``--max-megapixels``) is skipped with a warning and listed as
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -46,10 +45,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from detector.cli import (EXIT_OK, EXIT_PARTIAL, ArgumentParser, fraction, guarded, non_negative_float,  # noqa: E402
                           positive_int, warn)
-from detector.config import MIN_INFER_SIZE, RESCALE_MODES  # noqa: E402
+from detector.config import DEFAULT_MAX_PIXELS, MIN_INFER_SIZE, RESCALE_MODES, infer_option_ok  # noqa: E402
 from detector.errors import InputError  # noqa: E402
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+# detector.inference.pair_supports' message, in the words of this tool's options.
+SUPPORT_PAIRING_ERROR = ("{images} --support but {boxes} --support-box: give one box per support image, none, or "
+                         "several boxes for a single --support")
 
 
 def parse_box(text: str) -> list[float]:
@@ -89,8 +91,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--visualize", default="", help="folder for one PNG per query image (boxes + exemplar)")
     p.add_argument("--score-threshold", type=fraction, default=0.3, help="keep detections scoring at least this (0-1)")
     p.add_argument("--batch-size", type=positive_int, default=8, help="query images per forward pass (>= 1)")
-    p.add_argument("--max-megapixels", type=non_negative_float, default=64.0,
-                   help="refuse larger images before decoding them (0: no limit; default 64)")
+    p.add_argument("--max-megapixels", type=non_negative_float, default=DEFAULT_MAX_PIXELS / 1e6,
+                   help=f"refuse larger images before decoding them (0: no limit; default {DEFAULT_MAX_PIXELS / 1e6:g})")
     add_infer_options(p)
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default; 1 is faster on a busy machine)")
@@ -116,20 +118,20 @@ def add_infer_options(p: argparse.ArgumentParser) -> None:
 
 
 def working_size(text: str) -> int:
-    """argparse type of ``--size``: 0 or an integer >= :data:`MIN_INFER_SIZE`."""
+    """argparse type of ``--size``: 0 or an integer >= :data:`MIN_INFER_SIZE` (``infer.size``'s rule)."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer (pixels), got {text!r}") from None
-    if value != 0 and value < MIN_INFER_SIZE:
+    if not infer_option_ok("size", value):
         raise argparse.ArgumentTypeError(f"must be 0 (data.eval_size) or >= {MIN_INFER_SIZE}, got {value}")
     return value
 
 
 def overlap_fraction(text: str) -> float:
-    """argparse type of ``--tile-overlap``: a number in [0, 1)."""
+    """argparse type of ``--tile-overlap``: a number in [0, 1) (``infer.tile_overlap``'s rule)."""
     value = fraction(text)
-    if value >= 1.0:
+    if not infer_option_ok("tile_overlap", value):
         raise argparse.ArgumentTypeError(f"must be below 1 (tiles that overlap entirely never advance), got {text}")
     return value
 
@@ -138,20 +140,6 @@ def infer_options(args: argparse.Namespace) -> dict:
     """The keyword options of ``OneShotDetector.predict_batch`` given on the command line."""
     names = ("size", "rescale", "object_size", "tile_overlap", "max_detections")
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
-
-
-def pair_supports(args: argparse.Namespace) -> tuple[list[str], list]:
-    """``(support paths, boxes)`` of the k exemplars, one entry each (box ``None``: the whole image):
-    one ``--support-box`` per ``--support``, none, or several for a single ``--support``."""
-    supports, boxes = list(args.support), list(args.support_box or [])
-    if not boxes:
-        return supports, [None] * len(supports)
-    if len(supports) == 1:
-        return supports * len(boxes), boxes
-    if len(boxes) != len(supports):
-        raise InputError(f"{len(supports)} --support but {len(boxes)} --support-box: give one box per support "
-                         f"image, none, or several boxes for a single --support")
-    return supports, boxes
 
 
 def check_output_paths(args: argparse.Namespace) -> None:
@@ -189,7 +177,7 @@ def picture_names(paths: list[str]) -> dict[str, str]:
 def load_queries(paths: list[str], max_pixels: int, single: bool) -> tuple[list, list[dict]]:
     """``([(index, path, image)], errors)``: the usable query images and ``{"index", "image",
     "error"}`` of the others. A single query image that cannot be used is an error."""
-    from detector.inference import load_image
+    from detector.data.image_io import load_image
 
     images, errors = [], []
     for i, path in enumerate(paths):
@@ -202,18 +190,15 @@ def load_queries(paths: list[str], max_pixels: int, single: bool) -> tuple[list,
     return images, errors
 
 
-def write_json(path: str, data) -> None:
-    """Write ``data`` to ``path`` through a temporary file, so that no half-written file is left."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
+def write_results(path: str, data) -> None:
+    """Write ``data`` to ``--output`` atomically (:func:`detector.utils.atomic.write_json`: no
+    half-written file is left); :class:`InputError` naming it when the disk refuses."""
+    from detector.utils.atomic import write_json
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1)
-        os.replace(tmp, path)
+        write_json(path, data, indent=1)
     except OSError as e:
-        if os.path.exists(tmp):
-            os.remove(tmp)
         raise InputError(f"--output {path}: cannot write it ({e.strerror or e})") from None
 
 
@@ -234,7 +219,9 @@ def predict_chunk(detector, chunk: list, supports, boxes, threshold: float, opti
 
 def run(args: argparse.Namespace) -> tuple[list[dict], int]:
     """``(results, number of skipped images)``; writes ``--output`` (and pictures)."""
-    from detector.inference import OneShotDetector, crop_exemplar, load_image
+    from detector.data.image_io import load_image
+    from detector.data.support import crop_exemplar
+    from detector.inference import OneShotDetector, pair_supports
     from detector.utils.device import resolve_device
     from detector.visualize import save_detections, tile_exemplars
 
@@ -249,7 +236,8 @@ def run(args: argparse.Namespace) -> tuple[list[dict], int]:
     names = picture_names(queries)
     device = resolve_device(args.device, "--device")
     detector = OneShotDetector.from_checkpoint(args.checkpoint, device=device, max_pixels=max_pixels)
-    supports, boxes = pair_supports(args)
+    # one --support-box per --support, none, or several for a single --support
+    supports, boxes = pair_supports(args.support, args.support_box, SUPPORT_PAIRING_ERROR)
     images = {path: load_image(path, "support image", max_pixels) for path in dict.fromkeys(supports)}
     supports = [images[path] for path in supports]
     # Also validates the boxes before any work.
@@ -282,7 +270,7 @@ def run(args: argparse.Namespace) -> tuple[list[dict], int]:
                 except OSError as e:
                     raise InputError(f"--visualize {args.visualize}: cannot write {name} ({e.strerror or e})") from None
     results = [{k: v for k, v in e.items() if k != "index"} for e in sorted(entries, key=lambda e: e["index"])]
-    write_json(args.output, results)
+    write_results(args.output, results)
     return results, len(errors)
 
 

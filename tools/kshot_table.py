@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> tuple[list[dict], str]:
     from detector.engine import run_evaluation
     from detector.evaluation import write_metrics
     from detector.features import FeatureCache
-    from detector.inference import load_model
+    from detector.loading import load_model
     from detector.run_folder import check_output_path
 
     if args.output_dir:
@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> tuple[list[dict], str]:
     for k in args.shots:
         for keys, corr in (combos if k > 1 else [("-", "-")]):
             if k > 1:
-                model.shot_keys, model.shot_correlation = keys, corr
+                model.cross_inputs.shot_keys, model.cross_inputs.shot_correlation = keys, corr
             cfg.eval.shots = k
             dataset, split_info = build_eval_dataset(cfg, args.split)
             start = time.time()

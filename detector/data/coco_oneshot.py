@@ -20,7 +20,7 @@ frequency, as CoAE), the exemplar is a pool instance of that category from anoth
 randomness comes from ``numpy.random.default_rng([seed, epoch, index])``.
 
 Evaluation (:class:`OneShotEvalDataset`): one item per (image, evaluated category with a
-non-ignored instance in it); run ``r``'s exemplar is chosen as in PAPER.md section 5
+non-ignored instance in it); run ``r``'s exemplar is chosen as in docs/PAPER_NOTES.md section 5
 (:meth:`detector.data.support.ExemplarPool.eval_choice`), and with ``shots=k`` the other ``k - 1``
 from other images too, reproducibly (the same method). Optional "absent class" items query
 categories the image does not contain; they come after the comparable items.

@@ -15,6 +15,9 @@ Rules (tested in ``tests/data/test_robustness.py``):
   PIL's own decompression-bomb limit is replaced by it while the file is opened.
 * The source is a path or an open binary file (an upload held in memory); ``formats`` restricts
   the PIL formats accepted.
+
+:func:`load_image` is the inference API's entry: a path, a PIL image or a numpy array, each by
+these rules, as an RGB PIL image or an :class:`~detector.errors.InputError`.
 """
 from __future__ import annotations
 
@@ -25,7 +28,10 @@ from typing import BinaryIO, Iterator, Optional, Sequence, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..config import DEFAULT_MAX_PIXELS
 from ..errors import InputError
+
+ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]  # what load_image accepts
 
 
 class ImageReadError(InputError):
@@ -169,3 +175,64 @@ def _check_file(path: str) -> None:
         raise ImageReadError(f"{path}: is a folder, not an image file")
     if not os.path.isfile(path):
         raise ImageReadError(f"{path}: image file not found")
+
+
+def load_image(image: ImageLike, what: str = "image", max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """An image as an RGB PIL image; :class:`InputError` (one line) for anything else.
+
+    Accepted:
+
+    * a path: any format PIL reads, by the rules of the module docstring (EXIF orientation,
+      grayscale, palette, 16-bit, alpha onto white; :func:`read_image`);
+    * a PIL image of any mode, converted by the same rules;
+    * a numpy array ``[H, W]``, ``[H, W, 1]``, ``[H, W, 3]`` (RGB) or ``[H, W, 4]`` (RGBA, alpha
+      onto white) of dtype ``uint8`` (0-255), another integer dtype with values in 0-255, or a
+      float dtype with values in [0, 1]. Anything else (float values above 1, negative or
+      non-finite values, channels first, ``bool``) is refused, never rescaled by a guess.
+
+    ``what`` names the image in messages. ``max_pixels`` (``None`` or 0: no limit; default
+    :data:`detector.config.DEFAULT_MAX_PIXELS`) refuses larger images, files before decoding them.
+    """
+    if isinstance(image, Image.Image):
+        check_pixels(image.width, image.height, max_pixels, what)
+        return Image.fromarray(to_rgb_uint8(image))
+    if isinstance(image, np.ndarray):
+        return Image.fromarray(_array_to_rgb(image, what, max_pixels))
+    if isinstance(image, (str, os.PathLike)):
+        try:
+            return Image.fromarray(read_image(os.fspath(image), max_pixels=max_pixels))
+        except ImageReadError as e:
+            raise InputError(f"{what}: {e}") from None
+    raise InputError(f"{what}: expected a path, a PIL image or a numpy array, got {type(image).__name__}")
+
+
+def _array_to_rgb(arr: np.ndarray, what: str, max_pixels: Optional[int]) -> np.ndarray:
+    """The array rules of :func:`load_image`: ``[H, W, 3]`` ``uint8`` or :class:`InputError`."""
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4) or arr.shape[0] == 0 or arr.shape[1] == 0:
+        hint = " (channels first? use array.transpose(1, 2, 0))" if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) else ""
+        raise InputError(f"{what}: expected an array [H, W], [H, W, 1], [H, W, 3] or [H, W, 4], "
+                         f"got shape {tuple(arr.shape)}{hint}")
+    check_pixels(arr.shape[1], arr.shape[0], max_pixels, what)
+    if np.issubdtype(arr.dtype, np.floating):
+        if not np.isfinite(arr).all():
+            raise InputError(f"{what}: a float array must hold finite values in [0, 1]; it holds NaN or inf")
+        lo, hi = float(arr.min()), float(arr.max())
+        if lo < 0.0 or hi > 1.0:
+            raise InputError(f"{what}: a float array must hold values in [0, 1], got {lo:g} to {hi:g} "
+                             f"(for 0-255 values pass arr.astype(np.uint8), or divide by 255)")
+        arr = (arr.astype(np.float64) * 255.0).round().astype(np.uint8)
+    elif np.issubdtype(arr.dtype, np.integer) and arr.dtype != np.uint8:
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0 or hi > 255:
+            raise InputError(f"{what}: an integer array must hold values in 0-255, got {lo} to {hi} "
+                             f"(scale {arr.dtype} data to uint8 first)")
+        arr = arr.astype(np.uint8)
+    elif arr.dtype != np.uint8:
+        raise InputError(f"{what}: unsupported array dtype {arr.dtype} (expected uint8, an integer or a float dtype)")
+    if arr.shape[2] == 1:
+        return np.repeat(arr, 3, axis=2)
+    if arr.shape[2] == 4:
+        return to_rgb_uint8(Image.fromarray(np.ascontiguousarray(arr), "RGBA"))
+    return np.ascontiguousarray(arr)

@@ -1,6 +1,6 @@
 """Seen / unseen category splits, each defined once.
 
-* COCO (PAPER.md section 4): number the 80 categories 1..80 in ascending category-id order;
+* COCO (docs/PAPER_NOTES.md section 4): number the 80 categories 1..80 in ascending category-id order;
   split ``k`` (1..4) holds out as unseen the 20 categories whose number ``i`` has
   ``i % 4 == k % 4``; the other 60 are seen.
 * VOC: unseen = aeroplane, cat, cow, sheep; the other 16 classes are seen.
@@ -101,7 +101,7 @@ def _as_names(categories: Mapping[int, str] | None, default: tuple[tuple[int, st
 
 
 def coco_split(k: int, categories: Mapping[int, str] | None = None) -> Split:
-    """The COCO one-shot split ``k`` (1..4) of PAPER.md section 4.
+    """The COCO one-shot split ``k`` (1..4) of docs/PAPER_NOTES.md section 4.
 
     Args:
         k: split number, 1..4.

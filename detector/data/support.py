@@ -12,8 +12,9 @@
   With several exemplars per item (k-shot), shot 0 is that exemplar and shots ``1 .. k-1`` are the
   other candidates outside the image, shuffled by a generator seeded with (image id, category id,
   run), in that order (cycling when there are fewer than ``k - 1``).
-* Crop (:func:`crop_support`): the box enlarged by ``margin`` of its width / height on each side,
-  clipped to the image, integer pixel bounds (floor / ceil).
+* Crop (:func:`crop_support` on an array, :func:`crop_exemplar` on a PIL image with a user's
+  ``x, y, w, h`` box, both by :func:`crop_box_with_margin`): the box enlarged by ``margin`` of its
+  width / height on each side, clipped to the image, integer pixel bounds (floor / ceil).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
+from PIL import Image
 
 from ..errors import InputError
 
@@ -138,6 +140,24 @@ def crop_support(image: np.ndarray, box_xyxy: Sequence[float], margin: float) ->
     context ``margin`` (fraction of the box size on each side); ``[h, w, 3]``."""
     x0, y0, x1, y1 = crop_box_with_margin(box_xyxy, margin, image.shape[:2])
     return image[y0:y1, x0:x1]
+
+
+def crop_exemplar(image: Image.Image, support_box: Optional[Sequence[float]], margin: float) -> Image.Image:
+    """The exemplar of a support image: the whole ``image``, or ``support_box`` (``x, y, w, h``
+    absolute pixels) enlarged by ``margin`` of its size on each side and clipped to the image, as
+    :func:`crop_support` crops in training. :class:`InputError` for a box that is not four numbers,
+    has zero area or lies outside the image."""
+    if support_box is None:
+        return image
+    if len(support_box) != 4:
+        raise InputError(f"support box must be x,y,w,h; got {list(support_box)}")
+    x, y, w, h = (float(v) for v in support_box)
+    W, H = image.size
+    if not all(np.isfinite([x, y, w, h])) or w <= 0 or h <= 0:
+        raise InputError(f"support box {[x, y, w, h]} has zero area (width and height must be > 0)")
+    if min(x + w, W) - max(x, 0.0) < 1 or min(y + h, H) - max(y, 0.0) < 1:
+        raise InputError(f"support box {[x, y, w, h]} lies outside the support image ({W}x{H} pixels)")
+    return image.crop(crop_box_with_margin((x, y, x + w, y + h), margin, (H, W)))
 
 
 def read_exemplar_file(path: str, index, category_ids: Iterable[int]) -> ExemplarPool:

@@ -4,7 +4,7 @@ Indirect attention needs keys and values of equal length, position ``j`` of the 
 support and position ``j`` of the values from the query image. The official code zero-pads both maps
 to one grid (our ``pad`` layout), so the exemplar fills one corner of the grid; an object query whose
 box bias keeps it inside its box then scores against keys that hold no exemplar content unless its
-box lies in that corner (PAPER.md section 7).
+box lies in that corner (docs/PAPER_NOTES.md section 7).
 
 The ``box`` layout gives every object query the whole exemplar: the support crop (the exemplar box
 plus its context margin) is resized onto the query's reference box enlarged by the same margin, so

@@ -11,18 +11,16 @@ from torch import Tensor, nn
 from ..structures import ImageBatch
 from ..utils.box_ops import inverse_sigmoid
 from .backbone import Backbone, FeatureBatch
-from . import kshot
-from .box_frame import SupportGrid
+from ..config import QUERY_CONTENTS
+from .kshot import as_shots, mean_embeddings
+from .cross_inputs import CrossInputs
 from .exemplar_similarity import ExemplarSimilarity
 from .nms import distinct_top_k
 from .position_encoding import PositionEmbeddingSine
 from .relative_bias import cell_centres
 from .support_correlation import SupportCorrelation
+from .support_layout import SupportLayout, resize_valid, valid_extent  # noqa: F401 (resize_valid: re-export)
 from .transformer import MLP, Decoder, SupportFusionEncoder
-
-ATTENTIONS = ("indirect", "misaligned", "double_cross")
-LAYOUTS = ("resize", "pad", "box")
-QUERY_CONTENTS = ("learned", "proposal")
 # Every way the support can reach the detections (the probe of tools/analysis/support_paths.py feeds
 # each its own exemplar through ``forward(..., path_supports=...)``).
 SUPPORT_PATHS = ("keys", "fusion", "object_queries", "logits", "correlation", "proposals", "similarity")
@@ -51,36 +49,6 @@ def select_distinct(scores: Tensor, boxes: Tensor, k: int, iou_threshold: float)
         return distinct_top_k(scores, boxes, k, iou_threshold)
     with torch.no_grad():
         return distinct_top_k(scores, boxes, k, iou_threshold)
-
-
-def valid_extent(mask: Tensor) -> Tensor:
-    """``mask [B, H, W]`` -> ``[B, 2]`` number of valid rows and columns (top-left aligned images)."""
-    return torch.stack([(~mask[:, :, 0]).sum(1), (~mask[:, 0, :]).sum(1)], dim=1)
-
-
-def resize_valid(features: Tensor, from_hw: Tensor, to_hw: Tensor, out_hw: tuple[int, int]) -> Tensor:
-    """Each map's valid top-left region resized bilinearly onto another top-left region, as
-    ``F.interpolate(region, size, mode="bilinear", align_corners=False)`` does it, for the whole batch
-    in one ``grid_sample`` (no per-image size is read on the host).
-
-    ``features [B, C, Hs, Ws]``, ``from_hw [B, 2]`` valid rows and columns of each map, ``to_hw
-    [B, 2]`` the rows and columns to resize them to -> ``[B, C, H, W]`` with ``(H, W) = out_hw``;
-    cells outside ``to_hw`` hold border values (callers mask them).
-    """
-    b, _, hs_pad, ws_pad = features.shape
-    h, w = out_hw
-    src, dst = from_hw.float(), to_hw.float().clamp(min=1)
-
-    def source(n: int, axis: int) -> Tensor:  # [B, n] source pixel coordinate of each output pixel
-        pos = torch.arange(n, device=features.device, dtype=torch.float32)
-        coord = ((pos[None] + 0.5) * (src[:, axis] / dst[:, axis])[:, None] - 0.5).clamp(min=0)
-        return torch.minimum(coord, (src[:, axis] - 1)[:, None])
-
-    gy = (2 * source(h, 0) + 1) / hs_pad - 1  # grid_sample's normalised coordinates (align_corners=False)
-    gx = (2 * source(w, 1) + 1) / ws_pad - 1
-    grid = torch.stack([gx[:, None, :].expand(b, h, w), gy[:, :, None].expand(b, h, w)], dim=-1)
-    out = F.grid_sample(features.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
-    return out.to(features.dtype)
 
 
 class SupportSimilarity(nn.Module):
@@ -158,18 +126,10 @@ class OneShotDETR(nn.Module):
                  query_content: str = "learned", correlation_dropout: float = 0.0, shot_keys: str = "mean",
                  shot_correlation: str = "mean", similarity: Optional[ExemplarSimilarity] = None):
         super().__init__()
-        kshot.check_choices(shot_keys, shot_correlation)
-        self.shot_keys, self.shot_correlation = shot_keys, shot_correlation
-        if attention not in ATTENTIONS:
-            raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
-        if support_layout not in LAYOUTS:
-            raise ValueError(f"support_layout must be one of {LAYOUTS}, got {support_layout!r}")
         if query_content not in QUERY_CONTENTS:
             raise ValueError(f"query_content must be one of {QUERY_CONTENTS}, got {query_content!r}")
         if query_content == "proposal" and not two_stage:
             raise ValueError("query_content='proposal' needs two_stage proposals")
-        if (attention == "double_cross") != (fusion_encoder is not None):
-            raise ValueError("a fusion_encoder is needed by, and only by, attention='double_cross'")
         d = decoder.d_model
         self.backbone = backbone
         self.decoder = decoder
@@ -191,6 +151,10 @@ class OneShotDETR(nn.Module):
             raise ValueError(f"proposal_nms is an IoU threshold in [0, 1] (0 = off), got {proposal_nms}")
         self.proposal_nms = float(proposal_nms)
         self.position_encoding = PositionEmbeddingSine(d // 2)
+        layout = None if attention == "double_cross" else SupportLayout(support_layout, self.position_encoding,
+                                                                         support_margin)
+        self.cross_inputs = CrossInputs(attention, self.position_encoding, layout, fusion_encoder, correlation,
+                                        shot_keys, shot_correlation)
         total = num_queries + num_queries_one2many
         self.query_embed = nn.Embedding(total, d)
         prior = -math.log((1 - 0.01) / 0.01)
@@ -232,36 +196,6 @@ class OneShotDETR(nn.Module):
                    "proposals": self.two_stage and self.enc_film is not None,
                    "similarity": self.exemplar_similarity is not None}
         return tuple(p for p in SUPPORT_PATHS if present[p])
-
-    # -- support layout -------------------------------------------------------------------------
-    def _layout(self, q_feat: Tensor, q_mask: Tensor, s_feat: Tensor, s_mask: Tensor):
-        """Keys, values, padding mask and grid for the cross step (indirect / misaligned).
-
-        Returns ``keys`` (``[B, N, d]``, or a :class:`SupportGrid` for the ``box`` layout),
-        ``values [B, N, d]``, ``key_padding_mask [B, N]`` and the query features and mask on the value
-        grid (padded further by the ``pad`` layout).
-        """
-        q_pos = self.position_encoding(q_mask)
-        if self.support_layout == "pad":
-            gh, gw = max(q_feat.shape[-2], s_feat.shape[-2]), max(q_feat.shape[-1], s_feat.shape[-1])
-            pad = lambda t, v: F.pad(t, (0, gw - t.shape[-1], 0, gh - t.shape[-2]), value=v)  # noqa: E731
-            q_feat, q_mask = pad(q_feat, 0.0), pad(q_mask, True)
-            s_feat, s_mask = pad(s_feat, 0.0), pad(s_mask, True)
-            q_pos = self.position_encoding(q_mask)
-            keys = (s_feat + self.position_encoding(s_mask)).flatten(2).transpose(1, 2)
-            key_padding_mask = (q_mask & s_mask).flatten(1)
-        elif self.support_layout == "box":
-            s_grid = (s_feat + self.position_encoding(s_mask)).masked_fill(s_mask[:, None], 0.0)
-            keys = SupportGrid(s_grid.flatten(2).transpose(1, 2), tuple(s_feat.shape[-2:]), valid_extent(s_mask),
-                               self.support_margin)
-            key_padding_mask = q_mask.flatten(1)
-        else:
-            resized = resize_valid(s_feat, valid_extent(s_mask), valid_extent(q_mask), tuple(q_feat.shape[-2:]))
-            resized = resized.masked_fill(q_mask[:, None], 0.0)
-            keys = (resized + q_pos).flatten(2).transpose(1, 2)
-            key_padding_mask = q_mask.flatten(1)
-        values = (q_feat + q_pos).flatten(2).transpose(1, 2)
-        return keys, values, key_padding_mask, q_feat, q_mask
 
     # -- proposals ------------------------------------------------------------------------------
     def _proposals(self, memory: Tensor, mask: Tensor, grid_hw, valid_hw: Tensor, support_embedding: Optional[Tensor]):
@@ -318,26 +252,6 @@ class OneShotDETR(nn.Module):
             out[path] = (body if path == "similarity" else feats, mask)
         return out
 
-    def _cross_inputs(self, q_feat: Tensor, q_mask: Tensor, supports: dict, keep: Optional[Tensor] = None):
-        """Keys, values and their padding mask for the decoder's cross step, and the memory the
-        proposals are computed from, with the query features and mask on the value grid."""
-        if self.fusion_encoder is not None:
-            s_feat, s_mask = supports["fusion"]
-            pos = self.position_encoding(q_mask).flatten(2).transpose(1, 2)
-            memory = self.fusion_encoder(q_feat.flatten(2).transpose(1, 2), pos, s_feat.flatten(2).transpose(1, 2),
-                                         self.position_encoding(s_mask).flatten(2).transpose(1, 2), s_mask.flatten(1))
-            keys = values = memory + pos
-            key_padding_mask = q_mask.flatten(1)
-        else:
-            keys, values, key_padding_mask, q_feat, q_mask = self._layout(q_feat, q_mask, *supports["keys"])
-            memory = q_feat.flatten(2).transpose(1, 2)
-        if self.correlation is not None:
-            s_feat, s_mask = supports["correlation"]
-            match = self.correlation(q_feat.flatten(2).transpose(1, 2), s_feat.flatten(2).transpose(1, 2),
-                                     s_mask.flatten(1))
-            keys, values = self._add_correlation(keys, values, match, keep)
-        return keys, values, key_padding_mask, memory, q_feat, q_mask
-
     def _side_path_keep(self, batch: int, device) -> Optional[Tensor]:
         """In training with ``correlation_dropout``: ``[B]`` bool, the images whose correlation and
         similarity are kept (one draw per forward, shared by both); else ``None``."""
@@ -345,15 +259,6 @@ class OneShotDETR(nn.Module):
                                                                or self.exemplar_similarity is not None):
             return torch.rand(batch, device=device) >= self.correlation_dropout
         return None
-
-    def _add_correlation(self, keys, values: Tensor, match: Tensor, keep: Optional[Tensor] = None):
-        """The correlation channels ``match [B, N, d]`` added to the ``values [B, N, d]``, except for
-        the images that ``keep [B]`` leaves out. Returns ``(keys, values)``: the double
-        cross-attention baseline reads its keys from the values, so they change too."""
-        if keep is not None:
-            match = match * keep[:, None, None].to(match.dtype)
-        values = values + match
-        return (values if self.fusion_encoder is not None else keys), values
 
     def _add_similarity(self, keys, values: Tensor, memory: Tensor, maps: Tensor, grid_hw, value_hw,
                         keep: Optional[Tensor]):
@@ -418,25 +323,18 @@ class OneShotDETR(nn.Module):
             query image), ``aux_outputs`` (earlier layers), and when used ``enc_outputs``
             (proposals) and, in training with hybrid matching, ``one2many`` (same keys).
         """
-        shots = kshot.as_shots(support)
+        shots = as_shots(support)
         for s in shots:
             if len(query) != len(s):
                 raise ValueError(f"{len(query)} query images but {len(s)} supports: one support per query image")
         q_body, q_feat, q_mask = self.backbone.encode(query)
         query_hw, query_mask = tuple(q_feat.shape[-2:]), q_mask
         keep = self._side_path_keep(q_feat.shape[0], q_feat.device)
-        pooled = ("object_queries", "logits", "proposals")
-        if len(shots) == 1:
-            encoded = [self._encode_supports(shots[0], path_supports)]
-            embedding = {path: masked_mean(*encoded[0][path]) for path in pooled if path in encoded[0]}
-            keys, values, key_padding_mask, memory, q_feat, q_mask = self._cross_inputs(q_feat, q_mask, encoded[0], keep)
-        else:
-            if path_supports:
-                raise ValueError("path_supports needs one exemplar per query image, not a list of them")
-            encoded = [self._encode_supports(s, None) for s in shots]
-            embedding = kshot.mean_embeddings(encoded, pooled, masked_mean)
-            keys, values, key_padding_mask, memory, q_feat, q_mask = kshot.cross_inputs(self, q_feat, q_mask, encoded,
-                                                                                          keep)
+        if path_supports and len(shots) > 1:
+            raise ValueError("path_supports needs one exemplar per query image, not a list of them")
+        encoded = [self._encode_supports(s, path_supports) for s in shots]
+        embedding = mean_embeddings(encoded, ("object_queries", "logits", "proposals"), masked_mean)
+        keys, values, key_padding_mask, memory, q_feat, q_mask = self.cross_inputs(q_feat, q_mask, encoded, keep)
         grid_hw, valid_hw = tuple(q_feat.shape[-2:]), valid_extent(q_mask)
         if self.exemplar_similarity is not None:  # several exemplars: the mean of their maps
             maps = torch.stack([ExemplarSimilarity.maps(q_body, query_mask, *e["similarity"]) for e in encoded]).mean(0)

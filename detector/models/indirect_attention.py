@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
+from ..config import ATTENTION_IMPLS
 from .box_frame import BoxFrame
 from .relative_bias import FactoredBias
 
@@ -169,7 +170,7 @@ def indirect_attention_fused(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Fac
     return out[..., :d_head]
 
 
-IMPLS = ("reference", "fused", "auto")
+IMPLS = ATTENTION_IMPLS  # detector.config lists them
 
 
 def resolve_impl(impl: str, device: torch.device, training: bool) -> str:

@@ -1,9 +1,10 @@
 """Several exemplars of one class (k-shot): how the detector combines k supports, path by path.
 
 :meth:`OneShotDETR.forward <detector.models.detector.OneShotDETR.forward>` takes one support batch
-(one exemplar per query image, the one-shot path, unchanged) or a list of ``k`` of them. With
-``k > 1`` every exemplar goes through the backbone on its own and each support path combines the
-``k`` encodings in the way natural to it:
+(one exemplar per query image) or a list of ``k`` of them, and goes through one path for both
+(:class:`~detector.models.cross_inputs.CrossInputs`): every exemplar goes through the backbone on
+its own and each support path combines the ``k`` encodings in the way natural to it (with one
+exemplar every combination below is the identity):
 
 * ``keys`` (the cross step). Each exemplar is laid out as in the one-shot model (in the ``box``
   layout: laid into every object query's reference box, :mod:`detector.models.box_frame`), giving
@@ -34,16 +35,14 @@ rises on cells of other classes), and the mean keys half a point above the joint
 from __future__ import annotations
 
 import math
-from functools import reduce
 from typing import NamedTuple, Sequence
 
 import torch
 from torch import Tensor
 
+from ..config import SHOT_CORRELATIONS, SHOT_KEYS
 from .box_frame import SupportGrid, box_frame
 
-SHOT_KEYS = ("mean", "joint")
-SHOT_CORRELATIONS = ("mean", "max")
 
 
 def as_shots(support) -> list:
@@ -69,7 +68,9 @@ def combine_scores(scores: Sequence[Tensor], how: str) -> Tensor:
 
 def combine_correlation(similarities: Sequence[Tensor], how: str) -> Tensor:
     """``k`` correlation maps ``[B, N, C]`` (best cosine per query cell and channel) -> one
-    (``"max"`` or ``"mean"`` over the exemplars)."""
+    (``"max"`` or ``"mean"`` over the exemplars; one: itself)."""
+    if len(similarities) == 1:
+        return similarities[0]
     stacked = torch.stack(list(similarities))
     if how == "max":
         return stacked.amax(dim=0)
@@ -133,46 +134,13 @@ class ExemplarKeys(NamedTuple):
         return ExemplarFrame(frames, int(length), self.how)
 
 
-def _tokens(x: Tensor) -> Tensor:
-    """``[B, d, h, w]`` -> ``[B, h*w, d]``; ``[B, h, w]`` masks -> ``[B, h*w]``."""
-    return x.flatten(1) if x.dim() == 3 else x.flatten(2).transpose(1, 2)
-
-
 def mean_embeddings(shots: Sequence[dict], paths: Sequence[str], pool) -> dict:
     """``{path: mean over exemplars of pool(features, mask)}`` for the pooled-embedding ``paths``
-    present in the encodings ``shots`` (``pool`` is the one-shot pooling, a masked mean)."""
+    present in the encodings ``shots`` (``pool`` is the one-shot pooling, a masked mean; one
+    exemplar: its pooled embeddings as they are)."""
+    if len(shots) == 1:
+        return {p: pool(*shots[0][p]) for p in paths if p in shots[0]}
     return {p: torch.stack([pool(*s[p]) for s in shots]).mean(dim=0) for p in paths if p in shots[0]}
-
-
-def cross_inputs(model, q_feat: Tensor, q_mask: Tensor, shots: Sequence[dict], keep=None):
-    """The ``k``-exemplar counterpart of ``OneShotDETR._cross_inputs``: the same outputs (keys,
-    values, key padding mask, proposal memory, query features and mask on the value grid) from the
-    per-exemplar encodings ``shots`` (``[{path: (features [B, d, h, w], mask [B, h, w])}]``).
-    ``keys`` is an :class:`ExemplarKeys` unless the model is the double cross-attention baseline."""
-    if model.fusion_encoder is not None:
-        pos = _tokens(model.position_encoding(q_mask))
-        s_feat = torch.cat([_tokens(s["fusion"][0]) for s in shots], dim=1)
-        s_pos = torch.cat([_tokens(model.position_encoding(s["fusion"][1])) for s in shots], dim=1)
-        s_mask = torch.cat([_tokens(s["fusion"][1]) for s in shots], dim=1)
-        memory = model.fusion_encoder(_tokens(q_feat), pos, s_feat, s_pos, s_mask)
-        keys = values = memory + pos
-        key_padding_mask = q_mask.flatten(1)
-    else:
-        layouts = [model._layout(q_feat, q_mask, *s["keys"]) for s in shots]
-        if len({tuple(lay[1].shape) for lay in layouts}) != 1:
-            raise ValueError("the exemplars give value grids of different sizes: pad every support batch alike")
-        _, values, _, q_feat, q_mask = layouts[0]
-        keys = ExemplarKeys(tuple(lay[0] for lay in layouts), model.shot_keys)
-        # A position is excluded only where it is for every exemplar (``pad`` layout: query and
-        # support padding; the others: query padding, the same for all).
-        key_padding_mask = reduce(torch.logical_and, [lay[2] for lay in layouts])
-        memory = _tokens(q_feat)
-    if model.correlation is not None:
-        sims = [model.correlation.similarity(_tokens(q_feat), _tokens(s["correlation"][0]), _tokens(s["correlation"][1]))
-                for s in shots]
-        match = model.correlation.out(combine_correlation(sims, model.shot_correlation))
-        keys, values = model._add_correlation(keys, values, match, keep)
-    return keys, values, key_padding_mask, memory, q_feat, q_mask
 
 
 def check_choices(shot_keys: str, shot_correlation: str) -> None:
@@ -184,4 +152,4 @@ def check_choices(shot_keys: str, shot_correlation: str) -> None:
 
 
 __all__ = ["SHOT_KEYS", "SHOT_CORRELATIONS", "ExemplarFrame", "ExemplarKeys", "as_shots", "check_choices",
-           "combine_correlation", "combine_scores", "cross_inputs", "mean_embeddings"]
+           "combine_correlation", "combine_scores", "mean_embeddings"]

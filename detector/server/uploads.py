@@ -29,7 +29,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
-from ..config import MIN_INFER_SIZE, RESCALE_MODES
+from ..config import MIN_INFER_SIZE, RESCALE_MODES, infer_option_ok
 from ..data.image_io import ImageReadError, ImageTooLargeError, read_image
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")  # PIL names; no formats run by helpers
@@ -85,20 +85,24 @@ def _number(name: str, text: str, integer: bool, ok: Callable[[float], bool], ex
 
 def parse_rescale(text: str) -> str:
     """One of :data:`detector.config.RESCALE_MODES`; :class:`ApiError` (400) otherwise."""
-    if text not in RESCALE_MODES:
+    if not infer_option_ok("rescale", text):
         raise ApiError(400, f"rescale: expected one of {', '.join(RESCALE_MODES)}, got {text[:60]!r}")
     return text
+
+
+def _option(name: str, integer: bool, expected: str) -> Callable[[str], object]:
+    """The parser of the numeric option ``name``: its range is the config's rule (:func:`infer_option_ok`)."""
+    return lambda text: _number(name, text, integer, lambda v: infer_option_ok(name, v), expected)
 
 
 # Options of OneShotDetector.predict the form passes through: field name -> parser of its text. A
 # field the model cannot honour is refused as unknown rather than silently ignored.
 PREDICT_OPTIONS: dict[str, Callable[[str], object]] = {
-    "size": lambda t: _number("size", t, True, lambda v: v == 0 or v >= MIN_INFER_SIZE,
-                              f"0 (the training size) or an integer >= {MIN_INFER_SIZE}"),
+    "size": _option("size", True, f"0 (the training size) or an integer >= {MIN_INFER_SIZE}"),
     "rescale": parse_rescale,
-    "object_size": lambda t: _number("object_size", t, False, lambda v: v >= 0, "a number >= 0 (pixels)"),
-    "tile_overlap": lambda t: _number("tile_overlap", t, False, lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "max_detections": lambda t: _number("max_detections", t, True, lambda v: v >= 1, "an integer >= 1"),
+    "object_size": _option("object_size", False, "a number >= 0 (pixels)"),
+    "tile_overlap": _option("tile_overlap", False, "a number in [0, 1)"),
+    "max_detections": _option("max_detections", True, "an integer >= 1"),
 }
 FILE_FIELDS = ("query", "support")
 TEXT_FIELDS: dict[str, Callable[[str], object]] = {"support_box": parse_box, "score_threshold": parse_threshold,

@@ -23,11 +23,12 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError, CheckpointWriteError
+from .atomic import atomic_open, temporary_pattern
 
 FORMAT_VERSION = 1
 MODEL_CLASS = "OneShotDETR"
 _PATTERN = re.compile(r"checkpoint_(\d+)\.pth$")
-_TEMPORARY = ".checkpoint_*.pth.tmp*"
+_TEMPORARY = temporary_pattern("checkpoint_*.pth")  # .checkpoint_*.pth.tmp*
 
 
 def git_revision(path: Optional[str] = None) -> str:
@@ -74,23 +75,14 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(path: str, state: dict) -> str:
-    """Write ``state`` to ``path`` atomically: a temporary file in the same folder, flushed, then
-    renamed over ``path`` (a crash leaves the previous file intact). :class:`CheckpointWriteError`
-    (one line, the temporary file removed) when the disk refuses the write."""
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
+    """Write ``state`` to ``path`` atomically (:func:`detector.utils.atomic.atomic_open`: a
+    temporary file in the same folder, fsynced, then renamed over ``path``; a crash leaves the
+    previous file intact). :class:`CheckpointWriteError` (one line, the temporary file removed) when
+    the disk refuses the write."""
     try:
-        os.makedirs(folder, exist_ok=True)
-        with open(tmp, "wb") as f:
+        with atomic_open(path, "wb") as f:
             torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
     except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
         raise CheckpointWriteError(f"cannot write checkpoint {path}: {_write_failure(e)}; "
                                    f"the previous checkpoints are intact") from None
     return path

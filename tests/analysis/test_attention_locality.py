@@ -15,7 +15,7 @@ def inputs():
 def test_a_box_prior_reads_inside_the_box_and_no_bias_reads_everywhere(tiny_cfg):
     query, support = inputs()
     stats = {}
-    for name, overrides in {"prior": ["model.bias_box_prior=16"], "zero": [],
+    for name, overrides in {"prior": ["model.bias_box_prior=16"], "zero": ["model.bias_box_prior=0"],
                             "misaligned": ["model.attention=misaligned"]}.items():
         torch.manual_seed(0)
         model, _, _ = build_model(tiny_cfg("model.support_layout=pad", *overrides))

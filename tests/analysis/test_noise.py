@@ -1,4 +1,4 @@
-"""The noise/misalignment simulation (tools/analysis/noise.py) against the analytic forms of PAPER.md.
+"""The noise/misalignment simulation (tools/analysis/noise.py) against the analytic forms of docs/PAPER_NOTES.md section 1.
 
 Fixed seeds; tolerances are about four Monte-Carlo standard errors at these sample sizes.
 """

@@ -162,7 +162,7 @@ def test_eval_items_and_exemplar_rule(tiny_root):
         assert all(e.image_id != item.image_id and e.category_id == item.category_id for e in runs)
         candidates = [e for e in ds.pool.by_category[item.category_id] if e.image_id != item.image_id]
         order = np.random.default_rng(item.image_id).permutation(len(candidates))
-        assert runs == [candidates[order[r % len(candidates)]] for r in range(5)]  # PAPER.md section 5
+        assert runs == [candidates[order[r % len(candidates)]] for r in range(5)]  # docs/PAPER_NOTES.md section 5
         if len(candidates) >= 2:
             assert runs[0] != runs[1]
             differs += 1

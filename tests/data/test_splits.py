@@ -1,4 +1,4 @@
-"""Split invariants, with the class lists pinned from PAPER.md section 4."""
+"""Split invariants, with the class lists pinned from docs/PAPER_NOTES.md section 4."""
 import json
 
 import pytest

@@ -224,11 +224,11 @@ OTHER_SUPPORT = ImageBatch.from_tensors([torch.rand(3, 64, 64), torch.rand(3, 64
 
 
 @pytest.mark.parametrize("overrides, paths", [
-    ((), ("keys", "object_queries", "logits")),
-    (("model.support_conditioning=false",), ("keys",)),
-    (("model.correlation_channels=4", "model.proposal_conditioning=true"),
+    ((), ("keys", "correlation")),  # the product: the keys and the exemplar correlation
+    (("model.correlation_channels=0",), ("keys",)),  # paper-faithful: the keys the only way in
+    (("model.support_conditioning=true", "model.proposal_conditioning=true"),
      ("keys", "object_queries", "logits", "correlation", "proposals")),
-    (("model.attention=double_cross", "model.support_conditioning=false"), ("fusion",)),
+    (("model.attention=double_cross", "model.correlation_channels=0"), ("fusion",)),
 ])
 def test_support_paths_list_every_way_the_support_enters(tiny_cfg, overrides, paths):
     assert build_model(tiny_cfg(*overrides))[0].support_paths == paths

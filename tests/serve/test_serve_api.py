@@ -13,7 +13,7 @@ from PIL import Image
 
 from detector import OneShotDetector
 from detector.server import ServeLimits, build_app
-from tools.serve_load import bomb_png
+from detector.server.load_test import bomb_png
 
 LIMITS = ServeLimits(max_upload_bytes=256 * 1024, max_pixels=1_000_000, workers=1, queue_size=2)
 

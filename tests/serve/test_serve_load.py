@@ -4,12 +4,17 @@ concurrent clients, a fifth of the requests bad, and room for only 4 requests at
 API's answer, every bad one its 4xx with a one-line message, none a 500, and the server's memory
 stays flat. Latency is printed, not asserted (docs/PERFORMANCE.md has the benchmark's numbers)."""
 import io
+import os
+import sys
 
 import numpy as np
 from PIL import Image
 
 from detector import OneShotDetector
-from tools.serve_load import BAD_KINDS, load_test
+from detector.server.load_test import BAD_KINDS, load_test
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SERVE = [sys.executable, os.path.join(ROOT, "tools", "serve.py")]  # the server the tests start
 
 REQUESTS, CLIENTS, BAD_SHARE = 200, 8, 0.2
 
@@ -22,7 +27,7 @@ def close(answer: dict, expected: dict) -> bool:
 
 
 def test_200_requests_from_8_clients_with_bad_ones_mixed_in(serve_files):
-    out = load_test(serve_files["ckpt"], requests=REQUESTS, clients=CLIENTS, bad_share=BAD_SHARE, pairs=6, size=256,
+    out = load_test(SERVE, serve_files["ckpt"], requests=REQUESTS, clients=CLIENTS, bad_share=BAD_SHARE, pairs=6, size=256,
                     time_limit_s=240, server_args=("--threads", "1", "--queue", "3"))
     print({k: v for k, v in out.items() if k not in ("records", "pairs")})
     assert out["unsent"] == 0 and out["sent"] == REQUESTS

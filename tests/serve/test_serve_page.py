@@ -8,13 +8,17 @@ saying so, only where no chromium could be installed.
 """
 import json
 import os
+import sys
 import re
 import shutil
 
 import httpx
 import pytest
 
-from tools.serve_load import start_server, stop_server
+from detector.server.load_test import start_server, stop_server
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SERVE = [sys.executable, os.path.join(ROOT, "tools", "serve.py")]  # the server the tests start
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCREENSHOT = os.path.join(ROOT, "outputs", "test_artifacts", "serve_page.png")
@@ -30,7 +34,7 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def server(serve_files):
-    proc, url = start_server(serve_files["ckpt"], "--threads", "1")
+    proc, url = start_server(SERVE, serve_files["ckpt"], "--threads", "1")
     yield url
     stop_server(proc)
 

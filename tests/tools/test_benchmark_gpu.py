@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from tools.gpu_suite import SCALES, run_suite, tables
+from detector.benchmark.gpu_suite import SCALES, run_suite, tables
 
 TINY = {
     "decoder": [("8x8, 10 + 20, batch 2", 2, 8, 8, 10, 20), ("evaluation, 8x8, 10, batch 1, forward", 1, 8, 8, 10, 0)],

@@ -52,6 +52,10 @@ def test_demo_runs_end_to_end_on_the_tiny_config(tmp_path, fake_deepforest):
     assert metrics["split"] == "test" and "/images/test/" in pair["query"]
     assert metrics["training"] == {"iterations": 4, "planned_iterations": 4, "stopped_by_time_budget": False}
     assert {"image", "width", "height", "detections"} <= set(pair["prediction"])
+    oracle = json.load(open(out / "oracle_test" / "metrics.json"))  # the bound beside the model's table
+    assert oracle["runs"] == 2 and oracle["split"] == "test"
+    assert oracle["num_items_unseen"] == metrics["num_items_unseen"] and 0 < oracle["unseen_ap50"] <= 1
+    assert f"unseen AP50 {100 * oracle['unseen_ap50']:.1f}" in r.stdout.split("class-agnostic oracle")[1]
 
 
 def test_demo_says_loudly_when_the_time_budget_stopped_training(tmp_path):

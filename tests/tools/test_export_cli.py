@@ -31,6 +31,15 @@ def checkpoint(bench, tmp_path_factory):
     return save_checkpoint(str(tmp_path_factory.mktemp("export") / "demo_like.pth"), checkpoint_state(model, to_dict(cfg)))
 
 
+@pytest.fixture(scope="module")
+def resize_checkpoint(bench, tmp_path_factory):
+    """A tiny checkpoint with the ``resize`` support layout, which the export refuses."""
+    torch.manual_seed(0)
+    cfg = load_config(TINY, [f"data.root={bench}", "model.support_layout=resize"])
+    model, _, _ = build_model(cfg)
+    return save_checkpoint(str(tmp_path_factory.mktemp("export") / "resize.pth"), checkpoint_state(model, to_dict(cfg)))
+
+
 def _call(*argv):
     try:
         return export_tool.main(list(argv))
@@ -60,11 +69,10 @@ def test_export_checks_on_validation_pairs_and_benchmarks(checkpoint, tmp_path, 
     (["--size", "80"], "--size 80: the query size must be a positive multiple of 32"),
     (["--format", "tflite"], "argument --format: invalid choice"),
     (["--output", "{tmp}"], "is a folder; give a file name"),
-    (["--checkpoint", "{reference}"], "supports the 'box' and 'pad' support layouts"),
+    (["--checkpoint", "{resize}"], "supports the 'box' and 'pad' support layouts"),
 ])
-def test_export_mistakes_are_one_line_and_write_nothing(checkpoint, reference, tmp_path, capsys, extra, needle):
-    extra = [e.replace("{tmp}", str(tmp_path)).replace("{reference}", str(reference / "checkpoint_00000008.pth"))
-             for e in extra]
+def test_export_mistakes_are_one_line_and_write_nothing(checkpoint, resize_checkpoint, tmp_path, capsys, extra, needle):
+    extra = [e.replace("{tmp}", str(tmp_path)).replace("{resize}", resize_checkpoint) for e in extra]
     args = ["--checkpoint", checkpoint, "--output", str(tmp_path / "m.onnx"), "--check-split", "random"]
     rc = _call(*args, *extra)
     err = capsys.readouterr().err

@@ -1,6 +1,6 @@
 """Noise and key/value misalignment at initialisation: simulation against the analytic forms.
 
-Reproduces the paper's Figure 1 (PAPER.md section 1, "Theory") with the detector's own
+Reproduces the paper's Figure 1 (docs/PAPER_NOTES.md section 1, "Theory") with the detector's own
 :class:`~detector.models.indirect_attention.IndirectAttention` module, one head, PyTorch's default
 (random) initialisation of the query/key projections, an orthogonal value projection ``W_v``, zero
 projection biases and an identity output projection, so that ``o_i = sum_j a_ij v_j`` exactly.

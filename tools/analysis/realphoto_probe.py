@@ -74,7 +74,8 @@ def _main(argv=None) -> int:
     from detector.data.realphoto import load_realphoto
     from detector.evaluation import write_evaluation_files
     from detector.evaluation_realphoto import effective_options, protocol_options
-    from detector.inference import OneShotDetector, load_model
+    from detector.inference import OneShotDetector
+    from detector.loading import load_model
     from detector.run_folder import check_output_path
     from detector.utils.device import resolve_device
 

@@ -1,4 +1,4 @@
-"""The paper's two synthetic sequence tasks (PAPER.md section 2), as fixed-seed tensors.
+"""The paper's two synthetic sequence tasks (docs/PAPER_NOTES.md section 2), as fixed-seed tensors.
 
 Every example is a pair of equal-length token sequences and a target:
 

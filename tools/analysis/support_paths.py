@@ -93,7 +93,7 @@ def _top_scores(record: list) -> np.ndarray:
 def probe(checkpoint: str, overrides=(), runs: int = 2, seed: int = 0, device: str = "", progress: bool = True) -> dict:
     """Run the probe (module docstring); returns the ``support_paths.json`` dict."""
     from detector.engine import run_evaluation
-    from tools.evaluate import load_for_evaluation
+    from detector.loading import load_for_evaluation
 
     cfg, model, postprocessor, dev, dataset, split_info, cache = load_for_evaluation(checkpoint, overrides,
                                                                                       device=device)

@@ -6,7 +6,7 @@ ask for, for each kernel:
 
 * **decoder**: the default config's decoder (6 layers, d 256, 8 heads, FFN 2048, bias MLP hidden
   512), forward + backward at training points and a forward at an evaluation point, with a padding
-  mask and the hybrid-matching block mask, as :func:`tools.benchmark.decoder_step` builds it;
+  mask and the hybrid-matching block mask, as :func:`detector.benchmark.decoder.decoder_step` builds it;
 * **training**: the whole model of the default config (MobileNetV2, random weights, trained) with
   300 + 1500 object queries, one real training step (:func:`detector.engine.train_step`: bf16
   autocast on CUDA, losses with matching, backward, clipping, the optimiser of
@@ -32,6 +32,8 @@ import datetime
 import statistics
 import time
 from typing import Callable, Optional
+
+from .decoder import BENCH_MODEL
 
 SCALES = {
     "cuda": {
@@ -135,7 +137,7 @@ def _device_tensors(model, batches) -> list:
 
 def decoder_points(device, scale: dict, impls: list) -> list[dict]:
     """One row per decoder point and kernel."""
-    from tools.benchmark import decoder_step
+    from .decoder import decoder_step
 
     rows = []
     for label, b, gh, gw, n_one, n_many in scale["decoder"]:
@@ -154,7 +156,7 @@ def _paper_model(device, impl: str, one2one: int, one2many: int):
     from detector.config import load_config
     from detector.models import build_model
 
-    cfg = load_config(None, ["model.backbone.pretrained=none", f"model.attention_impl={impl}",
+    cfg = load_config(None, BENCH_MODEL + ["model.backbone.pretrained=none", f"model.attention_impl={impl}",
                              f"model.num_queries={one2one}", f"model.num_queries_one2many={one2many}"])
     model, criterion, postprocessor = build_model(cfg)
     return cfg, model.to(device), criterion, postprocessor
@@ -241,7 +243,7 @@ def demo_training(device, scale: dict, compiled: bool = False) -> dict:
     from detector.structures import ImageBatch
 
     p = scale["demo"]
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
 
     def run():
         cfg = load_config(os.path.join(root, "configs", "synthetic.yaml"), ["model.backbone.pretrained=none"])
