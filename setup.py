@@ -25,7 +25,7 @@ setup(
         "Topic :: Scientific/Engineering :: Image Recognition",
     ],
     python_requires=">=3.10",
-    packages=find_packages(include=["detector", "detector.*"]) + ["detector_tools", "detector_tools.analysis"],
+    packages=find_packages(include=["detector", "detector.*"]) + ["detector_tools"],  # tools/analysis: checkout only
     package_dir={"detector_tools": "tools"},
     install_requires=[
         "torch>=2.2,<3",
@@ -42,7 +42,7 @@ setup(
     ],
     package_data={"detector.server": ["static/*"]},
     extras_require={
-        "dev": ["pytest>=7", "tensorboard>=2.14", "httpx>=0.27", "playwright>=1.40", "onnx>=1.15", "onnxruntime>=1.17",
+        "dev": ["pytest>=7", "hypothesis>=6.100", "tensorboard>=2.14", "httpx>=0.27", "playwright>=1.40", "onnx>=1.15", "onnxruntime>=1.17",
                 "fastapi>=0.110", "uvicorn>=0.27", "python-multipart>=0.0.9"],
         "serve": ["fastapi>=0.110", "uvicorn>=0.27", "python-multipart>=0.0.9"],
         "fast-eval": ["faster-coco-eval>=1.6"],

@@ -18,6 +18,7 @@ import re
 import sys
 from typing import Callable, Optional, Sequence
 
+from .config import MIN_INFER_SIZE, infer_option_ok
 from .errors import RunError, UserError
 
 EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_PARTIAL = 0, 1, 2, 3
@@ -40,36 +41,81 @@ class ArgumentParser(argparse.ArgumentParser):
         return self.parse_intermixed_args(argv)
 
 
+def _number(text: str, cast: Callable, ok: Callable, expected: str, rule: str):
+    """``cast(text)`` when it parses and ``ok(value)``; else an ``ArgumentTypeError`` saying
+    ``expected ..., got 'text'`` or ``must be <rule>, got text``."""
+    try:
+        value = cast(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"must be {rule}, got {text}")
+    return value
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+    return _number(text, int, lambda v: v >= 1, "an integer >= 1", ">= 1")
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    return _number(text, int, lambda v: v >= 0, "an integer >= 0", ">= 0")
+
+
+MAX_THREADS = 256
+
+
+def thread_count(text: str) -> int:
+    """argparse type of ``--threads``: 0 (torch's default) to :data:`MAX_THREADS`."""
+    return _number(text, int, lambda v: 0 <= v <= MAX_THREADS, "an integer (0: torch's default)",
+                   f"0 (torch's default) to {MAX_THREADS}")
+
+
+def port_number(text: str) -> int:
+    """argparse type: a TCP port, 1 to 65535."""
+    return _number(text, int, lambda v: 1 <= v <= 65535, "a port number", "a port from 1 to 65535")
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    return _number(text, float, lambda v: 0 < v < float("inf"), "a number > 0", "a finite number > 0")
 
 
 def non_negative_float(text: str) -> float:
     """argparse type: a finite number >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
+    return _number(text, float, lambda v: 0 <= v < float("inf"), "a number >= 0", "a finite number >= 0")
 
 
 def fraction(text: str) -> float:
     """argparse type: a number in [0, 1]."""
+    return _number(text, float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]", "in [0, 1]")
+
+
+def box_xywh(text: str) -> list[float]:
+    """argparse type: ``"x,y,w,h"`` -> four floats."""
+    parts = text.replace(" ", "").split(",")
     try:
-        value = float(text)
+        values = [float(p) for p in parts]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+        values = []
+    if len(values) != 4:
+        raise argparse.ArgumentTypeError(f"expected x,y,w,h (four numbers), got {text!r}")
+    return values
+
+
+def working_size(text: str) -> int:
+    """argparse type of ``--size`` (inference): 0 or an integer >= :data:`~detector.config.MIN_INFER_SIZE`
+    (``infer.size``'s rule)."""
+    return _number(text, int, lambda v: infer_option_ok("size", v), "an integer (pixels)",
+                   f"0 (data.eval_size) or >= {MIN_INFER_SIZE}")
+
+
+def overlap_fraction(text: str) -> float:
+    """argparse type of ``--tile-overlap``: a number in [0, 1) (``infer.tile_overlap``'s rule)."""
+    value = fraction(text)
+    if not infer_option_ok("tile_overlap", value):
+        raise argparse.ArgumentTypeError(f"must be below 1 (tiles that overlap entirely never advance), got {text}")
     return value
 
 

@@ -8,6 +8,7 @@ that names the key and the file it came from.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
@@ -351,6 +352,59 @@ def validate(cfg: Config) -> None:
         if not 0.0 <= iou <= 1.0:
             raise ConfigError(f"{key}={iou!r} must be an IoU threshold in [0, 1] (0 = off)")
     _validate_ranges(cfg)
+    _validate_model_sizes(cfg)
+
+
+def _non_finite(x: Any, prefix: str) -> Optional[str]:
+    """The dotted key of the first NaN or infinite number in a config section, or ``None``."""
+    for f in dataclasses.fields(x):
+        value, key = getattr(x, f.name), f"{prefix}.{f.name}"
+        if dataclasses.is_dataclass(value):
+            found = _non_finite(value, key)
+            if found:
+                return found
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            return key
+    return None
+
+
+def _validate_model_sizes(cfg: Config) -> None:
+    """Finite numbers everywhere, and the sizes a typo turns into a traceback deep in the model."""
+    for section in ("model", "loss", "data", "train", "eval", "infer"):
+        key = _non_finite(getattr(cfg, section), section)
+        if key:
+            raise ConfigError(f"{key}: NaN or infinity is not a usable value; give a finite number")
+    m, d = cfg.model, cfg.data
+    bounds = {  # key: (value, smallest, largest)
+        "model.d_model": (m.d_model, 1, 4096), "model.num_heads": (m.num_heads, 1, 256),
+        "model.dim_feedforward": (m.dim_feedforward, 1, 65536), "model.bias_hidden_dim": (m.bias_hidden_dim, 1, 65536),
+        "model.num_queries": (m.num_queries, 1, 5000), "model.num_queries_one2many": (m.num_queries_one2many, 0, 20000),
+        "model.num_decoder_layers": (m.num_decoder_layers, 1, 64), "model.correlation_channels": (m.correlation_channels, 0, 1024),
+        "model.support_size": (m.support_size, 16, 4096), "data.eval_size": (d.eval_size, MIN_INFER_SIZE, 8192),
+        "data.query_max_size": (d.query_max_size, MIN_INFER_SIZE, 8192), "loss.one2many_repeat": (cfg.loss.one2many_repeat, 1, 100),
+    }
+    for key, (value, lo, hi) in bounds.items():
+        if not lo <= value <= hi:
+            raise ConfigError(f"{key}={value!r} must be in [{lo}, {hi}]")
+    if not 0.0 <= m.dropout < 1.0:
+        raise ConfigError(f"model.dropout={m.dropout!r} must be in [0, 1)")
+    if not m.proposal_sizes or not all(0.0 < s <= 1.0 for s in m.proposal_sizes):
+        raise ConfigError(f"model.proposal_sizes={list(m.proposal_sizes)!r} must be one or more anchor sides in (0, 1]")
+    if len(d.query_min_size) != 2 or not MIN_INFER_SIZE <= min(d.query_min_size) <= max(d.query_min_size):
+        raise ConfigError(f"data.query_min_size={list(d.query_min_size)!r} must be a range [low, high] of sides >= {MIN_INFER_SIZE}")
+    non_negative = {"model.bias_box_prior": m.bias_box_prior, "train.weight_decay": cfg.train.weight_decay,
+                    "train.warmup_iters": cfg.train.warmup_iters, "train.clip_max_norm": cfg.train.clip_max_norm,
+                    "data.support_margin": d.support_margin, "data.min_exemplar_area": d.min_exemplar_area,
+                    "data.train_cache_mb": d.train_cache_mb, "loss.one2many_weight": cfg.loss.one2many_weight,
+                    **{f"loss.{n}": getattr(cfg.loss, n) for n in ("class_weight", "bbox_weight", "giou_weight",
+                                                                   "match_class_weight", "match_bbox_weight",
+                                                                   "match_giou_weight", "focal_gamma")}}
+    for key, value in non_negative.items():
+        if value < 0:
+            raise ConfigError(f"{key}={value!r} must be >= 0")
+    if not 0.0 <= cfg.loss.focal_alpha <= 1.0:
+        raise ConfigError(f"loss.focal_alpha={cfg.loss.focal_alpha!r} must be in [0, 1]")
 
 
 # Lower bounds of the counts that a typo turns into a crash or a run that does nothing.

@@ -30,7 +30,7 @@ from PIL import Image
 
 from .config import DEFAULT_MAX_PIXELS, MIN_INFER_SIZE, RESCALE_MODES, Config, infer_option_ok
 from .data.image_io import ImageLike, load_image
-from .data.support import crop_exemplar
+from .data.support import as_box, crop_exemplar
 from .data.transforms import QueryTransform, SupportTransform, resize, to_tensor
 from .errors import CheckpointError, InputError
 from .loading import load_model
@@ -178,6 +178,9 @@ class OneShotDetector:
         ``opts.size`` (:mod:`detector.tiling`), ``infer.tile_batch`` tiles per forward pass, merged."""
         array = np.asarray(load_image(query_image, "query image", self.max_pixels))
         h, w = array.shape[:2]
+        if min(h, w) * scale < 1:
+            raise InputError(f"rescale={opts.rescale}: the {w}x{h} px query scaled by {scale:.3g} would be under one "
+                             f"pixel on a side (is object_size={opts.object_size:g} far smaller than the exemplar box?)")
         sh, sw = max(1, round(h * scale)), max(1, round(w * scale))
         self._check_scaled_pixels(opts, scale, sh, sw)
         grid = tile_grid(sh, sw, opts.size, opts.tile_overlap)
@@ -231,7 +234,8 @@ class OneShotDetector:
         if support_box is not None:
             if support_boxes is not None:
                 raise InputError("give support_box (one exemplar) or support_boxes, not both")
-            support_boxes = support_box
+            support_boxes = as_box(support_box, "support_box")
+        check_score_threshold(score_threshold)
         opts = self.infer_options(size, rescale, object_size, tile_overlap, max_detections)
         if len(query_images) == 0:
             return []
@@ -330,14 +334,27 @@ def pair_supports(support_images, support_boxes=None, mismatch: str = PAIRING_ER
     if support_boxes is None:
         boxes = [None] * len(images)
     elif _is_box(support_boxes):
-        boxes = [support_boxes]
+        boxes = [as_box(support_boxes)]
+    elif not isinstance(support_boxes, (list, tuple, np.ndarray)) or _numbers_only(support_boxes):
+        raise InputError(f"support boxes: expected one box x, y, w, h (four numbers) or a list of boxes; "
+                         f"got {support_boxes!r:.80}")
     else:
-        boxes = list(support_boxes)
+        boxes = [None if b is None else as_box(b, f"support box {i + 1}") for i, b in enumerate(support_boxes)]
+    if len(images) == 1 and len(boxes) > 1 and None in boxes:
+        raise InputError("several exemplars cut from one support image each need a box x, y, w, h; "
+                         f"got {boxes!r:.80}")
     if len(images) == 1 and len(boxes) > 1:
         images = images * len(boxes)
     if not boxes or len(boxes) != len(images):
         raise InputError(mismatch.format(images=len(images), boxes=len(boxes)))
     return images, boxes
+
+
+def check_score_threshold(value) -> None:
+    """:class:`InputError` unless ``value`` is a number in [0, 1] (NaN would keep nothing, silently)."""
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and 0 <= value <= 1
+    if not ok:
+        raise InputError(f"score_threshold: expected a number in [0, 1], got {value!r:.40}")
 
 
 def _result(found: dict, score_threshold: float) -> dict:
@@ -349,6 +366,11 @@ def _result(found: dict, score_threshold: float) -> dict:
             for b, s in zip(boxes, found["scores"][keep])]
     return {"width": int(found["width"]), "height": int(found["height"]), "scale": round(float(found["scale"]), 6),
             "tiles": int(found["tiles"]), "detections": dets}
+
+
+def _numbers_only(value) -> bool:
+    """A flat sequence of scalars (numbers, text), not a list of boxes: a box of the wrong arity."""
+    return all(not isinstance(v, (list, tuple, np.ndarray)) and v is not None for v in value) and len(value) > 0
 
 
 def _is_box(value) -> bool:

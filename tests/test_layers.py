@@ -81,3 +81,22 @@ def test_no_tool_imports_another(tool):
     """A tool runs the same from a checkout and installed (``detector_tools``): it imports the package only."""
     names = _imports(os.path.join(ROOT, "tools", tool), f"tools.{tool[:-3]}", False)
     assert not any(n.split(".")[0] in ("tools", "detector_tools") for n in names)
+
+
+def _test_files() -> list:
+    return [os.path.join(folder, f) for folder, _, files in os.walk(os.path.join(ROOT, "tests")) for f in files
+            if f.endswith(".py")]
+
+
+def test_tests_import_the_tools_under_one_name():
+    """The command-line tools are imported as ``detector_tools.X`` (the installed name), never as
+    ``tools.X``, so that no module is loaded twice under two names; the checkout-only research
+    scripts stay ``tools.analysis.X``."""
+    tools = {f[:-3] for f in os.listdir(os.path.join(ROOT, "tools")) if f.endswith(".py") and f != "__init__.py"}
+    offenders = []
+    for path in _test_files():
+        for name in _imports(path, "tests", False):
+            parts = name.split(".")
+            if parts[0] == "tools" and (len(parts) == 1 or parts[1] in tools):
+                offenders.append(f"{os.path.relpath(path, ROOT)}: {name}")
+    assert offenders == []

@@ -16,7 +16,7 @@
 #
 # Steps, in order of value, each under its own time limit (seconds: GPU_SUITE_S, CHECK_S, DEMO_S);
 # STEPS="gpu_suite cuda_check" runs some of them (a device call lasts at most 10 minutes):
-#   1. python -m tools.benchmark --device cuda   the GPU suite: gpu_suite.md (tables), .json, .log
+#   1. python tools/benchmark.py --device cuda   the GPU suite: gpu_suite.md (tables), .json, .log
 #   2. python tools/cuda_check.py                 kernels, CPU vs GPU, BatchNorm folding: cuda_check.*
 #   3. the demo config's training (configs/synthetic.yaml, 3000 iterations) and its test AP:
 #      demo_train.log, demo_metrics.json (the AP to compare with the CPU run's at equal iterations)
@@ -44,7 +44,7 @@ step() {  # step NAME SECONDS COMMAND...: run it with a limit, note its exit cod
     echo "$name: exit $rc, $((SECONDS - start)) s" >> "$OUT/summary.txt"
 }
 
-step gpu_suite "${GPU_SUITE_S:-240}" bash -c "'$PY' -m tools.benchmark --device cuda --json '$OUT/gpu_suite.json' \
+step gpu_suite "${GPU_SUITE_S:-240}" bash -c "'$PY' tools/benchmark.py --device cuda --json '$OUT/gpu_suite.json' \
     > '$OUT/gpu_suite.md' 2> '$OUT/gpu_suite.log'"
 step cuda_check "${CHECK_S:-90}" bash -c "'$PY' tools/cuda_check.py --out '$OUT/cuda_check.json' \
     > '$OUT/cuda_check.txt' 2>&1"

@@ -20,7 +20,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from detector.cli import ArgumentParser, guarded, positive_int  # noqa: E402
+from detector.cli import ArgumentParser, guarded, positive_int, thread_count  # noqa: E402
 from detector.errors import InputError  # noqa: E402
 
 
@@ -58,7 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--combinations", type=combinations, default=None,
                    help="KEYS/CORRELATION pairs, e.g. joint/max,mean/mean (default: the checkpoint's config)")
     p.add_argument("--output-dir", default="", help="where the metrics and kshot.md go (default: checkpoint folder)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: train.num_threads of the config)")
+    p.add_argument("--threads", type=thread_count, default=0, help="torch CPU threads (0: train.num_threads of the config)")
     p.add_argument("overrides", nargs="*", help="dotted config overrides")
     return p.parse(argv)
 

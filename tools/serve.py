@@ -17,20 +17,25 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from detector.cli import (ArgumentParser, non_negative_int, port_number, positive_float, positive_int,  # noqa: E402
+                          thread_count)
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's
+
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--checkpoint", required=True, help="checkpoint of tools/train.py, or a folder: its newest one")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=port_number, default=8000)
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
-    p.add_argument("--workers", type=int, default=1, help="model worker threads")
-    p.add_argument("--queue", type=int, default=8, help="requests that may wait for a worker; more get 503")
-    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body (both images)")
-    p.add_argument("--max-megapixels", type=float, default=40.0, help="largest image, read before decoding")
-    p.add_argument("--read-timeout", type=float, default=30.0, help="seconds to receive a request's body")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--log-level", default="info", help="uvicorn log level (warning: no line per request)")
+    p.add_argument("--workers", type=positive_int, default=1, help="model worker threads")
+    p.add_argument("--queue", type=non_negative_int, default=8, help="requests that may wait for a worker; more get 503")
+    p.add_argument("--max-upload-mb", type=positive_float, default=20.0, help="largest request body (both images)")
+    p.add_argument("--max-megapixels", type=positive_float, default=40.0, help="largest image, read before decoding")
+    p.add_argument("--read-timeout", type=positive_float, default=30.0, help="seconds to receive a request's body")
+    p.add_argument("--threads", type=thread_count, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--log-level", default="info", choices=LOG_LEVELS, help="uvicorn log level (warning: no line per request)")
     return p.parse_args(argv)
 
 

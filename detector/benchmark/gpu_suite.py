@@ -16,9 +16,10 @@ ask for, for each kernel:
 * **demo**: the demo config's model (``configs/synthetic.yaml``: frozen backbone, cached features)
   trained as the demo trains it, its batches taken from the feature cache (on the device).
 
-Times are medians after warm-ups with ``torch.cuda.synchronize()`` around each step; memory is the
-peak allocated during the steps above what was allocated before them (CUDA; not measured on the
-CPU, whose memory the ``decoder`` suite measures). For the training and inference steps the table
+Times are medians after warm-ups with ``torch.cuda.synchronize()`` around each step
+(:func:`detector.benchmark.timing.measure`); memory is the ``rise_mb`` of that helper: on CUDA the
+peak allocated during the steps above what was allocated before them, on the CPU the rise of the
+resident set size. For the training and inference steps the table
 also gives what :class:`detector.utils.op_audit.OpAudit` counts in one more step: operators
 dispatched (about the kernels launched) and host synchronisations (on the CPU with NMS calls grouped
 as on CUDA, ``detector.models.nms.CHUNK_BOXES``).
@@ -34,6 +35,7 @@ import time
 from typing import Callable, Optional
 
 from .decoder import BENCH_MODEL
+from .timing import measure, sync
 
 SCALES = {
     "cuda": {
@@ -59,36 +61,6 @@ SCALES = {
         "warmup": 1, "iters": 2,
     },
 }
-
-
-def _sync(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def measure(step: Callable[[], object], device, warmup: int, iters: int) -> dict:
-    """Median seconds of ``step`` over ``iters`` runs after ``warmup``; on CUDA the peak memory
-    allocated during the timed runs above what was allocated before them (MB)."""
-    import torch
-
-    for _ in range(warmup):
-        step()
-    _sync(device)
-    cuda = device.type == "cuda"
-    if cuda:
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    out = {"median_s": statistics.median(times), "times_s": times}
-    out["peak_mb"] = (torch.cuda.max_memory_allocated(device) - base) / 2**20 if cuda else None
-    return out
 
 
 def audit(step: Callable[[], object], *device_tensors) -> dict:
@@ -219,7 +191,7 @@ def inference(device, scale: dict, impls: list) -> list[dict]:
                 m = measure(step, device, scale["warmup"], scale["iters"])
                 out[f"{key}_ms"] = m["median_s"] * 1e3
                 out[f"{key}_pairs_per_s"] = batch / m["median_s"]
-                out[f"{key}_peak_mb"] = m["peak_mb"]
+                out[f"{key}_peak_mb"] = m["rise_mb"]
                 a = audit(step, *_device_tensors(model, [data]))
                 out[f"{key}_syncs"], out[f"{key}_ops"] = a["syncs"], a["ops"]
             return out
@@ -227,12 +199,10 @@ def inference(device, scale: dict, impls: list) -> list[dict]:
     return rows
 
 
-def demo_training(device, scale: dict, compiled: bool = False) -> dict:
-    """Images/s of the demo config's training step on cached features (``configs/synthetic.yaml``);
-    ``compiled``: with ``train.compile=true`` (``torch.compile``; its compilation happens in the
+def demo_training(device, scale: dict, config: str, compiled: bool = False) -> dict:
+    """Images/s of the demo config's training step on cached features (``config``: the path of
+    ``configs/synthetic.yaml``); ``compiled``: with ``train.compile=true`` (``torch.compile``; its compilation happens in the
     first pass over the batches, before the timed steps)."""
-    import os
-
     import torch
 
     from detector.config import load_config
@@ -243,10 +213,9 @@ def demo_training(device, scale: dict, compiled: bool = False) -> dict:
     from detector.structures import ImageBatch
 
     p = scale["demo"]
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
 
     def run():
-        cfg = load_config(os.path.join(root, "configs", "synthetic.yaml"), ["model.backbone.pretrained=none"])
+        cfg = load_config(config, ["model.backbone.pretrained=none"])
         model, criterion, _ = build_model(cfg)
         model.to(device).train()
         train_model = torch.compile(model) if compiled else model
@@ -270,7 +239,7 @@ def demo_training(device, scale: dict, compiled: bool = False) -> dict:
         t0 = time.perf_counter()
         for _ in range(len(loader)):  # fill the cache, as the demo's first epoch does (and compile)
             step()
-        _sync(device)
+        sync(device)
         first_pass = time.perf_counter() - t0
         out = measure(step, device, scale["warmup"], max(scale["iters"], 2 * len(loader)))
         if not compiled:  # (an audit's dispatcher hooks would change what a compiled step runs)
@@ -282,8 +251,10 @@ def demo_training(device, scale: dict, compiled: bool = False) -> dict:
     return {"part": "demo", "batch": p["batch"], "compiled": compiled, **_guarded(run)}
 
 
-def run_suite(device, scale: dict, impls: list, progress: Optional[Callable[[str], None]] = None) -> list[dict]:
-    """Every measurement of the suite at ``scale`` -> result rows."""
+def run_suite(device, scale: dict, impls: list, demo_config: str,
+              progress: Optional[Callable[[str], None]] = None) -> list[dict]:
+    """Every measurement of the suite at ``scale`` -> result rows (``demo_config``: the path of the
+    demo's config, ``configs/synthetic.yaml``)."""
     from detector.models import nms
 
     say = progress or (lambda _: None)
@@ -295,7 +266,7 @@ def run_suite(device, scale: dict, impls: list, progress: Optional[Callable[[str
         for name, fn in (("decoder", lambda: decoder_points(device, scale, impls)),
                          ("training", lambda: training(device, scale, impls)),
                          ("inference", lambda: inference(device, scale, impls)),
-                         ("demo", lambda: [demo_training(device, scale, c) for c in scale["demo"]["compile"]])):
+                         ("demo", lambda: [demo_training(device, scale, demo_config, c) for c in scale["demo"]["compile"]])):
             t0 = time.perf_counter()
             rows += fn()
             say(f"{name}: {time.perf_counter() - t0:.0f} s")
@@ -325,7 +296,7 @@ def _decoder_tables(rows: list[dict]) -> list[str]:
     dec = [r for r in rows if r["part"] == "decoder"]
     out = _section("Decoder (6 layers, d 256, 8 heads, FFN 2048, bias MLP hidden 512; forward + backward unless noted)",
                    ["point", "impl", "ms", "peak MB"],
-                   [f"| {r['point']} | {r['impl']} | {_ms(r)} | {_f(r.get('peak_mb'), 0)} |" + _err(r) for r in dec])
+                   [f"| {r['point']} | {r['impl']} | {_ms(r)} | {_f(r.get('rise_mb'), 0)} |" + _err(r) for r in dec])
     by = {(r["point"], r["impl"]): r for r in dec}
     impls = list(dict.fromkeys(r["impl"] for r in dec))
     if len(impls) != 2:
@@ -334,7 +305,7 @@ def _decoder_tables(rows: list[dict]) -> list[str]:
     for point in dict.fromkeys(r["point"] for r in dec):
         a, b = by.get((point, impls[0]), {}), by.get((point, impls[1]), {})
         t = b["median_s"] / a["median_s"] if a.get("median_s") and b.get("median_s") else None
-        m = b["peak_mb"] / a["peak_mb"] if a.get("peak_mb") and b.get("peak_mb") is not None else None
+        m = b["rise_mb"] / a["rise_mb"] if a.get("rise_mb") and b.get("rise_mb") is not None else None
         ratios.append(f"| {point} | {_f(t, 2)} | {_f(m, 3)} |")
     return out + ["", f"| point | {impls[1]} / {impls[0]}: time | memory |", "|---|---|---|"] + ratios
 
@@ -343,13 +314,14 @@ def tables(rows: list[dict], device_name: str, torch_version: str, scale: dict) 
     """The suite's markdown tables."""
     today = datetime.date.today().isoformat()
     out = [f"GPU suite, {today}: {device_name}, torch {torch_version}; medians of {scale['iters']} steps after "
-           f"{scale['warmup']} warm-ups; memory: peak allocated above what was held before the steps"]
+           f"{scale['warmup']} warm-ups; memory: the rise during the steps (CUDA: peak allocated above what was "
+           "held before them; CPU: resident set size, detector.benchmark.timing)"]
     out += _decoder_tables(rows)
     out += _section("Whole model, training (default config, MobileNetV2 trained, AdamW, one train_step)",
                     ["impl", "images", "object queries", "batch", "images/s", "ms/step", "peak MB", "operators/step",
                      "host syncs/step"],
                     [f"| {r['impl']} | {r['size']} px | {r['queries']} | {r['batch']} | {_f(r.get('images_per_s'))} | "
-                     f"{_ms(r)} | {_f(r.get('peak_mb'), 0)} | {r.get('ops', 'n/a')} | {r.get('syncs', 'n/a')} |" + _err(r)
+                     f"{_ms(r)} | {_f(r.get('rise_mb'), 0)} | {r.get('ops', 'n/a')} | {r.get('syncs', 'n/a')} |" + _err(r)
                      for r in rows if r["part"] == "train"])
     queries = next((r["queries"] for r in rows if r["part"] == "infer"), "n/a")
     out += _section(f"Inference (default config, {queries} object queries, forward + postprocessing, results copied "
@@ -361,6 +333,6 @@ def tables(rows: list[dict], device_name: str, torch_version: str, scale: dict) 
                     ["torch.compile", "batch", "images/s", "ms/step", "first pass s", "peak MB", "operators/step",
                      "host syncs/step"],
                     [f"| {'yes' if r['compiled'] else 'no'} | {r['batch']} | {_f(r.get('images_per_s'))} | {_ms(r)} | "
-                     f"{_f(r.get('first_pass_s'))} | {_f(r.get('peak_mb'), 0)} | {r.get('ops', 'n/a')} | "
+                     f"{_f(r.get('first_pass_s'))} | {_f(r.get('rise_mb'), 0)} | {r.get('ops', 'n/a')} | "
                      f"{r.get('syncs', 'n/a')} |" + _err(r) for r in rows if r["part"] == "demo"])
     return "\n".join(out)

@@ -32,6 +32,9 @@ from ..config import DEFAULT_MAX_PIXELS
 from ..errors import InputError
 
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]  # what load_image accepts
+# The formats a user's photo may come in (PIL names), for load_image and the web API: none that PIL
+# decodes through an outside program (EPS runs Ghostscript) or that is rarely a photo.
+PHOTO_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
 
 
 class ImageReadError(InputError):
@@ -120,7 +123,7 @@ def read_image(path: Union[str, BinaryIO], expected_hw: Optional[tuple[int, int]
         label = name or path
     else:
         label = name or getattr(path, "name", "image")
-    unknown = (f"not an image of an accepted format ({', '.join(formats)})" if formats
+    unknown = (f"not a recognised image format (the accepted formats: {', '.join(formats)})" if formats
                else "not a recognised image format")
     try:
         with contextlib.ExitStack() as stack:
@@ -182,8 +185,8 @@ def load_image(image: ImageLike, what: str = "image", max_pixels: Optional[int] 
 
     Accepted:
 
-    * a path: any format PIL reads, by the rules of the module docstring (EXIF orientation,
-      grayscale, palette, 16-bit, alpha onto white; :func:`read_image`);
+    * a path to a file of one of :data:`PHOTO_FORMATS`, by the rules of the module docstring (EXIF
+      orientation, grayscale, palette, 16-bit, alpha onto white; :func:`read_image`);
     * a PIL image of any mode, converted by the same rules;
     * a numpy array ``[H, W]``, ``[H, W, 1]``, ``[H, W, 3]`` (RGB) or ``[H, W, 4]`` (RGBA, alpha
       onto white) of dtype ``uint8`` (0-255), another integer dtype with values in 0-255, or a
@@ -200,7 +203,7 @@ def load_image(image: ImageLike, what: str = "image", max_pixels: Optional[int] 
         return Image.fromarray(_array_to_rgb(image, what, max_pixels))
     if isinstance(image, (str, os.PathLike)):
         try:
-            return Image.fromarray(read_image(os.fspath(image), max_pixels=max_pixels))
+            return Image.fromarray(read_image(os.fspath(image), max_pixels=max_pixels, formats=PHOTO_FORMATS))
         except ImageReadError as e:
             raise InputError(f"{what}: {e}") from None
     raise InputError(f"{what}: expected a path, a PIL image or a numpy array, got {type(image).__name__}")

@@ -142,6 +142,19 @@ def crop_support(image: np.ndarray, box_xyxy: Sequence[float], margin: float) ->
     return image[y0:y1, x0:x1]
 
 
+def as_box(value, what: str = "support box") -> tuple[float, float, float, float]:
+    """``(x, y, w, h)`` as four floats from a sequence of four real numbers (``bool`` and text are
+    not numbers); :class:`InputError` naming ``what`` otherwise. Finiteness and area are the
+    caller's rules (:func:`crop_exemplar`)."""
+    is_number = lambda v: isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))  # noqa: E731
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if not isinstance(value, (list, tuple)) or len(value) != 4 or not all(is_number(v) for v in value):
+        shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+        raise InputError(f"{what} must be x, y, w, h (four numbers); got {shown}")
+    return tuple(float(v) for v in value)
+
+
 def crop_exemplar(image: Image.Image, support_box: Optional[Sequence[float]], margin: float) -> Image.Image:
     """The exemplar of a support image: the whole ``image``, or ``support_box`` (``x, y, w, h``
     absolute pixels) enlarged by ``margin`` of its size on each side and clipped to the image, as
@@ -149,9 +162,7 @@ def crop_exemplar(image: Image.Image, support_box: Optional[Sequence[float]], ma
     has zero area or lies outside the image."""
     if support_box is None:
         return image
-    if len(support_box) != 4:
-        raise InputError(f"support box must be x,y,w,h; got {list(support_box)}")
-    x, y, w, h = (float(v) for v in support_box)
+    x, y, w, h = as_box(support_box)
     W, H = image.size
     if not all(np.isfinite([x, y, w, h])) or w <= 0 or h <= 0:
         raise InputError(f"support box {[x, y, w, h]} has zero area (width and height must be > 0)")

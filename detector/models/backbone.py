@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 from timm.layers.norm_act import FrozenBatchNormAct2d
 
+from ..errors import ConfigError
 from ..structures import ImageBatch
 from ..utils.device import upload
 from ..utils.digest import sha256_of  # noqa: F401 (also imported from here)
@@ -136,7 +137,7 @@ def fold_frozen_batchnorm(body: nn.Module) -> int:
     ``Sequential``, torchvision's ``FrozenBatchNorm2d`` becomes an ``Identity``. Pairs are found in
     registration order (a conv registered right before a BN of its width, in the same parent), which
     is how timm and torchvision backbones are written; :meth:`Backbone.folded_body` checks the result
-    numerically. On MobileNetV2 (2 CPU threads, ``python -m tools.benchmark --suite backbone``) one
+    numerically. On MobileNetV2 (2 CPU threads, ``python tools/benchmark.py --suite backbone``) one
     image takes 0.69x the time at 256 px and 0.83x at 128 px; the outputs differ by float rounding
     only. Returns the number of BNs folded.
     """
@@ -179,10 +180,14 @@ class Backbone(nn.Module):
     def __init__(self, name: str, d_model: int, output_stride: int = 16, pretrained: str = "none",
                  sha256: str = "", freeze: bool = False):
         super().__init__()
-        probe = timm.create_model(name, features_only=True, pretrained=False)
+        try:
+            probe = timm.create_model(name, features_only=True, pretrained=False)
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:  # timm: "Unknown model", no features_only
+            raise ConfigError(f"model.backbone.name={name!r}: not a timm model that gives feature maps "
+                              f"({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})") from None
         reductions = probe.feature_info.reduction()
         if output_stride not in reductions:
-            raise ValueError(f"backbone '{name}' has strides {reductions}; output_stride={output_stride} is not one")
+            raise ConfigError(f"model.backbone.output_stride={output_stride}: backbone '{name}' has strides {reductions}")
         index = reductions.index(output_stride)
         del probe
         self.body = timm.create_model(name, features_only=True, out_indices=(index,),
@@ -208,11 +213,12 @@ class Backbone(nn.Module):
 
     def _load_file(self, path: str, expected_sha256: Optional[str]) -> None:
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"backbone weights file not found: {path}")
+            raise ConfigError(f"model.backbone.pretrained={path}: backbone weights file not found")
         if expected_sha256:
             actual = sha256_of(path)
             if actual != expected_sha256:
-                raise ValueError(f"{path}: sha256 {actual} does not match the expected {expected_sha256}")
+                raise ConfigError(f"{path}: sha256 {actual} does not match the expected {expected_sha256} "
+                                  "(model.backbone.sha256)")
         state = torch.load(path, map_location="cpu", weights_only=True)
         if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
             state = state["state_dict"]

@@ -30,9 +30,9 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
 from ..config import MIN_INFER_SIZE, RESCALE_MODES, infer_option_ok
-from ..data.image_io import ImageReadError, ImageTooLargeError, read_image
+from ..data.image_io import PHOTO_FORMATS, ImageReadError, ImageTooLargeError, read_image
 
-ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")  # PIL names; no formats run by helpers
+ACCEPTED_FORMATS = PHOTO_FORMATS  # PIL names; none decoded by an outside program
 DEFAULT_SCORE_THRESHOLD = 0.3
 MAX_TEXT_FIELD_BYTES = 1024
 

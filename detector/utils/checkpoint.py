@@ -3,7 +3,9 @@
 A checkpoint is a dict of tensors and plain Python values only (no pickled objects): the model,
 optimiser, scheduler and scaler state dicts, ``epoch`` and ``iteration``, the RNG states (numpy and
 Python states converted to tensors and lists), the resolved config as a dict, the git revision, and
-``model_class`` so that a checkpoint of another model is recognised.
+``model_class`` so that a checkpoint of another model is recognised, and ``weights_sha256``, a
+digest of the model's tensors: :func:`load_checkpoint` refuses a file whose weights no longer match
+it (one flipped byte inside a tensor, which the zip format does not catch) or hold NaN or inf.
 
 A write either leaves the complete new file or none (a SIGKILL leaves at most a hidden
 ``.checkpoint_*.tmp*`` file, removed by :func:`remove_stale_temporaries`); a failing write raises
@@ -12,6 +14,7 @@ A write either leaves the complete new file or none (a SIGKILL leaves at most a 
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import random
 import re
@@ -181,6 +184,35 @@ def _unreadable(path: str, e: Exception) -> CheckpointError:
     return CheckpointError(f"{path}: not a readable checkpoint: corrupted ({_first_sentence(str(e)) or type(e).__name__})")
 
 
+def weights_digest(weights: dict) -> str:
+    """sha256 over a state dict's tensors: each name, dtype, shape and bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(weights):
+        t = weights[name]
+        if not isinstance(t, torch.Tensor):
+            continue
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _check_weights(state: dict, path: str) -> None:
+    """:class:`CheckpointError` when the model's tensors do not match the stored digest (files
+    written before the digest existed have none) or hold a non-finite value."""
+    weights = state["model"]
+    if not isinstance(weights, dict):
+        raise CheckpointError(f"{path}: not a checkpoint of this project ('model' is not a dict of tensors)")
+    stored = state.get("weights_sha256")
+    if stored is not None and stored != weights_digest(weights):
+        raise CheckpointError(f"{path}: damaged: its weights do not match the digest stored with them "
+                              "(a changed byte); use another checkpoint")
+    for name, t in weights.items():
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"{path}: weight {name} holds NaN or inf; the run that wrote it diverged, "
+                                  "use an earlier checkpoint")
+
+
 def load_checkpoint(path: str, map_location: Any = "cpu") -> dict:
     """Read a checkpoint with ``weights_only=True``; a clear :class:`CheckpointError` when the file
     is missing, unreadable, or not a checkpoint of this project's model."""
@@ -197,6 +229,7 @@ def load_checkpoint(path: str, map_location: Any = "cpu") -> dict:
     if state.get("model_class") != MODEL_CLASS or "config" not in state:
         raise CheckpointError(f"{path}: a checkpoint of another model ({state.get('model_class', 'unknown')!r}); "
                               f"expected {MODEL_CLASS!r} written by tools/train.py")
+    _check_weights(state, path)
     return state
 
 
@@ -216,5 +249,6 @@ def load_weights(model: torch.nn.Module, weights: dict, path: str) -> None:
 def checkpoint_state(model: torch.nn.Module, config: dict, **extra: Any) -> dict:
     """The checkpoint dict of ``model`` (its state dict) with the resolved ``config`` (a plain dict),
     the git revision, the model class and format version, plus ``extra`` entries (optimizer, ...)."""
-    return {"model": model.state_dict(), "config": config, "git_revision": git_revision(),
-            "model_class": MODEL_CLASS, "format_version": FORMAT_VERSION, **extra}
+    weights = model.state_dict()
+    return {"model": weights, "weights_sha256": weights_digest(weights), "config": config,
+            "git_revision": git_revision(), "model_class": MODEL_CLASS, "format_version": FORMAT_VERSION, **extra}

@@ -184,5 +184,5 @@ def test_images_from_memory_and_the_pixel_limit_before_decoding(tmp_path, noise_
     Image.new("1", (5000, 10000)).save(buf, format="PNG")
     with pytest.raises(ImageTooLargeError, match="5000x10000 pixels"):
         read_image(io.BytesIO(buf.getvalue()), max_pixels=10_000_000)
-    with pytest.raises(ImageReadError, match=r"not an image of an accepted format \(JPEG\)"):
+    with pytest.raises(ImageReadError, match=r"not a recognised image format \(the accepted formats: JPEG\)"):
         read_image(io.BytesIO(data), formats=("JPEG",), name="upload")

@@ -9,7 +9,8 @@ import torch
 from detector.config import to_dict
 from detector.models import build_model
 from detector.utils.checkpoint import (CheckpointError, checkpoint_state, latest_checkpoint, list_checkpoints,
-                                       load_checkpoint, rng_state, save_checkpoint, save_rotating, set_rng_state)
+                                       load_checkpoint, rng_state, save_checkpoint, save_rotating, set_rng_state,
+                                       weights_digest)
 
 
 def test_rotation_keeps_the_last_k(tmp_path, tiny_cfg):
@@ -106,3 +107,51 @@ def test_truncated_and_corrupted_checkpoints_read_as_one_line(tmp_path, tiny_cfg
         text = str(err.value)
         assert text.startswith(str(tmp_path / f"{name}.pth")) and message in text
         assert "\n" not in text and "trusted source" not in text and "miniz" not in text
+
+
+def _flip_a_byte_inside_the_largest_tensor(path) -> None:
+    """Change one byte in the middle of the largest tensor record of a torch zip file, as a bad disk
+    or copy would: the zip still opens and torch.load does not notice."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    with open(path, "r+b") as f:
+        f.seek(info.header_offset + 26)
+        name_len, extra_len = struct.unpack("<HH", f.read(4))
+        where = info.header_offset + 30 + name_len + extra_len + info.file_size // 2
+        f.seek(where)
+        byte = f.read(1)
+        f.seek(where)
+        f.write(bytes([byte[0] ^ 0x10]))
+
+
+def test_a_changed_byte_inside_a_tensor_is_refused_naming_the_file(tmp_path, tiny_cfg):
+    model, _, _ = build_model(tiny_cfg())
+    path = save_checkpoint(str(tmp_path / "c.pth"), checkpoint_state(model, to_dict(tiny_cfg())))
+    assert load_checkpoint(path)["weights_sha256"]  # intact: loads
+    _flip_a_byte_inside_the_largest_tensor(path)
+    torch.load(path, weights_only=True)  # the format itself does not see the change
+    with pytest.raises(CheckpointError, match=r"c\.pth: damaged: its weights do not match the digest"):
+        load_checkpoint(path)
+
+
+def test_non_finite_weights_are_refused_at_load(tmp_path, tiny_cfg):
+    model, _, _ = build_model(tiny_cfg())
+    state = checkpoint_state(model, to_dict(tiny_cfg()))
+    name = next(k for k, v in state["model"].items() if v.is_floating_point() and v.numel() > 1)
+    state["model"][name].view(-1)[1] = float("nan")
+    state["weights_sha256"] = weights_digest(state["model"])  # written so by a run that diverged
+    path = save_checkpoint(str(tmp_path / "nan.pth"), state)
+    with pytest.raises(CheckpointError, match=f"weight {name} holds NaN or inf"):
+        load_checkpoint(path)
+
+
+def test_a_checkpoint_without_a_digest_still_loads(tmp_path, tiny_cfg):
+    """Files written before the digest existed load as before (their tensors are still checked for NaN)."""
+    model, _, _ = build_model(tiny_cfg())
+    state = checkpoint_state(model, to_dict(tiny_cfg()))
+    del state["weights_sha256"]
+    path = save_checkpoint(str(tmp_path / "old.pth"), state)
+    assert "weights_sha256" not in load_checkpoint(path)

@@ -3,6 +3,7 @@ import pytest
 import timm
 import torch
 
+from detector.errors import ConfigError
 from detector.models.backbone import Backbone, load_weights_into, offline_weights_path, sha256_of
 from detector.structures import ImageBatch
 
@@ -61,8 +62,10 @@ def test_local_weights_file_with_wrong_hash_is_rejected(tmp_path):
     torch.testing.assert_close(bb.body.conv_stem.weight, model.conv_stem.weight)
     with pytest.raises(ValueError, match="sha256"):
         Backbone("mobilenetv2_100", d_model=32, pretrained=str(path), sha256="0" * 64)
-    with pytest.raises(FileNotFoundError, match="not found"):
+    with pytest.raises(ConfigError, match="model.backbone.pretrained=.*missing.pth: backbone weights file not found"):
         Backbone("mobilenetv2_100", d_model=32, pretrained=str(tmp_path / "missing.pth"))
+    with pytest.raises(ConfigError, match="model.backbone.name='no_such_net': not a timm model"):
+        Backbone("no_such_net", d_model=32)
 
 
 def test_weights_of_another_architecture_are_rejected_by_shape():

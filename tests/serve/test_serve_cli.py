@@ -6,7 +6,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from tools import serve
+from detector_tools import serve
 
 
 def test_a_folder_serves_its_newest_checkpoint(serve_files, tmp_path):
@@ -53,7 +53,10 @@ def test_the_model_is_loaded_once_with_weights_only(serve_files, monkeypatch):
                       "read_timeout_s": 5.0}
 
 
-@pytest.mark.parametrize("argv, message", [(["--workers", "0"], "workers >= 1")])
+@pytest.mark.parametrize("argv, message", [(["--workers", "0"], "--workers: must be >= 1")])
 def test_bad_limits_exit_with_a_message(serve_files, capsys, argv, message):
-    assert serve.main(["--checkpoint", serve_files["ckpt"], *argv]) == 2
-    assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        serve.main(["--checkpoint", serve_files["ckpt"], *argv])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and err.strip().count("\n") == 0

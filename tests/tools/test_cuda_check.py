@@ -1,4 +1,5 @@
-"""tools/cuda_check.py: the kernel comparison it reports, and a clear exit where there is no GPU."""
+"""tools/cuda_check.py and detector.benchmark.cuda_check: the kernel comparison it reports, and a
+clear exit where there is no GPU."""
 import os
 import subprocess
 import sys
@@ -6,10 +7,9 @@ import sys
 import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(ROOT, "tools"))
+from detector.benchmark import cuda_check
 
-import cuda_check  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_kernel_agreement_is_small_in_float32_on_the_cpu():

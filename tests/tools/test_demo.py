@@ -75,7 +75,7 @@ def test_stage1_trains_stage2_s_model_whatever_its_file_says(tmp_path):
     sys.path.insert(0, ROOT)
     from detector.config import to_dict
     from detector.errors import InputError
-    from tools.demo import load_stages, parse_args
+    from detector_tools.demo import load_stages, parse_args
 
     args = parse_args(["--config", os.path.join(ROOT, "configs", "tiny.yaml"), "--stage1-config",
                        os.path.join(ROOT, "configs", "pretrain_photos.yaml"), "--output-dir", str(tmp_path / "d"),

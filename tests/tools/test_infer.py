@@ -14,7 +14,7 @@ from detector import OneShotDetector
 from detector.config import load_config, to_dict
 from detector.inference import CheckpointError, InputError
 from detector.models import build_model
-from detector.utils.checkpoint import checkpoint_state, save_checkpoint
+from detector.utils.checkpoint import checkpoint_state, save_checkpoint, weights_digest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = os.path.join(ROOT, "configs", "tiny.yaml")
@@ -104,6 +104,7 @@ def test_bad_images_and_checkpoints_get_clear_errors(files, tmp_path):
     # Same format, different architecture: the stored config rebuilds another shape.
     state = torch.load(files["ckpt"], weights_only=True)
     state["model"] = {k: v for k, v in state["model"].items() if not k.startswith("decoder.layers.1.")}
+    state["weights_sha256"] = weights_digest(state["model"])  # consistent, so the shapes are what is refused
     torch.save(state, tmp_path / "partial.pth")
     with pytest.raises(CheckpointError, match="do not fit"):
         OneShotDetector.from_checkpoint(str(tmp_path / "partial.pth"))

@@ -117,7 +117,7 @@ def test_bad_config_and_missing_resume_fail_clearly(bench, tmp_path):
 def test_the_class_agnostic_oracle_bounds_what_ignoring_the_exemplar_scores(bench, tmp_path):
     """Every box of the image at score 1 localises perfectly but cannot tell the queried class from
     the others, so it stays far from 1; a checkpoint is not needed."""
-    from tools.evaluate import main as evaluate_main
+    from detector_tools.evaluate import main as evaluate_main
 
     out = tmp_path / "oracle"
     assert evaluate_main(["--class-agnostic-oracle", "--config", TINY, f"data.root={bench}", "eval.split=test",

@@ -104,9 +104,9 @@ def test_the_module_is_the_one_place_that_renames(tmp_path):
     import inspect
 
     import detector.export
+    import detector.file_inference
     import detector.utils.checkpoint
-    from tools import infer
 
-    for module in (detector.utils.checkpoint, detector.export, infer):
+    for module in (detector.utils.checkpoint, detector.export, detector.file_inference):
         assert "os.replace" not in inspect.getsource(module), module.__name__
     assert "os.replace" in inspect.getsource(atomic)

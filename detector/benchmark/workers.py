@@ -1,0 +1,125 @@
+"""One measurement per process: the worker side of the CPU suites (:mod:`.cpu_suite`).
+
+Several models timed in one process gave 5-20x outliers on the development machine, so each
+measurement runs in a fresh interpreter::
+
+    python -m detector.benchmark.workers '{"kind": "decoder", "point": "eval32", "impl": "fused", ...}'
+
+prints one JSON line: the spec plus what :func:`detector.benchmark.timing.measure` returns and the
+kind's extras (``model_flops``, ``tensor_peak_mb``, ``batch``, ``gflops``).
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+from .candidates import candidate_step
+from .decoder import BENCH_MODEL, autocast, decoder_step
+from .timing import measure, tensor_peak_mb
+
+
+def run_decoder(spec: dict, device) -> dict:
+    step, fwd = decoder_step(spec, device)
+    result = measure(step, device, spec["warmup"], spec["iters"])
+    if device.type == "cpu":
+        result["tensor_peak_mb"] = tensor_peak_mb(step)
+    result["model_flops"] = fwd if spec["mode"] == "fwd" else 3 * fwd
+    return result
+
+
+def _model_step(spec: dict, device):
+    """The default-config model (random weights) and a training step or an inference step."""
+    import torch
+
+    from detector.config import load_config
+    from detector.models.build import build_model
+    from detector.structures import ImageBatch
+
+    cfg = load_config(None, BENCH_MODEL + ["model.backbone.pretrained=none", f"model.attention_impl={spec['impl']}",
+                                           f"model.num_queries_one2many={spec.get('one2many', 0)}"])
+    model, criterion, postprocessor = build_model(cfg)
+    model.to(device)
+    g = torch.Generator().manual_seed(0)
+    size, s_size = cfg.data.query_max_size, cfg.model.support_size
+    b = 2 if spec["mode"] == "train" else 1
+    query = ImageBatch.from_tensors([torch.rand(3, size, size, generator=g) for _ in range(b)]).to(device)
+    support = ImageBatch.from_tensors([torch.rand(3, s_size, s_size, generator=g) for _ in range(b)]).to(device)
+    targets = [{"boxes": torch.tensor([[0.3, 0.4, 0.2, 0.3], [0.7, 0.6, 0.25, 0.2]], device=device)} for _ in range(b)]
+    if spec["mode"] == "train":
+        model.train()
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+
+        def step():
+            with autocast(device):
+                loss = criterion(model(query, support), targets)["loss"]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    else:
+        model.eval()
+
+        def step():
+            with torch.no_grad(), autocast(device):
+                postprocessor(model(query, support), query.image_sizes)
+    return step, b
+
+
+def run_model(spec: dict, device) -> dict:
+    step, batch = _model_step(spec, device)
+    return {**measure(step, device, spec["warmup"], spec["iters"]), "batch": batch}
+
+
+def run_backbone(spec: dict, device) -> dict:
+    import torch
+
+    from detector.models.backbone import Backbone
+    from detector.structures import ImageBatch
+
+    backbone = Backbone("mobilenetv2_100", 128, pretrained="none", freeze=True).to(device).eval()
+    body = backbone.folded_body() if spec["impl"] == "folded" else backbone.body
+    g = torch.Generator().manual_seed(0)
+    image = ImageBatch.from_tensors([torch.rand(3, spec["size"], spec["size"], generator=g)]).to(device)
+
+    def step():
+        with torch.no_grad():
+            backbone.body_features(image, body)
+
+    return measure(step, device, spec["warmup"], spec["iters"])
+
+
+def run_matmul(spec: dict, device) -> dict:
+    """The achievable peak: one large matmul (float32 on the CPU, bfloat16 on CUDA)."""
+    import torch
+
+    n = spec.get("n") or (4096 if device.type == "cuda" else 2048)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    result = measure(lambda: torch.mm(a, b), device, spec["warmup"], spec["iters"])
+    result["gflops"] = 2 * n**3 / result["min_s"] / 1e9
+    result["dtype"] = str(dtype).replace("torch.", "")
+    return result
+
+
+def run_candidate(spec: dict, device) -> dict:
+    step = candidate_step(spec["impl"], spec["mode"], device)
+    result = measure(step, device, spec["warmup"], spec["iters"])
+    if device.type == "cpu":
+        result["tensor_peak_mb"] = tensor_peak_mb(step)
+    return result
+
+
+KINDS = {"decoder": run_decoder, "model": run_model, "matmul": run_matmul, "candidate": run_candidate,
+         "backbone": run_backbone}
+
+
+def worker(spec: dict) -> dict:
+    """One measurement: ``spec`` (``kind``, ``device``, ``threads``, ``warmup``, ``iters`` and the
+    kind's own keys) -> ``spec`` plus the results."""
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    return {**spec, **KINDS[spec["kind"]](spec, torch.device(spec["device"]))}
+
+
+if __name__ == "__main__":
+    print(json.dumps(worker(json.loads(sys.argv[1]))))

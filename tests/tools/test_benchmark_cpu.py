@@ -1,0 +1,66 @@
+"""The CPU suites of tools/benchmark.py: the one timing helper, the losing kernel candidate still
+computes the same attention as the reference, and a worker process runs from any directory."""
+import os
+import subprocess
+import sys
+
+import torch
+
+from detector.benchmark.candidates import chunked_attention
+from detector.benchmark.cpu_suite import launch, merge
+from detector.benchmark.timing import measure
+from detector.models.indirect_attention import indirect_attention_reference
+from detector.models.relative_bias import FactoredBias
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_measure_times_every_timed_run_and_reports_memory_on_the_cpu():
+    calls = []
+    out = measure(lambda: calls.append(torch.ones(256, 256).sum()), torch.device("cpu"), warmup=2, iters=3)
+    assert len(calls) == 5 and len(out["times_s"]) == 3
+    assert out["min_s"] <= out["median_s"] and out["min_s"] == min(out["times_s"])
+    assert out["peak_mb"] > 0 and 0 <= out["rise_mb"] <= out["peak_mb"]
+
+
+def test_chunked_attention_equals_the_reference_forward_and_backward():
+    g = torch.Generator().manual_seed(0)
+    b, h, nq, side, dh = 2, 2, 10, 4, 8
+
+    def leaf(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64).requires_grad_(True)
+
+    q, k, v = leaf(b, h, nq, dh), leaf(b, h, side * side, dh), leaf(b, h, side * side, dh)
+    by, bx = leaf(b, h, nq, side), leaf(b, h, nq, side)
+    mask = torch.zeros(b, side, side, dtype=torch.bool)
+    mask[1, :, 3:] = True
+    mask = mask.flatten(1)
+    grads = []
+    for fn in (indirect_attention_reference, lambda *a: chunked_attention(*a, block=3)):
+        out = fn(q, k, v, FactoredBias(by, bx), mask)
+        grads.append((out,) + torch.autograd.grad(out.square().sum(), (q, k, v, by, bx)))
+    for ref, chunked in zip(*grads):
+        torch.testing.assert_close(chunked, ref)
+
+
+def test_a_worker_runs_from_another_directory_and_its_runs_merge(tmp_path):
+    spec = {"kind": "matmul", "device": "cpu", "threads": 1, "warmup": 0, "iters": 2, "n": 64}
+    old = os.getcwd()
+    os.chdir(tmp_path)  # the worker must not depend on being started from the checkout
+    try:
+        results = [launch(spec, timeout=300) for _ in range(2)]
+    finally:
+        os.chdir(old)
+    assert all("error" not in r for r in results), results
+    assert all(r["gflops"] > 0 and r["dtype"] == "float32" and len(r["times_s"]) == 2 for r in results)
+    merged = merge(results, ("kind",))
+    assert len(merged) == 1 and merged[0]["processes"] == 2 and len(merged[0]["times_s"]) == 4
+    assert merged[0]["peak_mb"] == max(r["peak_mb"] for r in results)
+    failed = launch({**spec, "kind": "nonsense"}, timeout=300)
+    assert "KeyError" in failed["error"] or "nonsense" in failed["error"]
+
+
+def test_a_bad_suite_is_one_line_and_exit_code_2():
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "benchmark.py"), "--suite", "decoder,warp"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "--suite: warp" in proc.stderr
