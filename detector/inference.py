@@ -30,7 +30,7 @@ from PIL import Image
 
 from .config import DEFAULT_MAX_PIXELS, MIN_INFER_SIZE, RESCALE_MODES, Config, infer_option_ok
 from .data.image_io import ImageLike, load_image
-from .data.support import as_box, crop_exemplar
+from .data.support import as_box, crop_exemplar, is_number
 from .data.transforms import QueryTransform, SupportTransform, resize, to_tensor
 from .errors import CheckpointError, InputError
 from .loading import load_model
@@ -289,14 +289,13 @@ class InferOptions:
 
     def check(self) -> None:
         """:class:`InputError` (one line naming the option) for a value outside its range."""
-        number = lambda v: isinstance(v, (int, float, np.number)) and not isinstance(v, bool)  # noqa: E731
         integer = lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, bool)  # noqa: E731
-        finite = lambda v: number(v) and v < math.inf  # noqa: E731 - NaN compares false too
+        finite = lambda v: is_number(v) and v < math.inf  # noqa: E731 - NaN compares false too
         checks = [  # (option, its type, what it takes); the range is the config's rule (infer_option_ok)
             ("size", integer, f"an integer >= {MIN_INFER_SIZE} (pixels), or 0 for data.eval_size"),
             ("rescale", lambda v: isinstance(v, str), f"one of {', '.join(RESCALE_MODES)}"),
             ("object_size", finite, "a finite number >= 0 (pixels; 0: not known)"),
-            ("tile_overlap", number, "a number in [0, 1)"),
+            ("tile_overlap", is_number, "a number in [0, 1)"),
             ("max_detections", integer, "an integer >= 1"),
         ]
         for name, of_type, expected in checks:
@@ -352,8 +351,7 @@ def pair_supports(support_images, support_boxes=None, mismatch: str = PAIRING_ER
 
 def check_score_threshold(value) -> None:
     """:class:`InputError` unless ``value`` is a number in [0, 1] (NaN would keep nothing, silently)."""
-    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and 0 <= value <= 1
-    if not ok:
+    if not (is_number(value) and 0 <= value <= 1):
         raise InputError(f"score_threshold: expected a number in [0, 1], got {value!r:.40}")
 
 
@@ -375,8 +373,7 @@ def _numbers_only(value) -> bool:
 
 def _is_box(value) -> bool:
     """One ``(x, y, w, h)`` box (four numbers), as opposed to a list of boxes."""
-    return (isinstance(value, (list, tuple, np.ndarray)) and len(value) == 4
-            and all(isinstance(v, (int, float, np.number)) for v in value))
+    return isinstance(value, (list, tuple, np.ndarray)) and len(value) == 4 and all(is_number(v) for v in value)
 
 
 # Re-exported where they used to live: image decoding (detector.data.image_io), exemplar cropping

@@ -142,11 +142,15 @@ def crop_support(image: np.ndarray, box_xyxy: Sequence[float], margin: float) ->
     return image[y0:y1, x0:x1]
 
 
+def is_number(value) -> bool:
+    """A real number: a Python or numpy integer or float, not a ``bool`` (nor text or complex)."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
 def as_box(value, what: str = "support box") -> tuple[float, float, float, float]:
     """``(x, y, w, h)`` as four floats from a sequence of four real numbers (``bool`` and text are
     not numbers); :class:`InputError` naming ``what`` otherwise. Finiteness and area are the
     caller's rules (:func:`crop_exemplar`)."""
-    is_number = lambda v: isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))  # noqa: E731
     if isinstance(value, np.ndarray):
         value = value.tolist()
     if not isinstance(value, (list, tuple)) or len(value) != 4 or not all(is_number(v) for v in value):
