@@ -24,6 +24,11 @@ class InputError(UserError, ValueError):
     an unsupported dtype, a data file that does not fit, a run folder that holds another run."""
 
 
+class WorkLimitError(InputError):
+    """A request that asks for more work than the limit it runs under (tiles of one query image):
+    the web API answers it with 413, the command-line tools with exit code 2."""
+
+
 class CheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be read or does not belong to this model or config."""
 
@@ -36,4 +41,4 @@ class CheckpointWriteError(RunError, OSError):
     """Writing a checkpoint failed (disk full, file-size limit, ...); the previous one is intact."""
 
 
-__all__ = ["UserError", "ConfigError", "InputError", "CheckpointError", "RunError", "CheckpointWriteError"]
+__all__ = ["UserError", "ConfigError", "InputError", "WorkLimitError", "CheckpointError", "RunError", "CheckpointWriteError"]

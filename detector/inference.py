@@ -32,7 +32,7 @@ from .config import DEFAULT_MAX_PIXELS, MIN_INFER_SIZE, RESCALE_MODES, Config, i
 from .data.image_io import ImageLike, load_image
 from .data.support import as_box, crop_exemplar, is_number
 from .data.transforms import QueryTransform, SupportTransform, resize, to_tensor
-from .errors import CheckpointError, InputError
+from .errors import CheckpointError, InputError, WorkLimitError
 from .loading import load_model
 from .models.postprocess import results_to_host
 from .structures import ImageBatch
@@ -40,7 +40,7 @@ from .tiling import crop_tiles, merge_tiles, shift_to_image, tile_grid
 from .utils.box_ops import box_xyxy_to_xywh
 from .utils.device import resolve_device, upload
 
-MAX_TILES = 4096  # tiles per query image (64 megapixels in 256 px tiles at 25% overlap: about 1,750)
+MAX_TILES = 4096  # default cap on tiles per query image (64 megapixels in 256 px tiles at 25% overlap: about 1,750)
 
 
 class OneShotDetector:
@@ -107,14 +107,16 @@ class OneShotDetector:
 
     def infer_options(self, size: Optional[int] = None, rescale: Optional[str] = None,
                       object_size: Optional[float] = None, tile_overlap: Optional[float] = None,
-                      max_detections: Optional[int] = None) -> InferOptions:
+                      max_detections: Optional[int] = None, max_tiles: Optional[int] = None) -> InferOptions:
         """The options of one call: each argument, or the ``cfg.infer`` value where it is ``None``
-        (``size`` 0: ``data.eval_size``). :class:`InputError` (one line naming it) for a bad one."""
+        (``size`` 0: ``data.eval_size``; ``max_tiles``: :data:`MAX_TILES`). :class:`InputError` (one
+        line naming it) for a bad one."""
         c = self.cfg.infer
         pick = lambda value, default: default if value is None else value  # noqa: E731
         opts = InferOptions(size=pick(size, c.size), rescale=pick(rescale, c.rescale),
                             object_size=pick(object_size, c.object_size), tile_overlap=pick(tile_overlap, c.tile_overlap),
-                            max_detections=pick(max_detections, c.max_detections))
+                            max_detections=pick(max_detections, c.max_detections),
+                            max_tiles=pick(max_tiles, MAX_TILES))
         opts.check()
         opts = replace(opts, size=opts.size or self.cfg.data.eval_size)
         limit = self.pixel_limit
@@ -184,9 +186,11 @@ class OneShotDetector:
         sh, sw = max(1, round(h * scale)), max(1, round(w * scale))
         self._check_scaled_pixels(opts, scale, sh, sw)
         grid = tile_grid(sh, sw, opts.size, opts.tile_overlap)
-        if len(grid) > MAX_TILES:
-            raise InputError(f"tile_overlap={opts.tile_overlap:g} with size={opts.size} cuts the {sw}x{sh} px scaled query "
-                             f"into {len(grid)} tiles, over {MAX_TILES}: use a smaller overlap or a larger size")
+        if len(grid) > opts.max_tiles:
+            raise WorkLimitError(f"rescale={opts.rescale}: the {w}x{h} px query scaled by {scale:.3g} is {sw}x{sh} px, "
+                                 f"{len(grid)} tiles of {opts.size} px at tile_overlap={opts.tile_overlap:g}, over the "
+                                 f"limit of {opts.max_tiles} tiles per image: use rescale=fit, a larger size, a smaller "
+                                 f"overlap or a larger object_size ratio")
         image = to_tensor(resize(array, (sh, sw)))
         boxes, scores, index = [], [], []
         step = self.cfg.infer.tile_batch
@@ -218,7 +222,8 @@ class OneShotDetector:
     def predict_batch(self, query_images: Sequence[ImageLike], support_images, support_boxes=None,
                       score_threshold: float = 0.3, *, support_box: Optional[Sequence[float]] = None,
                       size: Optional[int] = None, rescale: Optional[str] = None, object_size: Optional[float] = None,
-                      tile_overlap: Optional[float] = None, max_detections: Optional[int] = None) -> list[dict]:
+                      tile_overlap: Optional[float] = None, max_detections: Optional[int] = None,
+                      max_tiles: Optional[int] = None) -> list[dict]:
         """Several query images, ``k >= 1`` exemplars of one class (:meth:`prepare_supports` says how
         ``support_images`` and ``support_boxes`` pair up; ``support_box`` is the one-exemplar
         spelling of ``support_boxes``). Returns one dict per query image: ``{"width", "height",
@@ -229,14 +234,16 @@ class OneShotDetector:
         ``size``, ``rescale``, ``object_size``, ``tile_overlap``, ``max_detections``: as in
         :class:`detector.config.InferConfig` (``None``: the ``cfg.infer`` value). ``fit`` (the
         default) runs all query images in one forward pass; ``exemplar`` and ``native`` scale each
-        query and cut it into tiles of side ``size`` when it is larger.
+        query and cut it into tiles of side ``size`` when it is larger. ``max_tiles`` (default
+        :data:`MAX_TILES`): a query needing more tiles is refused with :class:`WorkLimitError` before
+        any runs (what a server uses to keep one request from holding its workers).
         """
         if support_box is not None:
             if support_boxes is not None:
                 raise InputError("give support_box (one exemplar) or support_boxes, not both")
             support_boxes = as_box(support_box, "support_box")
         check_score_threshold(score_threshold)
-        opts = self.infer_options(size, rescale, object_size, tile_overlap, max_detections)
+        opts = self.infer_options(size, rescale, object_size, tile_overlap, max_detections, max_tiles)
         if len(query_images) == 0:
             return []
         images, boxes = pair_supports(support_images, support_boxes)
@@ -286,6 +293,7 @@ class InferOptions:
     object_size: float
     tile_overlap: float
     max_detections: int
+    max_tiles: int = MAX_TILES
 
     def check(self) -> None:
         """:class:`InputError` (one line naming the option) for a value outside its range."""
@@ -302,6 +310,8 @@ class InferOptions:
             value = getattr(self, name)
             if not (of_type(value) and infer_option_ok(name, value)):
                 raise InputError(f"{name}: expected {expected}, got {value!r}")
+        if not (integer(self.max_tiles) and self.max_tiles >= 1):  # the caller's limit, not a config option
+            raise InputError(f"max_tiles: expected an integer >= 1, got {self.max_tiles!r}")
         if self.rescale == "exemplar" and self.object_size <= 0:
             raise InputError("rescale=exemplar needs the object size the model was trained on: set "
                              "infer.object_size (--object-size, object_size=) to it, in model-input pixels")

@@ -7,6 +7,7 @@ from PIL import Image
 
 from detector import CheckpointError, ConfigError, InputError, OneShotDetector
 from detector.config import load_config, to_dict
+from detector.errors import WorkLimitError
 from detector.inference import DEFAULT_MAX_PIXELS, load_image
 from detector.models import build_model
 from detector.utils.checkpoint import checkpoint_state, save_checkpoint
@@ -188,10 +189,29 @@ def test_sizes_and_tilings_that_would_run_for_minutes_are_refused(detector):
         detector.max_pixels = 1_000_000
         with pytest.raises(InputError, match="size: 4000 px makes 4000x4000 images, over the limit of 1 megapixels"):
             detector.predict(image, image, support_box=(10, 10, 20, 20), size=4000)
-        with pytest.raises(InputError, match=f"tiles, over {MAX_TILES}"):
+        with pytest.raises(WorkLimitError, match=f"tiles of 32 px at tile_overlap=0.99, over the limit of {MAX_TILES} tiles"):
             detector.predict(image, image, support_box=(10, 10, 20, 20), rescale="native", size=32, tile_overlap=0.99)
     finally:
         detector.max_pixels = before
+
+
+def test_max_tiles_refuses_a_query_before_any_tile_runs(detector, monkeypatch):
+    """The caller's cap on tiles per image (what the server sets): a 200x120 query at scale 1 in 64 px
+    tiles at overlap 0.25 is 4 x 3 = 12 tiles (starts 0, 48, 96, 136 and 0, 48, 56); a cap of 11 refuses
+    it without a forward pass, 12 runs it."""
+    image = np.random.default_rng(0).integers(0, 256, (120, 200, 3), dtype=np.uint8)
+    calls = []
+    real = detector._forward
+    monkeypatch.setattr(detector, "_forward", lambda *a: calls.append(1) or real(*a))
+    opts = dict(support_box=(10, 10, 40, 40), rescale="native", size=64, tile_overlap=0.25)
+    with pytest.raises(WorkLimitError, match=r"200x120 px, 12 tiles of 64 px .* over the limit of 11 tiles per image"):
+        detector.predict(image, image, max_tiles=11, **opts)
+    assert calls == []
+    assert detector.predict(image, image, max_tiles=12, **opts)["tiles"] == 12
+    assert calls
+    for bad in (0, -1, 2.5, True, "8"):
+        with pytest.raises(InputError, match="max_tiles: expected an integer >= 1"):
+            detector.predict(image, image, max_tiles=bad, **opts)
 
 
 def test_queries_scaled_below_the_proposal_count_are_padded_not_refused():

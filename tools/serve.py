@@ -33,7 +33,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--queue", type=non_negative_int, default=8, help="requests that may wait for a worker; more get 503")
     p.add_argument("--max-upload-mb", type=positive_float, default=20.0, help="largest request body (both images)")
     p.add_argument("--max-megapixels", type=positive_float, default=40.0, help="largest image, read before decoding")
+    p.add_argument("--max-tiles", type=positive_int, default=256,
+                   help="tiles one query image may be cut into (rescale=exemplar / native); more: 413")
+    p.add_argument("--upload-slots", type=non_negative_int, default=0,
+                   help="request bodies that may arrive at once (0: twice workers + queue); more get 503")
     p.add_argument("--read-timeout", type=positive_float, default=30.0, help="seconds to receive a request's body")
+    p.add_argument("--header-timeout", type=positive_float, default=10.0,
+                   help="seconds for a connection to send its request headers; then it is closed")
     p.add_argument("--threads", type=thread_count, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--log-level", default="info", choices=LOG_LEVELS, help="uvicorn log level (warning: no line per request)")
     return p.parse_args(argv)
@@ -76,8 +82,9 @@ def create_app(args: argparse.Namespace):
         torch.set_num_threads(args.threads)
     checkpoint = resolve_checkpoint(args.checkpoint)
     limits = ServeLimits(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
-                         max_pixels=int(args.max_megapixels * 1_000_000), workers=args.workers,
-                         queue_size=args.queue, read_timeout_s=args.read_timeout)
+                         max_pixels=int(args.max_megapixels * 1_000_000), max_tiles=args.max_tiles,
+                         workers=args.workers, queue_size=args.queue, upload_slots=args.upload_slots,
+                         read_timeout_s=args.read_timeout, header_timeout_s=args.header_timeout)
     detector = OneShotDetector.from_checkpoint(checkpoint, device=args.device)
     return build_app(detector, limits, checkpoint=checkpoint), checkpoint
 
@@ -88,6 +95,7 @@ def main(argv=None) -> int:
         import uvicorn
 
         from detector.inference import CheckpointError
+        from detector.server.protocol import header_timeout_protocol
     except ImportError as e:
         print(f"error: {e}; install the server's packages with `pip install -e .[serve]`", file=sys.stderr)
         return 2
@@ -101,7 +109,7 @@ def main(argv=None) -> int:
     print(f"serving {checkpoint} at http://{args.host}:{args.port}/ (Ctrl+C stops)", flush=True)
     # limit_concurrency bounds open connections beyond the app's own queue (those get a bare 503).
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_keep_alive=5,
-                limit_concurrency=4 * (args.workers + args.queue) + 16)
+                limit_concurrency=4 * (args.workers + args.queue) + 16, http=header_timeout_protocol(args.header_timeout))
     return 0
 
 

@@ -7,8 +7,8 @@
 * ``GET /api/health``: ``{"status": "ok", "workers", "capacity", "admitted", "completed"}``.
 * ``GET /api/model``: config summary, checkpoint, device, the ``infer`` defaults, limits, accepted fields.
 
-Every refusal is ``{"error": "<one line>"}`` with a 4xx status; a full queue is 503 with
-``Retry-After``. The detector is built once by the caller (``OneShotDetector.from_checkpoint``, which
+Every refusal is ``{"error": "<one line>"}`` with a 4xx status (413 for a body, an image or a
+tiling over the limits); a full queue is 503 with ``Retry-After``. The detector is built once by the caller (``OneShotDetector.from_checkpoint``, which
 loads with ``weights_only=True``) and shared by the model workers.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
-from ..inference import InputError
+from ..errors import InputError, WorkLimitError
 from .pool import Busy, WorkerPool
 from .uploads import ApiError, PredictRequest, accepted_fields, decode_upload, read_predict_form
 
@@ -46,9 +46,13 @@ class ServeLimits:
 
     max_upload_bytes: int = 20 * 1024 * 1024  # whole request body of POST /api/predict
     max_pixels: int = 40_000_000  # per image, read from its header before decoding
+    max_tiles: int = 256  # tiles per query image (rescale=exemplar / native), refused before any runs: 413
     workers: int = 1  # model threads
     queue_size: int = 8  # admitted requests waiting for a worker; one more gets 503
+    upload_slots: int = 0  # request bodies arriving at once (0: twice workers + queue_size); one more gets 503
     read_timeout_s: float = 30.0  # a body still arriving after this holds no slot longer: 408
+    header_timeout_s: float = 10.0  # a connection whose request headers are not all in by then is closed
+    max_header_bytes: int = 16 * 1024  # request line's headers, names and values: 431 past it
 
 
 def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
@@ -56,14 +60,16 @@ def error(status: int, message: str, headers: dict | None = None) -> JSONRespons
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-def run_prediction(detector, job: PredictRequest, max_pixels: int) -> dict:
-    """Decode the uploads and run ``detector.predict`` (on a model worker). One ``results.json``
-    entry, ``image`` being the query's file name."""
-    query = decode_upload(job.query, "query", max_pixels)
-    support = query if job.support is None else decode_upload(job.support, "support", max_pixels)
+def run_prediction(detector, job: PredictRequest, limits: ServeLimits) -> dict:
+    """Decode the uploads and run ``detector.predict`` (on a model worker) under ``limits``. One
+    ``results.json`` entry, ``image`` being the query's file name."""
+    query = decode_upload(job.query, "query", limits.max_pixels)
+    support = query if job.support is None else decode_upload(job.support, "support", limits.max_pixels)
     try:
-        result = detector.predict(query, support, support_box=job.support_box,
-                                  score_threshold=job.score_threshold, **job.options)
+        result = detector.predict(query, support, support_box=job.support_box, score_threshold=job.score_threshold,
+                                  max_tiles=limits.max_tiles, **job.options)
+    except WorkLimitError as e:  # more tiles than this server runs for one request
+        raise ApiError(413, str(e)) from None
     except InputError as e:  # a box outside the support image, rescale=exemplar without a box
         raise ApiError(400, str(e)) from None
     return {**result, "image": job.query.filename}
@@ -120,7 +126,7 @@ def add_error_handlers(app: FastAPI) -> None:
 def build_app(detector, limits: ServeLimits = ServeLimits(), checkpoint: str = "") -> FastAPI:
     """The app around a loaded ``detector`` (anything with ``predict``, ``cfg`` and ``device``, as
     :class:`detector.inference.OneShotDetector`)."""
-    pool = WorkerPool(limits.workers, limits.queue_size)
+    pool = WorkerPool(limits.workers, limits.queue_size, limits.upload_slots)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -133,7 +139,11 @@ def build_app(detector, limits: ServeLimits = ServeLimits(), checkpoint: str = "
 
     @app.middleware("http")
     async def _security_headers(request: Request, call_next):
-        response = await call_next(request)
+        size = sum(len(k) + len(v) for k, v in request.scope.get("headers", ()))
+        if size > limits.max_header_bytes:  # (headers that arrive in pieces are capped by h11 at 16 KiB)
+            response = error(431, f"request headers of {size} bytes are over the limit of {limits.max_header_bytes} bytes")
+        else:
+            response = await call_next(request)
         response.headers.update(SECURITY_HEADERS)
         return response
 
@@ -153,13 +163,15 @@ def build_app(detector, limits: ServeLimits = ServeLimits(), checkpoint: str = "
 
     @app.post("/api/predict")
     async def predict(request: Request):
-        with pool.admit():  # Busy (503) before a byte of the body is read
+        pool.check_room()  # Busy (503) before a byte of the body is read when the queue is full
+        with pool.admit_upload():  # a slow body holds an upload slot, never the model's queue
             try:
                 job = await asyncio.wait_for(read_predict_form(request, limits.max_upload_bytes),
                                              limits.read_timeout_s)
             except asyncio.TimeoutError:  # a slow (or stalled) upload must not hold its slot for ever
                 raise ApiError(408, f"the request body did not arrive within {limits.read_timeout_s:g} s") from None
-            return await pool.run(run_prediction, detector, job, limits.max_pixels)
+        with pool.admit():
+            return await pool.run(run_prediction, detector, job, limits)
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app

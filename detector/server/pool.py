@@ -1,9 +1,16 @@
 """A bounded pool of model workers: admission first, then a thread that runs the model.
 
-At most ``workers + queue_size`` prediction requests are admitted at once (reading their uploads,
-waiting for a worker, or running); one more is refused at once with :class:`Busy`, which carries a
-``Retry-After`` estimate. Memory therefore stays bounded by the admitted requests, whatever the
-number of clients: a refused request is answered before its body is read.
+Two counts bound a server's work and memory, whatever the number of clients:
+
+* **model slots**: at most ``workers + queue_size`` requests hold a decoded upload, waiting for a
+  worker or running (:meth:`WorkerPool.admit`);
+* **upload slots**: at most ``upload_slots`` request bodies arrive at once
+  (:meth:`WorkerPool.admit_upload`), so that slow uploads hold upload slots only and never the
+  model's queue: other clients' requests still run while they trickle in.
+
+A request is refused at once with :class:`Busy` (with a ``Retry-After`` estimate) when the model's
+queue is already full (before a byte of its body is read: :meth:`WorkerPool.check_room`), when every
+upload slot is taken, or when the queue filled up while its body arrived.
 """
 from __future__ import annotations
 
@@ -30,13 +37,17 @@ class WorkerPool:
     Args:
         workers: model threads (each runs one prediction at a time).
         queue_size: admitted requests allowed to wait for a worker.
+        upload_slots: request bodies allowed to arrive at once (default ``2 * (workers + queue_size)``).
     """
 
-    def __init__(self, workers: int, queue_size: int):
-        if workers < 1 or queue_size < 0:
-            raise ValueError(f"need workers >= 1 and queue_size >= 0, got {workers} and {queue_size}")
+    def __init__(self, workers: int, queue_size: int, upload_slots: int = 0):
+        if workers < 1 or queue_size < 0 or upload_slots < 0:
+            raise ValueError(f"need workers >= 1, queue_size >= 0 and upload_slots >= 0, got {workers}, {queue_size} "
+                             f"and {upload_slots}")
         self.workers = workers
         self.capacity = workers + queue_size
+        self.upload_slots = upload_slots or 2 * self.capacity
+        self._uploading = 0
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="model-worker")
         self._lock = threading.Lock()
         self._admitted = 0
@@ -45,7 +56,7 @@ class WorkerPool:
 
     @property
     def admitted(self) -> int:
-        """Requests admitted now (reading, queued or running)."""
+        """Requests holding a model slot now (queued or running)."""
         return self._admitted
 
     def retry_after(self) -> int:
@@ -53,9 +64,28 @@ class WorkerPool:
         ahead = max(self._admitted - self.workers + 1, 1)
         return int(min(max(math.ceil(self._mean_seconds * ahead / self.workers), 1), 60))
 
+    def check_room(self) -> None:
+        """:class:`Busy` when every model slot is taken (a request is then refused before its body)."""
+        with self._lock:
+            if self._admitted >= self.capacity:
+                raise Busy(self.retry_after(), self._admitted)
+
+    @contextmanager
+    def admit_upload(self) -> Iterator[None]:
+        """Hold one upload slot while a body arrives; :class:`Busy` at once when none is free."""
+        with self._lock:
+            if self._uploading >= self.upload_slots:
+                raise Busy(self.retry_after(), self._admitted)
+            self._uploading += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._uploading -= 1
+
     @contextmanager
     def admit(self) -> Iterator[None]:
-        """Hold one admission slot for the ``with`` block; :class:`Busy` at once when none is free."""
+        """Hold one model slot for the ``with`` block; :class:`Busy` at once when none is free."""
         with self._lock:
             if self._admitted >= self.capacity:
                 raise Busy(self.retry_after(), self._admitted)
@@ -81,9 +111,9 @@ class WorkerPool:
                 self.completed += 1
 
     def stats(self) -> dict:
-        """``{"workers", "capacity", "admitted", "completed"}``."""
+        """``{"workers", "capacity", "admitted", "uploading", "upload_slots", "completed"}``."""
         return {"workers": self.workers, "capacity": self.capacity, "admitted": self._admitted,
-                "completed": self.completed}
+                "uploading": self._uploading, "upload_slots": self.upload_slots, "completed": self.completed}
 
     def shutdown(self) -> None:
         """Finish running work and stop the threads."""

@@ -49,15 +49,17 @@ def assert_refused(r, status, message):
 
 def test_health_model_and_page(client, serve_files):
     health = client.get("/api/health").json()
-    assert health == {"status": "ok", "workers": 1, "capacity": 3, "admitted": 0, "completed": health["completed"]}
+    assert health == {"status": "ok", "workers": 1, "capacity": 3, "admitted": 0, "uploading": 0, "upload_slots": 6,
+                      "completed": health["completed"]}
     model = client.get("/api/model").json()
     assert model["checkpoint"] == serve_files["ckpt"] and model["device"] == "cpu"
     assert model["checkpoint_bytes"] > 0
     assert model["model"]["backbone"] == "mobilenetv2_100" and model["model"]["attention"] == "indirect"
     assert model["inference"] == {"eval_size": 64, "support_size": 32, "support_margin": 0.1, "max_detections": 6,
                                   "nms_iou": 0.0}
-    assert model["limits"] == {"max_upload_bytes": 256 * 1024, "max_pixels": 1_000_000, "workers": 1, "queue_size": 2,
-                               "read_timeout_s": 30.0}
+    assert model["limits"] == {"max_upload_bytes": 256 * 1024, "max_pixels": 1_000_000, "max_tiles": 256, "workers": 1,
+                               "queue_size": 2, "upload_slots": 0, "read_timeout_s": 30.0, "header_timeout_s": 10.0,
+                               "max_header_bytes": 16384}
     assert model["predict_fields"] == ["query", "support", "support_box", "score_threshold", "size", "rescale",
                                        "object_size", "tile_overlap", "max_detections"]
     assert model["infer"]["rescale"] == "auto" and model["infer"]["max_detections"] == 1000
@@ -267,7 +269,7 @@ def test_a_stalled_upload_is_cut_off_and_frees_its_slot(detector, serve_files):
 
     r, seconds = asyncio.run(go())
     assert_refused(r, 408, "did not arrive within 0.3 s")
-    assert seconds < 5 and app.state.pool.admitted == 0
+    assert seconds < 5 and app.state.pool.admitted == 0 and app.state.pool.stats()["uploading"] == 0
 
 
 def test_two_workers_share_one_model_and_agree_with_it(detector, serve_files):

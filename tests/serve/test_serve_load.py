@@ -3,27 +3,19 @@ concurrent clients, a fifth of the requests bad, and room for only 4 requests at
 (1 worker + 3 queued), so that clients are told 503 and retry. Every good request gets the inference
 API's answer, every bad one its 4xx with a one-line message, none a 500, and the server's memory
 stays flat. Latency is printed, not asserted (docs/PERFORMANCE.md has the benchmark's numbers)."""
-import io
+import json
 import os
 import sys
 
-import numpy as np
-from PIL import Image
+import pytest
 
-from detector import OneShotDetector
-from detector.server.load_test import BAD_KINDS, load_test
+from detector.server.load_test import BAD_KINDS, expected_answers, load_test, wrong_answers
+from detector_tools import serve_load
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SERVE = [sys.executable, os.path.join(ROOT, "tools", "serve.py")]  # the server the tests start
 
 REQUESTS, CLIENTS, BAD_SHARE = 200, 8, 0.2
-
-
-def close(answer: dict, expected: dict) -> bool:
-    """Same detections up to the last rounded digit (the server runs in another process)."""
-    a, e = answer["detections"], expected["detections"]
-    return (answer["width"], answer["height"]) == (expected["width"], expected["height"]) and len(a) == len(e) and all(
-        abs(x["score"] - y["score"]) <= 2e-4 and np.allclose(x["bbox"], y["bbox"], atol=0.02) for x, y in zip(a, e))
 
 
 def test_200_requests_from_8_clients_with_bad_ones_mixed_in(serve_files):
@@ -37,21 +29,7 @@ def test_200_requests_from_8_clients_with_bad_ones_mixed_in(serve_files):
     assert all(not r.error for r in records)
     assert {r.spec.kind for r in records} == {"good", *BAD_KINDS}
 
-    det = OneShotDetector.from_checkpoint(serve_files["ckpt"])
-    expected = []
-    for p in out["pairs"]:
-        query = np.asarray(Image.open(io.BytesIO(p.query)))
-        support = np.asarray(Image.open(io.BytesIO(p.support)))
-        box = tuple(round(v, 1) for v in p.box)
-        expected.append(det.predict(query, support, support_box=box, score_threshold=0.0))
-    for r in records:
-        if r.spec.kind == "good":
-            assert r.status == 200, r.body
-            assert r.body["image"] == out["pairs"][r.spec.pair].name
-            assert close(r.body, expected[r.spec.pair]), (r.body, expected[r.spec.pair])
-        else:
-            assert r.status == BAD_KINDS[r.spec.kind], (r.spec.kind, r.status, r.body)
-            assert set(r.body) == {"error"} and "\n" not in r.body["error"], r.body
+    assert wrong_answers(records, out["pairs"], expected_answers(serve_files["ckpt"], out["pairs"])) == []
 
     rss = out["rss_mb"]
     assert rss["samples"] > 10
@@ -59,3 +37,20 @@ def test_200_requests_from_8_clients_with_bad_ones_mixed_in(serve_files):
     # decoded 256 px query image, 150 kB, would add 24 MB.)
     assert rss["after"] - rss["before"] < 8, rss
     assert rss["peak_during"] - rss["before"] < 40, rss
+
+
+def test_a_20_second_soak_at_the_default_limits(serve_files, tmp_path, capsys):
+    """The CI version of ``tools/serve_load.py --soak``: 4 clients, every kind of bad request, the
+    server at its default limits; 0 5xx, every answer right, memory flat, the picture written."""
+    out, plot = tmp_path / "soak.json", tmp_path / "soak.png"
+    code = serve_load.main(["--checkpoint", serve_files["ckpt"], "--soak", str(20 / 60), "--size", "128",
+                            "--json", str(out), "--plot", str(plot), "--", "--threads", "1"])
+    printed = capsys.readouterr().out
+    summary = json.loads(out.read_text())
+    assert code == 0, printed
+    assert summary["status_5xx"] == 0 and summary["wrong"] == 0, summary["wrong_examples"]
+    kinds = {key.split()[0] for key in summary["counts"]}
+    assert kinds == {"good", *BAD_KINDS}, summary["counts"]
+    assert summary["sent"] > 50 and summary["wall_s"] == pytest.approx(20, abs=10)
+    assert abs(summary["rss_mb"]["drift"]) < 0.05, summary["rss_mb"]
+    assert "wrong answers: 0" in printed and plot.stat().st_size > 10_000
