@@ -1,5 +1,5 @@
 """Load test and soak of ``tools/serve.py`` on this machine only, bounded in requests and in time
-(:mod:`detector.server.load_test` says what it sends and measures).
+(:mod:`detector.server.load_test` and :mod:`detector.server.soak` say what they send and measure).
 
 ``python tools/serve_load.py --checkpoint CKPT [--requests 200] [--clients 8] [--bad-share 0.2]
 [--images DIR] [--size 256] [--json OUT] [-- SERVER ARGS]``
@@ -49,7 +49,8 @@ def main(argv=None) -> int:
     p.add_argument("--json", default="", help="also write the summary here")
     p.add_argument("server_args", nargs="*", help="passed to tools/serve.py after --, e.g. -- --workers 2")
     args = p.parse_args(argv)
-    from detector.server.load_test import load_test, plot_soak, soak
+    from detector.server.load_test import load_test
+    from detector.server.soak import plot_soak, soak
 
     if args.soak is not None:
         clients = args.clients or 4

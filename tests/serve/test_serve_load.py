@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from detector.server.load_test import BAD_KINDS, expected_answers, load_test, wrong_answers
+from detector.server.load_test import BAD_KINDS, load_test
+from detector.server.soak import expected_answers, wrong_answers
 from detector_tools import serve_load
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
