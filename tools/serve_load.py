@@ -37,7 +37,7 @@ def print_summary(summary: dict, clients: int) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, help="checkpoint, or a folder: its newest checkpoint_*.pth")
     p.add_argument("--requests", type=int, default=200)
     p.add_argument("--clients", type=int, default=0, help="concurrent clients (default: 8, or 4 in a soak)")
     p.add_argument("--bad-share", type=float, default=0.2)
@@ -51,7 +51,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     from detector.server.load_test import load_test
     from detector.server.soak import plot_soak, soak
+    from detector.utils.checkpoint import latest_checkpoint
 
+    if os.path.isdir(args.checkpoint):  # the same file the server would pick, for the answers to check against
+        args.checkpoint = latest_checkpoint(args.checkpoint) or args.checkpoint
     if args.soak is not None:
         clients = args.clients or 4
         summary = soak(SERVE, args.checkpoint, args.soak, clients, args.bad_share, images_dir=args.images,
