@@ -72,7 +72,8 @@ def is_loopback(host: str) -> bool:
 
 
 def create_app(args: argparse.Namespace):
-    """``(app, checkpoint path)``: the detector loaded once (``weights_only``) and the app around it."""
+    """``(app, limits, checkpoint path)``: the detector loaded once (``weights_only``), the app around
+    it, and the limits it was built with."""
     from detector.inference import OneShotDetector
     from detector.server import ServeLimits, build_app
 
@@ -86,30 +87,26 @@ def create_app(args: argparse.Namespace):
                          workers=args.workers, queue_size=args.queue, upload_slots=args.upload_slots,
                          read_timeout_s=args.read_timeout, header_timeout_s=args.header_timeout)
     detector = OneShotDetector.from_checkpoint(checkpoint, device=args.device)
-    return build_app(detector, limits, checkpoint=checkpoint), checkpoint
+    return build_app(detector, limits, checkpoint=checkpoint), limits, checkpoint
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        import uvicorn
-
         from detector.inference import CheckpointError
-        from detector.server.protocol import header_timeout_protocol
+        from detector.server.protocol import run_server
     except ImportError as e:
         print(f"error: {e}; install the server's packages with `pip install -e .[serve]`", file=sys.stderr)
         return 2
     try:
-        app, checkpoint = create_app(args)
+        app, limits, checkpoint = create_app(args)
     except (FileNotFoundError, CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if not is_loopback(args.host):
         print(f"warning: listening on {args.host}: other machines can reach this server", file=sys.stderr)
     print(f"serving {checkpoint} at http://{args.host}:{args.port}/ (Ctrl+C stops)", flush=True)
-    # limit_concurrency bounds open connections beyond the app's own queue (those get a bare 503).
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_keep_alive=5,
-                limit_concurrency=4 * (args.workers + args.queue) + 16, http=header_timeout_protocol(args.header_timeout))
+    run_server(app, limits, args.host, args.port, args.log_level)
     return 0
 
 

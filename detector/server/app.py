@@ -4,12 +4,15 @@
 * ``POST /api/predict``: the form of :mod:`detector.server.uploads` -> one entry of
   ``results.json``: ``{"image", "width", "height", "scale", "tiles", "detections": [{"bbox": [x, y, w, h],
   "score"}]}``.
-* ``GET /api/health``: ``{"status": "ok", "workers", "capacity", "admitted", "completed"}``.
+* ``GET /api/health``: ``{"status": "ok", "workers", "capacity", "admitted", "uploading", "upload_slots",
+  "completed"}``.
 * ``GET /api/model``: config summary, checkpoint, device, the ``infer`` defaults, limits, accepted fields.
 
 Every refusal is ``{"error": "<one line>"}`` with a 4xx status (413 for a body, an image or a
-tiling over the limits); a full queue is 503 with ``Retry-After``. The detector is built once by the caller (``OneShotDetector.from_checkpoint``, which
-loads with ``weights_only=True``) and shared by the model workers.
+tiling over the limits, 431 for request headers over ``ServeLimits.max_header_bytes``); a full queue is
+503 with ``Retry-After``. The detector is built once by the caller
+(``OneShotDetector.from_checkpoint``, which loads with ``weights_only=True``) and shared by the model
+workers.
 """
 from __future__ import annotations
 
@@ -138,12 +141,15 @@ def build_app(detector, limits: ServeLimits = ServeLimits(), checkpoint: str = "
     add_error_handlers(app)
 
     @app.middleware("http")
-    async def _security_headers(request: Request, call_next):
+    async def _header_size_cap(request: Request, call_next):  # (h11 caps headers that arrive in pieces at 16 KiB)
         size = sum(len(k) + len(v) for k, v in request.scope.get("headers", ()))
-        if size > limits.max_header_bytes:  # (headers that arrive in pieces are capped by h11 at 16 KiB)
-            response = error(431, f"request headers of {size} bytes are over the limit of {limits.max_header_bytes} bytes")
-        else:
-            response = await call_next(request)
+        if size > limits.max_header_bytes:
+            return error(431, f"request headers of {size} bytes are over the limit of {limits.max_header_bytes} bytes")
+        return await call_next(request)
+
+    @app.middleware("http")  # added last, so outermost: on every answer, the 431 above included
+    async def _security_headers(request: Request, call_next):
+        response = await call_next(request)
         response.headers.update(SECURITY_HEADERS)
         return response
 

@@ -20,7 +20,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, ContextManager, Iterator
 
 
 class Busy(Exception):
@@ -47,54 +47,50 @@ class WorkerPool:
         self.workers = workers
         self.capacity = workers + queue_size
         self.upload_slots = upload_slots or 2 * self.capacity
-        self._uploading = 0
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="model-worker")
         self._lock = threading.Lock()
-        self._admitted = 0
+        self._held = {"model": 0, "upload": 0}  # slots taken now, under the lock
         self._mean_seconds = 1.0  # running mean of one prediction, for Retry-After
         self.completed = 0
 
     @property
     def admitted(self) -> int:
         """Requests holding a model slot now (queued or running)."""
-        return self._admitted
+        return self._held["model"]
 
     def retry_after(self) -> int:
         """Seconds until a slot is likely free: the queue ahead divided among the workers, 1-60."""
-        ahead = max(self._admitted - self.workers + 1, 1)
+        ahead = max(self._held["model"] - self.workers + 1, 1)
         return int(min(max(math.ceil(self._mean_seconds * ahead / self.workers), 1), 60))
+
+    def _take(self, kind: str, limit: int, hold: bool = True) -> None:
+        """Take one ``kind`` slot ("model" or "upload"), or raise :class:`Busy` when ``limit`` of them
+        are taken; ``hold=False`` only checks."""
+        with self._lock:
+            if self._held[kind] >= limit:
+                raise Busy(self.retry_after(), self._held["model"])
+            self._held[kind] += int(hold)
+
+    @contextmanager
+    def _slot(self, kind: str, limit: int) -> Iterator[None]:
+        self._take(kind, limit)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._held[kind] -= 1
 
     def check_room(self) -> None:
         """:class:`Busy` when every model slot is taken (a request is then refused before its body)."""
-        with self._lock:
-            if self._admitted >= self.capacity:
-                raise Busy(self.retry_after(), self._admitted)
+        self._take("model", self.capacity, hold=False)
 
-    @contextmanager
-    def admit_upload(self) -> Iterator[None]:
+    def admit_upload(self) -> ContextManager[None]:
         """Hold one upload slot while a body arrives; :class:`Busy` at once when none is free."""
-        with self._lock:
-            if self._uploading >= self.upload_slots:
-                raise Busy(self.retry_after(), self._admitted)
-            self._uploading += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._uploading -= 1
+        return self._slot("upload", self.upload_slots)
 
-    @contextmanager
-    def admit(self) -> Iterator[None]:
+    def admit(self) -> ContextManager[None]:
         """Hold one model slot for the ``with`` block; :class:`Busy` at once when none is free."""
-        with self._lock:
-            if self._admitted >= self.capacity:
-                raise Busy(self.retry_after(), self._admitted)
-            self._admitted += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._admitted -= 1
+        return self._slot("model", self.capacity)
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args)`` on a model worker thread, awaited; its exception is raised here."""
@@ -112,8 +108,8 @@ class WorkerPool:
 
     def stats(self) -> dict:
         """``{"workers", "capacity", "admitted", "uploading", "upload_slots", "completed"}``."""
-        return {"workers": self.workers, "capacity": self.capacity, "admitted": self._admitted,
-                "uploading": self._uploading, "upload_slots": self.upload_slots, "completed": self.completed}
+        return {"workers": self.workers, "capacity": self.capacity, "admitted": self._held["model"],
+                "uploading": self._held["upload"], "upload_slots": self.upload_slots, "completed": self.completed}
 
     def shutdown(self) -> None:
         """Finish running work and stop the threads."""

@@ -7,16 +7,20 @@ likes (any data cancels the keep-alive timer), each one holding a connection of 
 ``header_timeout_s`` of being opened or of its previous response, or it is closed. The body has its
 own limit in the app (``ServeLimits.read_timeout_s``, answered 408).
 
-``uvicorn.run(app, http=header_timeout_protocol(10.0))``.
+:func:`run_server` runs an app on uvicorn with this protocol and the timeouts of its
+:class:`~detector.server.ServeLimits`; ``uvicorn.run(app, http=header_timeout_protocol(10.0))`` by hand.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+if TYPE_CHECKING:
+    from .app import ServeLimits
 
 LOG = logging.getLogger("detector.server")
 
@@ -68,3 +72,14 @@ def header_timeout_protocol(seconds: float) -> type:
     if not seconds > 0:
         raise ValueError(f"header timeout must be > 0 seconds, got {seconds!r}")
     return type("HeaderTimeoutProtocol", (HeaderTimeoutProtocol,), {"header_timeout_s": float(seconds)})
+
+
+def run_server(app, limits: "ServeLimits", host: str, port: int, log_level: str = "info") -> None:
+    """Serve ``app`` on ``host:port`` until interrupted, with ``limits.header_timeout_s`` per
+    connection, a 5 s keep-alive, and at most ``4 * (workers + queue_size) + 16`` open connections
+    (uvicorn answers the ones past it with a bare 503, before the app's own queue)."""
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_keep_alive=5,
+                limit_concurrency=4 * (limits.workers + limits.queue_size) + 16,
+                http=header_timeout_protocol(limits.header_timeout_s))

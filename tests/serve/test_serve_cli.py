@@ -1,6 +1,7 @@
 """tools/serve.py: which checkpoint it serves, what it says without one, where it listens, and that
 it loads the model once with weights_only."""
 import shutil
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -43,13 +44,14 @@ def test_the_model_is_loaded_once_with_weights_only(serve_files, monkeypatch):
     args = serve.parse_args(["--checkpoint", serve_files["ckpt"], "--max-upload-mb", "0.5", "--max-megapixels", "2",
                              "--workers", "2", "--queue", "3", "--read-timeout", "5", "--max-tiles", "40",
                              "--upload-slots", "4", "--header-timeout", "2.5"])
-    app, checkpoint = serve.create_app(args)
+    app, served_limits, checkpoint = serve.create_app(args)
     files = {"query": open(serve_files["query"], "rb").read(), "support": open(serve_files["support"], "rb").read()}
     with TestClient(app) as client:
         for _ in range(3):
             assert client.post("/api/predict", files=files).status_code == 200
         limits = client.get("/api/model").json()["limits"]
     assert calls == [True]
+    assert limits == asdict(served_limits)  # the limits the app reports are the ones it runs with
     assert limits == {"max_upload_bytes": 512 * 1024, "max_pixels": 2_000_000, "max_tiles": 40, "workers": 2,
                       "queue_size": 3, "upload_slots": 4, "read_timeout_s": 5.0, "header_timeout_s": 2.5,
                       "max_header_bytes": 16384}

@@ -163,5 +163,6 @@ def test_huge_headers_are_refused_with_a_4xx(server):
         statuses.append(r.status_code)
         if r.status_code == 431:
             assert "over the limit of 16384 bytes" in r.json()["error"]
+            assert r.headers["X-Content-Type-Options"] == "nosniff"  # the refusal carries the security headers too
     assert 431 in statuses  # a header that arrived whole was measured and refused by the app
     assert httpx.get(f"http://127.0.0.1:{server}/api/health").status_code == 200
