@@ -10,6 +10,7 @@ import os
 
 from ..errors import ConfigError
 from ..utils import dist as du
+from ..utils.atomic import write_text
 
 
 class MetricsLog:
@@ -19,13 +20,21 @@ class MetricsLog:
         self.path = path
 
     def truncate_after(self, iteration: int) -> None:
-        """Drop records past ``iteration`` (written by a run killed after its last checkpoint)."""
+        """Drop the records past ``iteration`` (written by a run killed after its last checkpoint)
+        and a line cut short (a kill or a full disk during its write). The file is replaced
+        atomically: a kill during the cut loses no record."""
         if not os.path.isfile(self.path):
             return
+        kept = []
         with open(self.path, "r", encoding="utf-8") as f:
-            kept = [line for line in f if line.strip() and json.loads(line).get("iter", 0) <= iteration]
-        with open(self.path, "w", encoding="utf-8") as f:
-            f.writelines(kept)
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except ValueError:  # empty, or cut short: no whole record to keep
+                    continue
+                if record.get("iter", 0) <= iteration:
+                    kept.append(line if line.endswith("\n") else line + "\n")
+        write_text(self.path, "".join(kept))
 
     def write(self, record: dict) -> None:
         if du.is_main_process():

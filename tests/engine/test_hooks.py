@@ -273,6 +273,28 @@ def test_metrics_log_truncates_records_after_a_resume_point(tmp_path):
     assert [r["iter"] for r in records(tmp_path)] == [1, 2]
 
 
+def test_metrics_log_drops_a_line_cut_short_by_a_kill_and_keeps_the_rest(tmp_path, monkeypatch):
+    path = tmp_path / "metrics.jsonl"
+    log = MetricsLog(str(path))
+    for it in (1, 2):
+        log.write({"type": "train", "iter": it})
+    with open(path, "a") as f:
+        f.write('{"type": "train", "it')  # the process died inside this write
+    log.truncate_after(2)
+    log.write({"type": "train", "iter": 3})
+    assert [r["iter"] for r in records(tmp_path)] == [1, 2, 3]
+    # The cut is a rename: when the new file's write fails, the old one is still all there.
+    import detector.utils.atomic as atomic
+
+    def failing_replace(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(atomic.os, "replace", failing_replace)
+    with pytest.raises(OSError):
+        log.truncate_after(1)
+    assert [r["iter"] for r in records(tmp_path)] == [1, 2, 3]
+
+
 def test_a_feature_cache_is_shared_only_with_the_same_backbone(tmp_path):
     from detector.features import FeatureCache
     from detector.models.build import build_backbone
