@@ -25,6 +25,7 @@ def evaluate_checkpoint(checkpoint: str, config: str = "", overrides=(), output_
                                                                                       device)
     # Never the checkpoint's own folder: the training run's metrics.json lives there.
     out = output_dir or os.path.join(os.path.dirname(os.path.abspath(checkpoint)), f"eval_{cfg.eval.split}")
+    check_output_path(out, "output folder")  # the default one too, before the evaluation runs
     os.makedirs(out, exist_ok=True)
     record: list = []
     metrics = run_evaluation(model, postprocessor, dataset, split_info, cfg, dev, cfg.eval.runs,
@@ -57,11 +58,12 @@ def evaluate_oracle(config: str, overrides=(), output_dir: str = "") -> tuple[di
     from .evaluation import evaluate_oneshot, oracle_predict
 
     cfg = load_config(config, overrides)
+    out = output_dir or os.path.join("outputs", f"oracle_{cfg.eval.split}")
+    check_output_path(out, "output folder")
     dataset, info = build_eval_dataset(cfg, cfg.eval.split)
     metrics = evaluate_oneshot(oracle_predict(dataset), dataset, runs=cfg.eval.runs, seen_ids=info["seen_ids"],
                                unseen_ids=info["unseen_ids"], batch_size=cfg.eval.batch_size,
                                max_detections=cfg.eval.max_detections)
-    out = output_dir or os.path.join("outputs", f"oracle_{cfg.eval.split}")
     write_evaluation({"split": cfg.eval.split, **metrics}, out)
     return {"split": cfg.eval.split, **metrics}, out
 
@@ -86,11 +88,12 @@ def evaluate_realphoto_checkpoint(checkpoint: str, root: str, config: str = "", 
     dev = resolve_device(device, "--device")  # before the checkpoint is read
     bench = load_realphoto(root)
     cfg, model, postprocessor = load_model(checkpoint, overrides, config)
+    out = output_dir or os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "realphoto")
+    check_output_path(out, "output folder")
     use_config_threads(cfg)
     detector = OneShotDetector(model, postprocessor, cfg, dev)
     metrics, results = evaluate_realphoto(detector, bench, protocol_options(overrides), progress=True)
     metrics = {"checkpoint": os.path.abspath(checkpoint), **metrics}
-    out = output_dir or os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "realphoto")
     os.makedirs(out, exist_ok=True)
     write_realphoto_evaluation(metrics, out)
     if visualize:

@@ -14,6 +14,7 @@ Options and ``key=value`` overrides may come in any order (``parse_intermixed_ar
 from __future__ import annotations
 
 import argparse
+import errno
 import re
 import sys
 from typing import Callable, Optional, Sequence
@@ -22,6 +23,8 @@ from .config import MIN_INFER_SIZE, infer_option_ok
 from .errors import RunError, UserError
 
 EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_PARTIAL = 0, 1, 2, 3
+# A disk that stops taking writes mid-run (remounted read-only, full, over a quota or a size limit).
+DISK_ERRNOS = (errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -135,12 +138,20 @@ def report(error: BaseException) -> int:
 
 
 def guarded(body: Callable[..., int], *args, **kwargs) -> int:
-    """``body(*args, **kwargs)``, with user and run errors turned into one line and an exit code;
+    """``body(*args, **kwargs)``, with user and run errors turned into one line and an exit code,
+    and so is a disk that refuses a write mid-run (:data:`DISK_ERRNOS`; exit 1, naming the file);
     every other exception (a bug) propagates with its traceback."""
     try:
         return body(*args, **kwargs)
     except (UserError, RunError) as e:
         return report(e)
+    except OSError as e:
+        if e.errno not in DISK_ERRNOS:
+            raise
+        where = f" {e.filename}" if e.filename else ""
+        print(f"error: cannot write{where}: {e.strerror} (errno {e.errno}); the run stopped there",
+              file=sys.stderr, flush=True)
+        return EXIT_FAILED
 
 
 def warn(message: str) -> None:

@@ -34,11 +34,9 @@ def list_queries(path: str) -> list[str]:
 
 def check_output_paths(output: str, visualize: str = "") -> None:
     """``output`` must name a file and ``visualize`` (if given) a folder, before any work is done."""
-    from .run_folder import check_output_path
+    from .run_folder import check_output_file, check_output_path
 
-    if os.path.isdir(output) or output.endswith(os.sep):
-        raise InputError(f"--output {output}: is a folder; give a file name such as {os.path.join(output, 'results.json')}")
-    check_output_path(os.path.dirname(os.path.abspath(output)), "--output: the folder")
+    check_output_file(output, "--output", "results.json")
     if visualize:
         check_output_path(visualize, "--visualize")
 

@@ -35,3 +35,20 @@ def test_argparse_mistakes_are_one_line_and_options_mix_with_overrides(capsys):
         p.parse(["--batch-size", "0"])
     assert e.value.code == 2
     assert capsys.readouterr().err == "tool: error: argument --batch-size: must be >= 1, got 0 (see --help)\n"
+
+
+def test_a_disk_that_refuses_a_write_is_one_line_and_exit_1_other_os_errors_are_bugs(capsys):
+    import errno
+
+    def full_disk():
+        raise OSError(errno.ENOSPC, "No space left on device", "/runs/a/metrics.jsonl")
+
+    assert guarded(full_disk) == 1
+    assert capsys.readouterr().err == ("error: cannot write /runs/a/metrics.jsonl: No space left on device (errno 28); "
+                                       "the run stopped there\n")
+
+    def missing():
+        raise OSError(errno.ENOENT, "No such file or directory", "/nowhere")
+
+    with pytest.raises(FileNotFoundError):  # not a disk refusing writes: a bug keeps its traceback
+        guarded(missing)

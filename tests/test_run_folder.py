@@ -98,3 +98,25 @@ def test_discard_after_removes_later_checkpoints_and_stale_temporaries(tmp_path)
     assert [os.path.basename(p) for p in dropped] == ["checkpoint_00000006.pth"]
     assert sorted(f for f in os.listdir(tmp_path) if "checkpoint" in f) == ["checkpoint_00000002.pth",
                                                                           "checkpoint_00000004.pth"]
+
+
+def test_an_output_path_must_be_a_folder_this_user_can_write(tmp_path, monkeypatch):
+    from detector.run_folder import check_output_path
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError, match=r"^out .*/file: is a file, not a folder$"):
+        check_output_path(str(tmp_path / "file"), "out")
+    with pytest.raises(InputError, match=r"^out .*/file/a/b: .*/file is a file, not a folder$"):
+        check_output_path(str(tmp_path / "file" / "a" / "b"), "out")
+    check_output_path(str(tmp_path / "new" / "deeper"), "out")  # missing folders are made later: fine
+    assert not (tmp_path / "new").exists()  # and checking makes nothing
+
+    class ReadOnly:
+        f_flag = os.ST_RDONLY
+
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    with pytest.raises(InputError, match=r"^out .*/new/deeper: cannot write there \(in .*\): no permission to write$"):
+        check_output_path(str(tmp_path / "new" / "deeper"), "out")
+    monkeypatch.setattr(os, "statvfs", lambda path: ReadOnly())
+    with pytest.raises(InputError, match=r"^out .*: cannot write there: read-only file system$"):
+        check_output_path(str(tmp_path), "out")

@@ -26,7 +26,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -37,6 +36,7 @@ from detector.benchmark.cpu_suite import SUITES, SuiteOptions, run_suites  # noq
 from detector.benchmark.decoder import POINTS  # noqa: E402
 from detector.cli import ArgumentParser, guarded, positive_int  # noqa: E402
 from detector.errors import InputError  # noqa: E402
+from detector.utils.atomic import write_json  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -78,8 +78,7 @@ def gpu_main(args, device, impls: tuple, name: str) -> None:
     rows = run_suite(device, scale, list(impls), demo_config, progress=lambda line: print(f"  {line}", file=sys.stderr, flush=True))
     print(tables(rows, name, torch.__version__, scale))
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"device": name, "torch": torch.__version__, "scale": scale, "rows": rows}, f, indent=1)
+        write_json(args.json, {"device": name, "torch": torch.__version__, "scale": scale, "rows": rows})
 
 
 def _options(args, device: str) -> SuiteOptions:
@@ -104,6 +103,10 @@ def run(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
+    from detector.run_folder import check_output_file
+
+    if args.json:  # before minutes of timing, not after
+        check_output_file(args.json, "--json", "results.json")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     o = _options(args, device)
     torch.set_num_threads(args.threads)
@@ -121,8 +124,7 @@ def run(argv=None) -> int:
     print(f"load average (1, 5, 15 min): {loads[0]} at the start, {loads[1]} at the end (other processes slow the "
           "workers down: every op of a multi-threaded run waits for its slowest thread)")
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(o.results, f, indent=1)
+        write_json(args.json, o.results)
     return 0
 
 

@@ -67,14 +67,11 @@ def run(args: argparse.Namespace) -> dict:
     import numpy as np
     import torch
 
-    from detector.errors import InputError
     from detector.export import check_size, dataset_batches, export_onnx, random_inputs
     from detector.loading import load_model
-    from detector.run_folder import check_output_path
+    from detector.run_folder import check_output_file
 
-    if os.path.isdir(args.output) or args.output.endswith(os.sep):
-        raise InputError(f"--output {args.output}: is a folder; give a file name such as model.onnx")
-    check_output_path(os.path.dirname(os.path.abspath(args.output)), "--output: the folder")
+    check_output_file(args.output, "--output", "model.onnx")
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     torch.set_num_threads(args.threads)
     cfg, model, postprocessor = load_model(args.checkpoint)

@@ -12,7 +12,6 @@ Exit code 1 when a 5xx or a wrong answer came back.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -49,10 +48,20 @@ def main(argv=None) -> int:
     p.add_argument("--json", default="", help="also write the summary here")
     p.add_argument("server_args", nargs="*", help="passed to tools/serve.py after --, e.g. -- --workers 2")
     args = p.parse_args(argv)
+    from detector.errors import InputError
+    from detector.run_folder import check_output_file
     from detector.server.load_test import load_test
     from detector.server.soak import plot_soak, soak
+    from detector.utils.atomic import write_json
     from detector.utils.checkpoint import latest_checkpoint
 
+    try:  # before minutes of load, not after
+        for path, what in ((args.plot, "--plot"), (args.json, "--json")):
+            if path:
+                check_output_file(path, what, "soak.png" if what == "--plot" else "summary.json")
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if os.path.isdir(args.checkpoint):  # the same file the server would pick, for the answers to check against
         args.checkpoint = latest_checkpoint(args.checkpoint) or args.checkpoint
     if args.soak is not None:
@@ -80,8 +89,7 @@ def main(argv=None) -> int:
               f"{rss['after']:.0f} MiB after (process peak {rss['process_peak']:.0f} MiB); {summary['unsent']} not sent")
         failed = False
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(summary, f, indent=1)
+        write_json(args.json, summary)
     return 1 if failed else 0
 
 

@@ -22,7 +22,7 @@ from ..errors import ConfigError
 from ..features import FeatureCache
 from ..models import build_model
 from ..optim import build_optimizer, build_scheduler, load_optimizer_state
-from ..run_folder import check_fresh, discard_after, start_run_folder
+from ..run_folder import check_fresh, check_output_path, discard_after, start_run_folder
 from ..utils import dist as du
 from ..utils.checkpoint import checkpoint_state, load_checkpoint, load_weights, rng_state, set_rng_state
 from .evaluator import run_evaluation, write_evaluation
@@ -240,7 +240,9 @@ def train(cfg: Config, resume: Optional[str] = None, device: Optional[torch.devi
     t, out = cfg.train, cfg.train.output_dir
     device = device or select_device()
     world, rank = du.get_world_size(), du.get_rank()
-    if not resume:
+    if resume:
+        check_output_path(out, "output folder")  # a resumed run writes into its folder too
+    else:
         check_fresh(out, overwrite)
     if t.tensorboard:
         check_tensorboard()
