@@ -14,7 +14,6 @@ check fails.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -24,6 +23,7 @@ from detector.data.coco_index import CocoIndex  # noqa: E402
 from detector.data.image_io import ImageReadError, read_image  # noqa: E402
 from detector.data.splits import coco_split  # noqa: E402
 from detector.data.support import ExemplarPool  # noqa: E402
+from detector.utils.atomic import write_json  # noqa: E402
 
 
 def check_split(root: str, split: str, decode: int = 0) -> tuple[CocoIndex, list[str]]:
@@ -58,8 +58,7 @@ def write_exemplar_index(index: CocoIndex, path: str, min_area: float) -> int:
             entries.append({"category_id": category_id, "image_id": e.image_id, "ann_id": e.ann_id,
                             "file_name": index.images[e.image_id].file_name, "bbox": [x0, y0, x1 - x0, y1 - y0]})
     entries.sort(key=lambda d: d["ann_id"])
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump({"min_area": min_area, "source": os.path.basename(index.path), "exemplars": entries}, f)
+    write_json(path, {"min_area": min_area, "source": os.path.basename(index.path), "exemplars": entries}, indent=None)
     return len(entries)
 
 

@@ -18,7 +18,6 @@ neither true nor false positives in the evaluation), as VOC's own evaluation doe
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -26,6 +25,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from detector.data.splits import VOC_CLASSES  # noqa: E402
 from detector.data.voc_xml import parse_voc_xml  # noqa: E402
+from detector.utils.output_paths import check_output_path  # noqa: E402
+from detector.utils.atomic import write_json  # noqa: E402
 
 SETS = {"voc_trainval0712.json": [("VOC2007", "trainval"), ("VOC2012", "trainval")],
         "voc_test2007.json": [("VOC2007", "test")]}
@@ -82,12 +83,15 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="datasets/voc", help="output root (annotations/ and JPEGImages/)")
     p.add_argument("--no-link", action="store_true", help="do not create the JPEGImages/ links")
     args = p.parse_args(argv)
-    os.makedirs(os.path.join(args.out, "annotations"), exist_ok=True)
+    try:  # every annotation read and checked before anything is written
+        check_output_path(args.out, "--out")
+        converted = {out_name: convert(args.devkit, sets) for out_name, sets in SETS.items()}
+    except (ValueError, OSError) as e:  # a missing list or XML file, a malformed annotation
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     missing = 0
-    for out_name, sets in SETS.items():
-        data, sources = convert(args.devkit, sets)
-        with open(os.path.join(args.out, "annotations", out_name), "w", encoding="utf-8") as f:
-            json.dump(data, f)
+    for out_name, (data, sources) in converted.items():
+        write_json(os.path.join(args.out, "annotations", out_name), data, indent=None)
         n_difficult = sum(a["difficult"] for a in data["annotations"])
         print(f"{out_name}: {len(data['images'])} images, {len(data['annotations'])} boxes ({n_difficult} difficult)")
         if not args.no_link:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 
 from .config import load_config
-from .run_folder import check_output_path
+from .utils.output_paths import check_output_path
 from .utils.atomic import write_json
 
 

@@ -264,6 +264,8 @@ def _read_yaml(path: str, seen: tuple = ()) -> list[tuple[str, dict]]:
             data = yaml.safe_load(f) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not a YAML text file (not UTF-8 text)") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     chain: list[tuple[str, dict]] = []

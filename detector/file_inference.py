@@ -34,7 +34,7 @@ def list_queries(path: str) -> list[str]:
 
 def check_output_paths(output: str, visualize: str = "") -> None:
     """``output`` must name a file and ``visualize`` (if given) a folder, before any work is done."""
-    from .run_folder import check_output_file, check_output_path
+    from .utils.output_paths import check_output_file, check_output_path
 
     check_output_file(output, "--output", "results.json")
     if visualize:

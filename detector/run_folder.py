@@ -25,6 +25,7 @@ from .config import Config, apply_overrides, from_dict, load_config, to_dict
 from .errors import CheckpointError, ConfigError, InputError
 from .utils.checkpoint import (drop_checkpoints_after, git_revision, list_checkpoints, load_checkpoint,
                                remove_stale_temporaries)
+from .utils.output_paths import check_output_path
 
 RUN_MARKERS = ("config.yaml", "metrics.jsonl", "train.log")
 
@@ -50,38 +51,6 @@ def is_run_folder(folder: str) -> bool:
     """True when ``folder`` holds what a run writes (config, metrics, log or checkpoints)."""
     return os.path.isdir(folder) and (any(os.path.exists(os.path.join(folder, n)) for n in RUN_MARKERS)
                                       or bool(list_checkpoints(folder)))
-
-
-def check_output_path(path: str, what: str) -> None:
-    """:class:`InputError` when ``path`` (a folder to write into, made if missing) cannot be one:
-    it, or the nearest folder above it that exists, is a file, is on a read-only file system, or
-    may not be written by this user. Checked before a tool writes anything."""
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise InputError(f"{what} {path}: is a file, not a folder")
-    existing = os.path.abspath(path)
-    while not os.path.exists(existing) and os.path.dirname(existing) != existing:
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        raise InputError(f"{what} {path}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        where = "" if existing == os.path.abspath(path) else f" (in {existing})"
-        raise InputError(f"{what} {path}: cannot write there{where}: {_why_not_writable(existing)}")
-
-
-def check_output_file(path: str, what: str, example: str) -> None:
-    """:class:`InputError` when ``path`` (a file to write) is a folder, or its folder cannot be
-    written (:func:`check_output_path`); ``example`` is a file name the message suggests."""
-    if os.path.isdir(path) or path.endswith(os.sep):
-        raise InputError(f"{what} {path}: is a folder; give a file name such as {os.path.join(path, example)}")
-    check_output_path(os.path.dirname(os.path.abspath(path)), f"{what}: the folder")
-
-
-def _why_not_writable(folder: str) -> str:
-    try:
-        read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
-    except OSError:
-        read_only = False
-    return "read-only file system" if read_only else "no permission to write"
 
 
 def check_fresh(folder: str, overwrite: bool = False, resumable: bool = True) -> None:

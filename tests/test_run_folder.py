@@ -101,7 +101,7 @@ def test_discard_after_removes_later_checkpoints_and_stale_temporaries(tmp_path)
 
 
 def test_an_output_path_must_be_a_folder_this_user_can_write(tmp_path, monkeypatch):
-    from detector.run_folder import check_output_path
+    from detector.utils.output_paths import check_output_path
 
     (tmp_path / "file").write_text("x")
     with pytest.raises(InputError, match=r"^out .*/file: is a file, not a folder$"):

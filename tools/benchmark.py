@@ -103,7 +103,7 @@ def run(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
-    from detector.run_folder import check_output_file
+    from detector.utils.output_paths import check_output_file
 
     if args.json:  # before minutes of timing, not after
         check_output_file(args.json, "--json", "results.json")

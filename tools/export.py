@@ -69,10 +69,9 @@ def run(args: argparse.Namespace) -> dict:
 
     from detector.export import check_size, dataset_batches, export_onnx, random_inputs
     from detector.loading import load_model
-    from detector.run_folder import check_output_file
+    from detector.utils.output_paths import check_output_file
 
-    check_output_file(args.output, "--output", "model.onnx")
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    check_output_file(args.output, "--output", "model.onnx")  # its folder is made by the (atomic) write itself
     torch.set_num_threads(args.threads)
     cfg, model, postprocessor = load_model(args.checkpoint)
     size = args.size or cfg.data.eval_size

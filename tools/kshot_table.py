@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> tuple[list[dict], str]:
     from detector.evaluation import write_metrics
     from detector.features import FeatureCache
     from detector.loading import load_model
-    from detector.run_folder import check_output_path
+    from detector.utils.output_paths import check_output_path
 
     if args.output_dir:
         check_output_path(args.output_dir, "--output-dir")

@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     p.add_argument("server_args", nargs="*", help="passed to tools/serve.py after --, e.g. -- --workers 2")
     args = p.parse_args(argv)
     from detector.errors import InputError
-    from detector.run_folder import check_output_file
+    from detector.utils.output_paths import check_output_file
     from detector.server.load_test import load_test
     from detector.server.soak import plot_soak, soak
     from detector.utils.atomic import write_json

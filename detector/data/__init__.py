@@ -9,6 +9,7 @@ import os
 from typing import Optional
 
 from ..errors import InputError
+from ..utils.output_paths import check_output_path
 from .coco_index import Annotation, CocoIndex, ImageRecord
 from .coco_oneshot import EvalItem, OneShotDataset, OneShotEvalDataset, collate_oneshot, collate_supports
 from .image_io import ImageReadError, read_image
@@ -36,8 +37,11 @@ def under_root(root: str, path: str) -> str:
 
 def prepare_generated(cfg) -> None:
     """Generate the data of a generated ``cfg.data.dataset`` (synthetic, pasted) into
-    ``cfg.data.root`` when it is not there yet; nothing for the others."""
+    ``cfg.data.root`` when it is not there yet; nothing for the others. :class:`InputError` before
+    any is generated when ``data.root`` cannot be a folder written here."""
     d = cfg.data
+    if d.dataset in ("synthetic", "pasted") and not os.path.isdir(d.root):
+        check_output_path(d.root, "data.root")
     if d.dataset == "synthetic":
         build_synthetic(d.root, d.synthetic_size, d.synthetic_seed, workers=max(1, min(2, os.cpu_count() or 1)))
     elif d.dataset == "pasted":

@@ -22,7 +22,8 @@ from ..errors import ConfigError
 from ..features import FeatureCache
 from ..models import build_model
 from ..optim import build_optimizer, build_scheduler, load_optimizer_state
-from ..run_folder import check_fresh, check_output_path, discard_after, start_run_folder
+from ..run_folder import check_fresh, discard_after, start_run_folder
+from ..utils.output_paths import check_output_path
 from ..utils import dist as du
 from ..utils.checkpoint import checkpoint_state, load_checkpoint, load_weights, rng_state, set_rng_state
 from .evaluator import run_evaluation, write_evaluation

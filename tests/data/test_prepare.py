@@ -75,18 +75,22 @@ def test_prepare_voc_converts_boxes_and_keeps_difficult(tmp_path):
     assert len(ds.items) == 2 and ds[0]["support_image"].shape[0] == 3
 
 
-def test_prepare_voc_names_a_broken_file(tmp_path):
+def test_prepare_voc_names_a_broken_file_and_writes_nothing(tmp_path, capsys):
     devkit = str(tmp_path / "VOCdevkit")
     _voc_devkit(devkit)
     bad = os.path.join(devkit, "VOC2007", "Annotations", "000007.xml")
     with open(bad, "w") as f:
         f.write("<annotation><filename>000007.jpg</filename>")
-    with pytest.raises(ValueError, match=r"000007\.xml: not valid XML"):
-        _script("prepare_voc").main(["--devkit", devkit, "--out", str(tmp_path / "voc")])
+    out = tmp_path / "voc"
+    assert _script("prepare_voc").main(["--devkit", devkit, "--out", str(out)]) == 2
+    assert capsys.readouterr().err == f"error: {bad}: not valid XML (no element found: line 1, column 43)\n"
     with open(bad, "w") as f:
         f.write(_voc_xml("000007.jpg", [("unicorn", (1, 1, 5, 5), 0)]))
-    with pytest.raises(ValueError, match=r"000007\.xml: unknown VOC class 'unicorn'"):
-        _script("prepare_voc").main(["--devkit", devkit, "--out", str(tmp_path / "voc")])
+    assert _script("prepare_voc").main(["--devkit", devkit, "--out", str(out)]) == 2
+    assert capsys.readouterr().err == f"error: {bad}: unknown VOC class 'unicorn'\n"
+    assert _script("prepare_voc").main(["--devkit", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
+    assert "image set list not found" in capsys.readouterr().err
+    assert not out.exists()  # every annotation is read before the first write
 
 
 def _coco_root(root, missing_image=False):

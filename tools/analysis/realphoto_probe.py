@@ -76,7 +76,7 @@ def _main(argv=None) -> int:
     from detector.evaluation_realphoto import effective_options, protocol_options
     from detector.inference import OneShotDetector
     from detector.loading import load_model
-    from detector.run_folder import check_output_path
+    from detector.utils.output_paths import check_output_path
     from detector.utils.device import resolve_device
 
     args = parse_args(argv)
