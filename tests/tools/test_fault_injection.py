@@ -155,7 +155,9 @@ SUPERVISOR = """
 import json, os, signal, sys, time
 sys.path.insert(0, {root!r})
 import numpy as np
-import torch  # noqa: F401  (imported once, before any fork)
+import torch  # noqa: F401  (imported once, before any fork, as is what train imports on its way)
+import matplotlib.pyplot, timm  # noqa: F401,E401
+import detector.engine, detector.data, detector.evaluation, detector.models.build, detector.utils.console_log  # noqa
 from detector.run_folder import is_run_folder
 from detector.utils.checkpoint import list_checkpoints, load_checkpoint
 from detector_tools.train import main
