@@ -32,11 +32,14 @@ browser:
 	    echo "note: no chromium, and apt-get needs root: the browser test will be skipped"; \
 	  fi; }
 
+# Tests in parallel worker processes (pytest-xdist), one per core, at most 4.
+XDIST := -n auto --maxprocesses 4
+
 test: setup browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(XDIST)
 
 test-all: setup browser
-	$(PY) -m pytest -q -m "slow or not slow"
+	$(PY) -m pytest -q $(XDIST) -m "slow or not slow"
 
 demo: setup
 	$(PY) tools/demo.py $(DEMO_ARGS)

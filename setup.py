@@ -42,7 +42,7 @@ setup(
     ],
     package_data={"detector.server": ["static/*"]},
     extras_require={
-        "dev": ["pytest>=7", "hypothesis>=6.100", "tensorboard>=2.14", "httpx>=0.27", "playwright>=1.40", "onnx>=1.15", "onnxruntime>=1.17",
+        "dev": ["pytest>=7", "pytest-xdist>=3.5", "hypothesis>=6.100", "tensorboard>=2.14", "httpx>=0.27", "playwright>=1.40", "onnx>=1.15", "onnxruntime>=1.17",
                 "fastapi>=0.110", "uvicorn>=0.27", "python-multipart>=0.0.9"],
         "serve": ["fastapi>=0.110", "uvicorn>=0.27", "python-multipart>=0.0.9"],
         "fast-eval": ["faster-coco-eval>=1.6"],
