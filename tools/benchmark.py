@@ -11,6 +11,10 @@ Suites (``--suite``, comma-separated), each one process per measurement
 * ``backbone``: the frozen MobileNetV2 body with its BatchNorms as they are and folded;
 * ``candidates``: one cross-attention step for each kernel considered
   (:mod:`detector.benchmark.candidates`) and the bias MLPs with stored vs recomputed activations;
+* ``cross``: one training step of each ``--configs`` file (default the product's
+  ``configs/synthetic.yaml`` and the paper-faithful ``configs/synthetic_paper.yaml``) with each
+  cross step (``model.attention``: indirect, misaligned, double_cross), as training runs it
+  (features from a warm cache where the config caches them), side by side;
 * ``gpu`` (the default with ``--device cuda``): the GPU suite (:mod:`detector.benchmark.gpu_suite`)
   in this process; with ``--device cpu`` at smaller sizes (``--scale``).
 
@@ -18,6 +22,7 @@ Usage::
 
     python tools/benchmark.py                          # decoder + model, reference vs fused
     python tools/benchmark.py --suite candidates
+    python tools/benchmark.py --suite cross --threads 1 --iters 10 --warmup 2 --repeats 2
     python tools/benchmark.py --suite backbone --iters 30 --warmup 3 --repeats 2
     python tools/benchmark.py --suite decoder --points train32,eval32 --iters 3 --warmup 1
     python tools/benchmark.py --device cuda --json gpu_suite.json   # the GPU suite (about 3 minutes)
@@ -29,7 +34,9 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+CROSS_CONFIGS = ("synthetic.yaml", "synthetic_paper.yaml")
 
 from detector.benchmark.candidates import CANDIDATES  # noqa: E402
 from detector.benchmark.cpu_suite import SUITES, SuiteOptions, run_suites  # noqa: E402
@@ -48,6 +55,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--points", default=",".join(POINTS), help=f"decoder points, from {list(POINTS)}")
     p.add_argument("--impls", default="reference,fused", help="kernels to compare (the first is the baseline)")
     p.add_argument("--candidates", default=",".join(CANDIDATES), help=f"for --suite candidates, from {CANDIDATES}")
+    p.add_argument("--configs", default=",".join(os.path.join(ROOT, "configs", n) for n in CROSS_CONFIGS),
+                   help="for --suite cross: comma-separated config files (default the product's and the paper-faithful)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up runs (default 1; the gpu suite: its scale's)")
     p.add_argument("--iters", type=int, default=None, help="timed runs (default 3; the gpu suite: its scale's)")
     p.add_argument("--repeats", type=positive_int, default=1, help="processes per configuration, interleaved across kernels")
@@ -66,6 +75,14 @@ def _choices(value: str, allowed, option: str) -> tuple:
     return items
 
 
+def _config_files(value: str) -> tuple:
+    files = tuple(v for v in value.split(",") if v)
+    for path in files or ("",):
+        if not os.path.isfile(path):
+            raise InputError(f"--configs: config file not found: {path or 'nothing given'}")
+    return tuple(os.path.abspath(f) for f in files)
+
+
 def gpu_main(args, device, impls: tuple, name: str) -> None:
     """``--suite gpu``: the tables of :mod:`detector.benchmark.gpu_suite`, in this process."""
     import torch
@@ -74,7 +91,7 @@ def gpu_main(args, device, impls: tuple, name: str) -> None:
 
     scale = dict(SCALES[args.scale or device.type])
     scale.update({k: v for k, v in (("warmup", args.warmup), ("iters", args.iters)) if v is not None})
-    demo_config = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "synthetic.yaml")
+    demo_config = os.path.join(ROOT, "configs", "synthetic.yaml")
     rows = run_suite(device, scale, list(impls), demo_config, progress=lambda line: print(f"  {line}", file=sys.stderr, flush=True))
     print(tables(rows, name, torch.__version__, scale))
     if args.json:
@@ -95,6 +112,7 @@ def _options(args, device: str) -> SuiteOptions:
     return SuiteOptions(device=device, suites=suites, impls=_choices(args.impls, ("reference", "fused"), "--impls"),
                         points=_choices(args.points, POINTS, "--points"),
                         candidates=_choices(args.candidates, CANDIDATES, "--candidates"),
+                        cross_configs=_config_files(args.configs) if "cross" in suites else (),
                         warmup=1 if args.warmup is None else args.warmup, iters=3 if args.iters is None else args.iters,
                         repeats=args.repeats, threads=args.threads, timeout=args.timeout)
 

@@ -1,4 +1,4 @@
-"""The process-per-measurement suites (``decoder``, ``model``, ``backbone``, ``candidates``): the
+"""The process-per-measurement suites (``decoder``, ``model``, ``backbone``, ``candidates``, ``cross``): the
 parent side, which starts :mod:`.workers` processes, pools their runs and writes the tables.
 
 Times are medians over the timed runs of all processes of a configuration; memory is the largest
@@ -19,7 +19,7 @@ from typing import Callable
 
 from .decoder import POINTS
 
-SUITES = ("decoder", "model", "backbone", "candidates")
+SUITES = ("decoder", "model", "backbone", "candidates", "cross")
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -32,6 +32,7 @@ class SuiteOptions:
     impls: tuple = ("reference", "fused")  # the first is the baseline of the ratio tables, the last the fast one
     points: tuple = tuple(POINTS)
     candidates: tuple = ()
+    cross_configs: tuple = ()  # config files whose training step the cross suite times with each cross step
     warmup: int = 1
     iters: int = 3
     repeats: int = 1  # processes per configuration, interleaved across kernels
@@ -145,6 +146,29 @@ def backbone_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def cross_table(results: list[dict]) -> str:
+    """One row per (config, cross step): the training step's median ms, and its ratio to the
+    indirect step of the same config."""
+    lines = ["| config | cross step | training step ms (batch) | / indirect | peak MB |", "|---|---|---|---|---|"]
+    indirect = {r["config"]: r.get("median_s") for r in results if r["attention"] == "indirect"}
+    for r in results:
+        ms, base = r.get("median_s"), indirect.get(r["config"])
+        lines.append(f"| {os.path.basename(r['config'])} | {r['attention']} | {_fmt(ms and ms * 1e3)} ({r.get('batch', '-')}) "
+                     f"| {_fmt(ms and base and ms / base, 2)} | {_fmt(r.get('peak_mb'))} |"
+                     + (f" error: {r['error']}" if r.get("error") else ""))
+    return "\n".join(lines)
+
+
+def _cross_section(o: SuiteOptions, go: Callable) -> str:
+    from ..config import ATTENTIONS
+
+    results = [go({"kind": "cross", "config": os.path.abspath(c), "attention": a, "mode": "train"})
+               for c in o.cross_configs for _ in range(o.repeats) for a in ATTENTIONS]
+    results = merge(results, ("config", "attention"))
+    return ("## Cross steps: one training step of each config with each cross step (features cached when the "
+            "config caches them)\n\n" + cross_table(results))
+
+
 def _decoder_section(o: SuiteOptions, go: Callable, peak_gflops: float) -> str:
     results = [go({"kind": "decoder", "point": pt, "impl": impl, "mode": mode})
                for pt in o.points for mode in ("fwd", "fwdbwd") for _ in range(o.repeats) for impl in o.impls]
@@ -185,7 +209,7 @@ def run_suites(o: SuiteOptions, emit: Callable[[str], None], progress: Callable[
 
     def go(spec):
         r = launch({**base, **spec}, o.timeout)
-        keys = ("kind", "point", "impl", "mode", "one2many", "median_s", "peak_mb", "error")
+        keys = ("kind", "point", "impl", "attention", "mode", "one2many", "median_s", "peak_mb", "error")
         progress(json.dumps({k: r.get(k) for k in keys if k in r}))
         o.results.append(r)
         return r
@@ -194,7 +218,8 @@ def run_suites(o: SuiteOptions, emit: Callable[[str], None], progress: Callable[
     peak_gflops = peak.get("gflops", 0.0)
     emit(f"matmul peak ({peak.get('dtype')}): {peak_gflops:.0f} GFLOP/s\n")
     sections = {"decoder": lambda: _decoder_section(o, go, peak_gflops), "model": lambda: _model_section(o, go),
-                "backbone": lambda: _backbone_section(o, go), "candidates": lambda: _candidates_section(o, go)}
+                "backbone": lambda: _backbone_section(o, go), "candidates": lambda: _candidates_section(o, go),
+                "cross": lambda: _cross_section(o, go)}
     for name in SUITES:
         if name in o.suites:
             emit(sections[name]() + "\n")

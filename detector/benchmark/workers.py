@@ -69,6 +69,45 @@ def run_model(spec: dict, device) -> dict:
     return {**measure(step, device, spec["warmup"], spec["iters"]), "batch": batch}
 
 
+def _cross_step(spec: dict, device):
+    """One training step of ``spec["config"]``'s model with ``model.attention = spec["attention"]``,
+    as :func:`detector.engine.train` runs it: the config's batch, query and exemplar sizes, AdamW and
+    clipping; with ``train.cache_features`` the frozen backbone's features come from a warm cache,
+    so the step is the decoder's, the side paths' and the losses'. Random images, two boxes each."""
+    import torch
+
+    from detector.config import load_config
+    from detector.engine.step import to_device, train_step
+    from detector.features import FeatureCache
+    from detector.models.build import build_model
+    from detector.optim import build_optimizer
+    from detector.structures import ImageBatch
+
+    cfg = load_config(spec["config"], [f"model.attention={spec['attention']}", "model.backbone.pretrained=none"])
+    torch.manual_seed(0)
+    model, criterion, _ = build_model(cfg)
+    model.to(device).train()
+    cache = FeatureCache(model.backbone) if cfg.train.cache_features else None
+    g = torch.Generator().manual_seed(0)
+    b, size, s_size = cfg.train.batch_size, cfg.data.query_max_size, cfg.model.support_size
+    query = ImageBatch.from_tensors([torch.rand(3, size, size, generator=g) for _ in range(b)])
+    support = ImageBatch.from_tensors([torch.rand(3, s_size, s_size, generator=g) for _ in range(b)])
+    targets = [{"boxes": torch.tensor([[0.3, 0.4, 0.2, 0.3], [0.7, 0.6, 0.25, 0.2]])} for _ in range(b)]
+    query, support, targets = to_device(query, support, targets, device, cache, s_size)  # the cache is warm now
+    optimizer = build_optimizer(model, cfg.train)
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+
+    def step():
+        train_step(model, criterion, optimizer, scaler, query, support, targets, None, cfg.train.clip_max_norm)
+
+    return step, b
+
+
+def run_cross(spec: dict, device) -> dict:
+    step, batch = _cross_step(spec, device)
+    return {**measure(step, device, spec["warmup"], spec["iters"]), "batch": batch}
+
+
 def run_backbone(spec: dict, device) -> dict:
     import torch
 
@@ -109,7 +148,7 @@ def run_candidate(spec: dict, device) -> dict:
 
 
 KINDS = {"decoder": run_decoder, "model": run_model, "matmul": run_matmul, "candidate": run_candidate,
-         "backbone": run_backbone}
+         "backbone": run_backbone, "cross": run_cross}
 
 
 def worker(spec: dict) -> dict:

@@ -1,5 +1,6 @@
 """The CPU suites of tools/benchmark.py: the one timing helper, the losing kernel candidate still
 computes the same attention as the reference, and a worker process runs from any directory."""
+import json
 import os
 import subprocess
 import sys
@@ -64,3 +65,19 @@ def test_a_bad_suite_is_one_line_and_exit_code_2():
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "benchmark.py"), "--suite", "decoder,warp"],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "--suite: warp" in proc.stderr
+
+
+def test_the_cross_suite_times_each_cross_step_of_a_config_side_by_side(tmp_path):
+    out = tmp_path / "cross.json"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "benchmark.py"), "--suite", "cross",
+                           "--configs", os.path.join(ROOT, "configs", "tiny.yaml"), "--threads", "1", "--warmup", "0",
+                           "--iters", "2", "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| tiny.yaml |")]
+    assert [row.split("|")[2].strip() for row in rows] == ["indirect", "misaligned", "double_cross"]
+    assert rows[0].split("|")[4].strip() == "1.00"  # each ratio is to the same config's indirect step
+    results = [r for r in json.loads(out.read_text()) if r["kind"] == "cross"]
+    assert len(results) == 3 and all("error" not in r and len(r["times_s"]) == 2 and r["batch"] == 2 for r in results)
+    bad = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "benchmark.py"), "--suite", "cross",
+                          "--configs", str(tmp_path / "none.yaml")], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "config file not found" in bad.stderr
