@@ -25,8 +25,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from detector.data.splits import VOC_CLASSES  # noqa: E402
 from detector.data.voc_xml import parse_voc_xml  # noqa: E402
-from detector.utils.output_paths import check_output_path  # noqa: E402
 from detector.utils.atomic import write_json  # noqa: E402
+from detector.utils.output_paths import check_output_path  # noqa: E402
 
 SETS = {"voc_trainval0712.json": [("VOC2007", "trainval"), ("VOC2012", "trainval")],
         "voc_test2007.json": [("VOC2007", "test")]}

@@ -8,8 +8,8 @@ from __future__ import annotations
 import os
 
 from .config import load_config
-from .utils.output_paths import check_output_path
 from .utils.atomic import write_json
+from .utils.output_paths import check_output_path
 
 
 def evaluate_checkpoint(checkpoint: str, config: str = "", overrides=(), output_dir: str = "",
@@ -25,7 +25,8 @@ def evaluate_checkpoint(checkpoint: str, config: str = "", overrides=(), output_
                                                                                       device)
     # Never the checkpoint's own folder: the training run's metrics.json lives there.
     out = output_dir or os.path.join(os.path.dirname(os.path.abspath(checkpoint)), f"eval_{cfg.eval.split}")
-    check_output_path(out, "output folder")  # the default one too, before the evaluation runs
+    if not output_dir:  # the default one (known once the config is), before the evaluation runs
+        check_output_path(out, "output folder")
     os.makedirs(out, exist_ok=True)
     record: list = []
     metrics = run_evaluation(model, postprocessor, dataset, split_info, cfg, dev, cfg.eval.runs,
@@ -89,7 +90,8 @@ def evaluate_realphoto_checkpoint(checkpoint: str, root: str, config: str = "", 
     bench = load_realphoto(root)
     cfg, model, postprocessor = load_model(checkpoint, overrides, config)
     out = output_dir or os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "realphoto")
-    check_output_path(out, "output folder")
+    if not output_dir:  # (a given one is checked above)
+        check_output_path(out, "output folder")
     use_config_threads(cfg)
     detector = OneShotDetector(model, postprocessor, cfg, dev)
     metrics, results = evaluate_realphoto(detector, bench, protocol_options(overrides), progress=True)

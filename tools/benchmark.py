@@ -77,9 +77,11 @@ def _choices(value: str, allowed, option: str) -> tuple:
 
 def _config_files(value: str) -> tuple:
     files = tuple(v for v in value.split(",") if v)
-    for path in files or ("",):
+    if not files:
+        raise InputError("--configs: no config file given")
+    for path in files:
         if not os.path.isfile(path):
-            raise InputError(f"--configs: config file not found: {path or 'nothing given'}")
+            raise InputError(f"--configs: config file not found: {path}")
     return tuple(os.path.abspath(f) for f in files)
 
 

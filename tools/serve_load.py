@@ -25,7 +25,7 @@ SERVE = [sys.executable, os.path.join(ROOT, "tools", "serve.py")]  # the server 
 
 
 def print_summary(summary: dict, clients: int) -> None:
-    lat, rss = summary["latency_ms"], summary["rss_mb"]
+    lat = summary["latency_ms"]
     print(f"{summary['sent']} requests ({summary['good']} good, {summary['bad']} bad) from {clients} clients "
           f"in {summary['wall_s']:.1f} s; 5xx other than 503: {summary['status_500']}")
     print(f"good requests: p50 {lat['p50']:.0f} ms, p95 {lat['p95']:.0f} ms, p99 {lat['p99']:.0f} ms, "
@@ -49,16 +49,16 @@ def main(argv=None) -> int:
     p.add_argument("server_args", nargs="*", help="passed to tools/serve.py after --, e.g. -- --workers 2")
     args = p.parse_args(argv)
     from detector.errors import InputError
-    from detector.utils.output_paths import check_output_file
     from detector.server.load_test import load_test
     from detector.server.soak import plot_soak, soak
     from detector.utils.atomic import write_json
     from detector.utils.checkpoint import latest_checkpoint
+    from detector.utils.output_paths import check_output_file
 
     try:  # before minutes of load, not after
-        for path, what in ((args.plot, "--plot"), (args.json, "--json")):
+        for path, what, example in ((args.plot, "--plot", "soak.png"), (args.json, "--json", "summary.json")):
             if path:
-                check_output_file(path, what, "soak.png" if what == "--plot" else "summary.json")
+                check_output_file(path, what, example)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

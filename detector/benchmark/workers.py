@@ -27,24 +27,38 @@ def run_decoder(spec: dict, device) -> dict:
     return result
 
 
+def _random_batch(b: int, size: int, s_size: int, device, cache=None) -> tuple:
+    """``(query, support, targets)`` on ``device``: ``b`` random ``size`` px query images and
+    ``s_size`` px exemplars, two boxes each; features from ``cache`` (made warm here) when given."""
+    import torch
+
+    from detector.engine.step import to_device
+    from detector.structures import ImageBatch
+
+    g = torch.Generator().manual_seed(0)
+    query = ImageBatch.from_tensors([torch.rand(3, size, size, generator=g) for _ in range(b)])
+    support = ImageBatch.from_tensors([torch.rand(3, s_size, s_size, generator=g) for _ in range(b)])
+    targets = [{"boxes": torch.tensor([[0.3, 0.4, 0.2, 0.3], [0.7, 0.6, 0.25, 0.2]])} for _ in range(b)]
+    return to_device(query, support, targets, device, cache, s_size)
+
+
+def _timed(step, batch: int, spec: dict, device) -> dict:
+    return {**measure(step, device, spec["warmup"], spec["iters"]), "batch": batch}
+
+
 def _model_step(spec: dict, device):
     """The default-config model (random weights) and a training step or an inference step."""
     import torch
 
     from detector.config import load_config
     from detector.models.build import build_model
-    from detector.structures import ImageBatch
 
     cfg = load_config(None, BENCH_MODEL + ["model.backbone.pretrained=none", f"model.attention_impl={spec['impl']}",
                                            f"model.num_queries_one2many={spec.get('one2many', 0)}"])
     model, criterion, postprocessor = build_model(cfg)
     model.to(device)
-    g = torch.Generator().manual_seed(0)
-    size, s_size = cfg.data.query_max_size, cfg.model.support_size
     b = 2 if spec["mode"] == "train" else 1
-    query = ImageBatch.from_tensors([torch.rand(3, size, size, generator=g) for _ in range(b)]).to(device)
-    support = ImageBatch.from_tensors([torch.rand(3, s_size, s_size, generator=g) for _ in range(b)]).to(device)
-    targets = [{"boxes": torch.tensor([[0.3, 0.4, 0.2, 0.3], [0.7, 0.6, 0.25, 0.2]], device=device)} for _ in range(b)]
+    query, support, targets = _random_batch(b, cfg.data.query_max_size, cfg.model.support_size, device)
     if spec["mode"] == "train":
         model.train()
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
@@ -65,8 +79,7 @@ def _model_step(spec: dict, device):
 
 
 def run_model(spec: dict, device) -> dict:
-    step, batch = _model_step(spec, device)
-    return {**measure(step, device, spec["warmup"], spec["iters"]), "batch": batch}
+    return _timed(*_model_step(spec, device), spec, device)
 
 
 def _cross_step(spec: dict, device):
@@ -77,23 +90,18 @@ def _cross_step(spec: dict, device):
     import torch
 
     from detector.config import load_config
-    from detector.engine.step import to_device, train_step
+    from detector.engine.step import train_step
     from detector.features import FeatureCache
     from detector.models.build import build_model
     from detector.optim import build_optimizer
-    from detector.structures import ImageBatch
 
     cfg = load_config(spec["config"], [f"model.attention={spec['attention']}", "model.backbone.pretrained=none"])
     torch.manual_seed(0)
     model, criterion, _ = build_model(cfg)
     model.to(device).train()
     cache = FeatureCache(model.backbone) if cfg.train.cache_features else None
-    g = torch.Generator().manual_seed(0)
-    b, size, s_size = cfg.train.batch_size, cfg.data.query_max_size, cfg.model.support_size
-    query = ImageBatch.from_tensors([torch.rand(3, size, size, generator=g) for _ in range(b)])
-    support = ImageBatch.from_tensors([torch.rand(3, s_size, s_size, generator=g) for _ in range(b)])
-    targets = [{"boxes": torch.tensor([[0.3, 0.4, 0.2, 0.3], [0.7, 0.6, 0.25, 0.2]])} for _ in range(b)]
-    query, support, targets = to_device(query, support, targets, device, cache, s_size)  # the cache is warm now
+    b = cfg.train.batch_size
+    query, support, targets = _random_batch(b, cfg.data.query_max_size, cfg.model.support_size, device, cache)
     optimizer = build_optimizer(model, cfg.train)
     scaler = torch.amp.GradScaler("cuda", enabled=False)
 
@@ -104,8 +112,7 @@ def _cross_step(spec: dict, device):
 
 
 def run_cross(spec: dict, device) -> dict:
-    step, batch = _cross_step(spec, device)
-    return {**measure(step, device, spec["warmup"], spec["iters"]), "batch": batch}
+    return _timed(*_cross_step(spec, device), spec, device)
 
 
 def run_backbone(spec: dict, device) -> dict:

@@ -23,9 +23,9 @@ from ..features import FeatureCache
 from ..models import build_model
 from ..optim import build_optimizer, build_scheduler, load_optimizer_state
 from ..run_folder import check_fresh, discard_after, start_run_folder
-from ..utils.output_paths import check_output_path
 from ..utils import dist as du
 from ..utils.checkpoint import checkpoint_state, load_checkpoint, load_weights, rng_state, set_rng_state
+from ..utils.output_paths import check_output_path
 from .evaluator import run_evaluation, write_evaluation
 from .hooks import Checkpointer, Evaluator, Hook, LogMetrics, NonFiniteStop, TimeBudget, TrainingCurves
 from .sampler import ShardedSampler
