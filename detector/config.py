@@ -65,7 +65,8 @@ class ModelConfig:
     proposal_conditioning: bool = False  # proposals see the support too (then the cross step barely matters)
     support_conditioning: bool = False  # add the pooled support embedding to object queries and a similarity logit (a side path; it cost AP)
     correlation_channels: int = 32  # per-cell exemplar correlation channels added to the values (0: off, the keys the only way in)
-    correlation_dropout: float = 0.25  # training: share of images whose correlation and similarity are left out, so the keys must learn too
+    correlation_dropout: float = 0.25  # training: share of images whose side paths (correlation, similarity, light fusion) are left out, so the keys must learn too
+    fusion_layers: int = 0  # indirect / misaligned: layers of a light fusion step (query features attend to the exemplar before the decoder; the keys stay the exemplar's); 0: off
     exemplar_similarity: bool = False  # parameter-free cosine maps of frozen features (query vs exemplar) read into the values and proposals
     shot_keys: str = "mean"  # several exemplars: keys of their mean ("mean") or of all k in one softmax ("joint"); docs/RESULTS.md section 5
     shot_correlation: str = "mean"  # several exemplars: correlation = mean of each one's best match ("mean") or the best over all k ("max")
@@ -331,6 +332,9 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{key}={value!r} is not one of {allowed}")
     if m.d_model % m.num_heads != 0:
         raise ConfigError(f"model.d_model={m.d_model} must be divisible by model.num_heads={m.num_heads}")
+    if m.attention == "double_cross" and m.fusion_layers:
+        raise ConfigError("model.fusion_layers is for the indirect and misaligned cross steps; double_cross has its "
+                          "own fusion encoder of model.num_decoder_layers layers")
     if m.query_content == "proposal" and not m.two_stage:
         raise ConfigError("model.query_content=proposal needs model.two_stage=true (the proposals give the content)")
     if m.num_queries < 1 or m.num_decoder_layers < 1:
@@ -383,6 +387,7 @@ def _validate_model_sizes(cfg: Config) -> None:
         "model.dim_feedforward": (m.dim_feedforward, 1, 65536), "model.bias_hidden_dim": (m.bias_hidden_dim, 1, 65536),
         "model.num_queries": (m.num_queries, 1, 5000), "model.num_queries_one2many": (m.num_queries_one2many, 0, 20000),
         "model.num_decoder_layers": (m.num_decoder_layers, 1, 64), "model.correlation_channels": (m.correlation_channels, 0, 1024),
+        "model.fusion_layers": (m.fusion_layers, 0, 64),
         "model.support_size": (m.support_size, 16, 4096), "data.eval_size": (d.eval_size, MIN_INFER_SIZE, 8192),
         "data.query_max_size": (d.query_max_size, MIN_INFER_SIZE, 8192), "loss.one2many_repeat": (cfg.loss.one2many_repeat, 1, 100),
     }

@@ -86,7 +86,9 @@ def _cross_step(spec: dict, device):
     """One training step of ``spec["config"]``'s model with ``model.attention = spec["attention"]``,
     as :func:`detector.engine.train` runs it: the config's batch, query and exemplar sizes, AdamW and
     clipping; with ``train.cache_features`` the frozen backbone's features come from a warm cache,
-    so the step is the decoder's, the side paths' and the losses'. Random images, two boxes each."""
+    so the step is the decoder's, the side paths' and the losses'. ``double_cross`` leaves out a
+    config's light fusion step (``model.fusion_layers``): it has its own fusion encoder. Random
+    images, two boxes each."""
     import torch
 
     from detector.config import load_config
@@ -95,7 +97,9 @@ def _cross_step(spec: dict, device):
     from detector.models.build import build_model
     from detector.optim import build_optimizer
 
-    cfg = load_config(spec["config"], [f"model.attention={spec['attention']}", "model.backbone.pretrained=none"])
+    own_fusion = ["model.fusion_layers=0"] if spec["attention"] == "double_cross" else []
+    cfg = load_config(spec["config"], [f"model.attention={spec['attention']}", "model.backbone.pretrained=none",
+                                       *own_fusion])
     torch.manual_seed(0)
     model, criterion, _ = build_model(cfg)
     model.to(device).train()

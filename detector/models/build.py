@@ -42,6 +42,9 @@ def build_model(cfg: Config) -> tuple[OneShotDETR, SetCriterion, PostProcess]:
     fusion = None
     if m.attention == "double_cross":
         fusion = SupportFusionEncoder(m.d_model, m.num_heads, m.num_decoder_layers, m.dim_feedforward, m.dropout)
+    elif m.fusion_layers:
+        fusion = SupportFusionEncoder(m.d_model, m.num_heads, m.fusion_layers, m.dim_feedforward, m.dropout,
+                                      final_norm=False)
     model = OneShotDETR(build_backbone(m), build_decoder(m), attention=m.attention, support_layout=m.support_layout,
                         num_queries=m.num_queries, num_queries_one2many=m.num_queries_one2many,
                         two_stage=m.two_stage, proposal_sizes=m.proposal_sizes,

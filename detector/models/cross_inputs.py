@@ -9,6 +9,12 @@ takes its keys from the exemplar and its values from the query image:
 * ``double_cross`` (the paper's strong baseline): the query features first cross-attend to the
   exemplar in a fusion encoder, and the decoder reads the result as keys and values.
 
+``indirect`` and ``misaligned`` may also get a light fusion step (``model.fusion_layers``): the
+query features cross-attend to the exemplar before the layout, so that the values (and the
+proposals' memory) are query features that have already seen the exemplar; the keys stay the
+exemplar's own. In training, the images that the side-path dropout leaves out read the query
+features unfused.
+
 An optional :class:`~detector.models.support_correlation.SupportCorrelation` adds the per-cell
 match with the exemplar to the values. With ``k > 1`` exemplars every path combines them as
 :mod:`detector.models.kshot` says; with one exemplar the combination is the identity, so one
@@ -48,7 +54,8 @@ class CrossInputs:
         attention: ``"indirect"`` | ``"misaligned"`` | ``"double_cross"``.
         position_encoding: the model's sine encoding.
         layout: the support layout (``indirect`` / ``misaligned``; ``None`` for ``double_cross``).
-        fusion_encoder: the double cross-attention baseline's first stage (only for that choice).
+        fusion_encoder: the double cross-attention baseline's first stage (needed by that choice), or
+            the light fusion step of ``indirect`` / ``misaligned`` (optional).
         correlation: optional exemplar correlation added to the values.
         shot_keys, shot_correlation: how ``k > 1`` exemplars combine (:mod:`detector.models.kshot`).
     """
@@ -59,8 +66,8 @@ class CrossInputs:
                  shot_correlation: str = "mean"):
         if attention not in ATTENTIONS:
             raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
-        if (attention == "double_cross") != (fusion_encoder is not None):
-            raise ValueError("a fusion_encoder is needed by, and only by, attention='double_cross'")
+        if attention == "double_cross" and fusion_encoder is None:
+            raise ValueError("attention='double_cross' needs a fusion_encoder")
         if (layout is None) != (attention == "double_cross"):
             raise ValueError("a support layout is needed by, and only by, the indirect and misaligned cross steps")
         check_choices(shot_keys, shot_correlation)
@@ -71,16 +78,19 @@ class CrossInputs:
     def __call__(self, q_feat: Tensor, q_mask: Tensor, shots: Sequence[dict], keep: Optional[Tensor] = None):
         """``q_feat [B, d, H, W]``, ``q_mask [B, H, W]``; ``shots``: ``k >= 1`` exemplar encodings
         ``{path: (features [B, d, h, w], mask [B, h, w])}`` (paths ``keys`` or ``fusion``, and
-        ``correlation``); ``keep [B]``: the images whose correlation is kept (path dropout).
+        ``correlation``); ``keep [B]``: the images whose side paths (correlation, light fusion) are
+        kept (path dropout).
 
         Returns ``(keys, values [B, N, d], key_padding_mask [B, N], memory [B, N, d], q_feat,
         q_mask)``, the last two on the value grid. ``keys`` is ``[B, N, d]`` or a
         :class:`~detector.models.box_frame.SupportGrid` for one exemplar, an
         :class:`~detector.models.kshot.ExemplarKeys` for several (``double_cross``: the values).
         """
-        if self.fusion_encoder is not None:
+        if self.attention == "double_cross":
             keys, values, key_padding_mask, memory = self._fused(q_feat, q_mask, shots)
         else:
+            if self.fusion_encoder is not None:
+                q_feat = self._light_fusion(q_feat, q_mask, shots, keep)
             layouts = [self.layout(q_feat, q_mask, *s["keys"]) for s in shots]
             if len({tuple(lay[1].shape) for lay in layouts}) != 1:
                 raise ValueError("the exemplars give value grids of different sizes: pad every support batch alike")
@@ -98,16 +108,30 @@ class CrossInputs:
             if keep is not None:
                 match = match * keep[:, None, None].to(match.dtype)
             values = values + match
-            if self.fusion_encoder is not None:  # the baseline reads its keys from the values
+            if self.attention == "double_cross":  # the baseline reads its keys from the values
                 keys = values
         return keys, values, key_padding_mask, memory, q_feat, q_mask
 
-    def _fused(self, q_feat: Tensor, q_mask: Tensor, shots: Sequence[dict]):
-        """``double_cross``: the query features attend to the cells of every exemplar at once."""
+    def _fuse(self, q_feat: Tensor, q_mask: Tensor, shots: Sequence[dict]) -> tuple[Tensor, Tensor]:
+        """The query features after attending to the cells of every exemplar at once, and their
+        position encoding: ``([B, H*W, d], [B, H*W, d])``."""
         pos = tokens(self.position_encoding(q_mask))
         s_feat = _cat([tokens(s["fusion"][0]) for s in shots])
         s_pos = _cat([tokens(self.position_encoding(s["fusion"][1])) for s in shots])
         s_mask = _cat([tokens(s["fusion"][1]) for s in shots])
-        memory = self.fusion_encoder(tokens(q_feat), pos, s_feat, s_pos, s_mask)
+        return self.fusion_encoder(tokens(q_feat), pos, s_feat, s_pos, s_mask), pos
+
+    def _fused(self, q_feat: Tensor, q_mask: Tensor, shots: Sequence[dict]):
+        """``double_cross``: the fused features are keys, values and memory."""
+        memory, pos = self._fuse(q_feat, q_mask, shots)
         keys = values = memory + pos
         return keys, values, q_mask.flatten(1), memory
+
+    def _light_fusion(self, q_feat: Tensor, q_mask: Tensor, shots: Sequence[dict], keep: Optional[Tensor]) -> Tensor:
+        """``indirect`` / ``misaligned`` with a fusion step: ``q_feat [B, d, H, W]`` fused with the
+        exemplar, except for the images ``keep [B]`` leaves out -> ``[B, d, H, W]``."""
+        b, d, h, w = q_feat.shape
+        fused = self._fuse(q_feat, q_mask, shots)[0].transpose(1, 2).reshape(b, d, h, w)
+        if keep is not None:
+            fused = torch.where(keep[:, None, None, None], fused, q_feat)
+        return fused

@@ -103,13 +103,17 @@ class OneShotDETR(nn.Module):
             cross step barely matters (misaligned attention then scores as well as indirect).
         support_conditioning: add the pooled support embedding to the object queries' content and
             a query-support similarity term to every logit.
-        fusion_encoder: the double cross-attention baseline's first stage (only for that choice).
+        fusion_encoder: the double cross-attention baseline's first stage (needed by that choice),
+            or, for ``indirect`` / ``misaligned``, an optional light fusion step: the query features
+            attend to the exemplar before the decoder, so the values and the proposals' memory have
+            seen it; the keys stay the exemplar's (``model.fusion_layers``).
         correlation: optional :class:`SupportCorrelation`; its per-cell match with the exemplar is
             added to the values (the keys stay the support's), so that what a box reads says how
             much it looks like the exemplar. Proposals do not see it.
-        correlation_dropout: in training, the share of images whose correlation and similarity are
-            left out (path dropout): the decoder then cannot rely on them alone and must also learn
-            to find the exemplar through the keys. Evaluation always uses them.
+        correlation_dropout: in training, the share of images whose side paths (correlation,
+            similarity, light fusion) are left out (path dropout): the decoder then cannot rely on
+            them alone and must also learn to find the exemplar through the keys. Evaluation always
+            uses them.
         similarity: optional :class:`ExemplarSimilarity`: parameter-free cosine maps of the frozen
             body features of the query with the exemplar, read into the values and into the
             proposals' memory (object queries start on look-alikes). The keys stay the support's.
@@ -186,11 +190,11 @@ class OneShotDETR(nn.Module):
     def support_paths(self) -> tuple[str, ...]:
         """The ways the support reaches the detections in this model (a subset of
         :data:`SUPPORT_PATHS`): ``keys`` (the cross step's keys), ``fusion`` (the double
-        cross-attention encoder), ``object_queries`` (pooled support embedding added to their
+        cross-attention encoder, or the indirect decoder's light fusion step), ``object_queries`` (pooled support embedding added to their
         content), ``logits`` (the support-similarity logit), ``correlation`` (exemplar correlation in
         the values), ``proposals`` (support-conditioned proposals), ``similarity`` (parameter-free
         similarity maps in the values and the proposals)."""
-        present = {"keys": self.fusion_encoder is None, "fusion": self.fusion_encoder is not None,
+        present = {"keys": self.attention != "double_cross", "fusion": self.fusion_encoder is not None,
                    "object_queries": self.support_to_query is not None, "logits": self.similarity is not None,
                    "correlation": self.correlation is not None,
                    "proposals": self.two_stage and self.enc_film is not None,
@@ -253,9 +257,11 @@ class OneShotDETR(nn.Module):
         return out
 
     def _side_path_keep(self, batch: int, device) -> Optional[Tensor]:
-        """In training with ``correlation_dropout``: ``[B]`` bool, the images whose correlation and
-        similarity are kept (one draw per forward, shared by both); else ``None``."""
-        if self.training and self.correlation_dropout > 0 and (self.correlation is not None
+        """In training with ``correlation_dropout``: ``[B]`` bool, the images whose side paths
+        (correlation, similarity, light fusion) are kept (one draw per forward, shared by all); else
+        ``None``."""
+        light_fusion = self.fusion_encoder is not None and self.attention != "double_cross"
+        if self.training and self.correlation_dropout > 0 and (self.correlation is not None or light_fusion
                                                                or self.exemplar_similarity is not None):
             return torch.rand(batch, device=device) >= self.correlation_dropout
         return None
@@ -275,7 +281,7 @@ class OneShotDETR(nn.Module):
             k = keep[:, None, None].to(to_values.dtype)
             to_values, to_proposals = to_values * k, to_proposals * k
         values = values + to_values
-        return (values if self.fusion_encoder is not None else keys), values, memory + to_proposals
+        return (values if self.attention == "double_cross" else keys), values, memory + to_proposals
 
     def _select(self, memory: Tensor, q_mask: Tensor, grid_hw, valid_hw: Tensor, num: int,
                 proposal_embedding: Optional[Tensor]) -> tuple[Tensor, Tensor, Optional[dict]]:

@@ -180,17 +180,26 @@ class Decoder(nn.Module):
 
 
 class SupportFusionEncoder(nn.Module):
-    """The double cross-attention baseline's first stage: query-image features cross-attend to the
-    support features in ``num_layers`` pre-norm layers (cross-attention + FFN)."""
+    """Query-image features cross-attend to the support features in ``num_layers`` pre-norm layers
+    (cross-attention + FFN, each with a residual).
 
-    def __init__(self, d_model: int, num_heads: int, num_layers: int, dim_feedforward: int, dropout: float):
+    Two users: the double cross-attention baseline's first stage (``final_norm``: the decoder reads
+    the normed result as keys and values), and the indirect decoder's light fusion step
+    (``model.fusion_layers``; no final norm, so the fused features are the query features plus what
+    the exemplar added, on the scale of the features they replace).
+    """
+
+    def __init__(self, d_model: int, num_heads: int, num_layers: int, dim_feedforward: int, dropout: float,
+                 final_norm: bool = True):
         super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"a fusion encoder needs num_layers >= 1, got {num_layers}")
         self.attn = nn.ModuleList(nn.MultiheadAttention(d_model, num_heads, dropout=dropout, batch_first=True)
                                   for _ in range(num_layers))
         self.norm_attn = nn.ModuleList(nn.LayerNorm(d_model) for _ in range(num_layers))
         self.ffn = nn.ModuleList(FeedForward(d_model, dim_feedforward, dropout) for _ in range(num_layers))
         self.norm_ffn = nn.ModuleList(nn.LayerNorm(d_model) for _ in range(num_layers))
-        self.norm = nn.LayerNorm(d_model)
+        self.norm = nn.LayerNorm(d_model) if final_norm else nn.Identity()
 
     def forward(self, query_feats: Tensor, query_pos: Tensor, support_feats: Tensor, support_pos: Tensor,
                 support_padding_mask: Tensor) -> Tensor:

@@ -229,6 +229,8 @@ OTHER_SUPPORT = ImageBatch.from_tensors([torch.rand(3, 64, 64), torch.rand(3, 64
     (("model.support_conditioning=true", "model.proposal_conditioning=true"),
      ("keys", "object_queries", "logits", "correlation", "proposals")),
     (("model.attention=double_cross", "model.correlation_channels=0"), ("fusion",)),
+    (("model.fusion_layers=1",), ("keys", "fusion", "correlation")),  # the light fusion step: the keys stay
+    (("model.attention=misaligned", "model.fusion_layers=2", "model.correlation_channels=0"), ("keys", "fusion")),
 ])
 def test_support_paths_list_every_way_the_support_enters(tiny_cfg, overrides, paths):
     assert build_model(tiny_cfg(*overrides))[0].support_paths == paths
@@ -292,3 +294,57 @@ def test_proposal_content_gives_object_queries_the_query_image_feature_of_their_
 def test_proposal_content_needs_proposals(tiny_cfg):
     with pytest.raises(ConfigError, match="query_content"):
         tiny_cfg("model.query_content=proposal", "model.two_stage=false")
+
+
+@pytest.mark.parametrize("layout", ["pad", "box"])
+def test_light_fusion_reaches_values_and_proposals_and_the_keys_stay_the_exemplars(tiny_cfg, layout):
+    """``model.fusion_layers``: the query features see the exemplar before the decoder, so a wrong
+    exemplar in ``fusion`` moves the proposals (their memory is fused); one in ``keys`` moves the
+    scores but not the proposals (the keys are the exemplar's own, not fused features)."""
+    model, _, _ = build_model(tiny_cfg(f"model.support_layout={layout}", "model.fusion_layers=1",
+                                       "model.correlation_channels=0", "model.d_model=64", "model.bias_box_prior=8"))
+    assert model.fusion_encoder is not None and len(model.fusion_encoder.attn) == 1
+    assert isinstance(model.fusion_encoder.norm, torch.nn.Identity)  # the fused features keep their scale
+    model.eval()
+    query, support = batch()
+    with torch.no_grad():
+        base = model(query, support)
+        by_fusion = model(query, support, path_supports={"fusion": OTHER_SUPPORT})
+        by_keys = model(query, support, path_supports={"keys": OTHER_SUPPORT})
+    assert (by_fusion["enc_outputs"]["pred_logits"] - base["enc_outputs"]["pred_logits"]).abs().max() > 1e-4
+    assert torch.equal(by_keys["enc_outputs"]["pred_logits"], base["enc_outputs"]["pred_logits"])
+    assert (by_keys["pred_logits"] - base["pred_logits"]).abs().max() > 1e-4
+
+
+def test_light_fusion_left_out_by_the_path_dropout_is_the_model_without_it(tiny_cfg):
+    """An image whose side paths the dropout leaves out reads the unfused query features: its cross
+    inputs equal those of the same weights without the fusion step, bit for bit; a kept image's differ."""
+    model, _, _ = build_model(tiny_cfg("model.fusion_layers=1", "model.correlation_channels=0"))
+    plain, _, _ = build_model(tiny_cfg("model.correlation_channels=0"))
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("fusion_encoder.")})
+    query, support = batch()
+    with torch.no_grad():
+        _, q_feat, q_mask = model.backbone.encode(query)
+        shots = [model._encode_supports(support, None)]
+        keep = torch.tensor([False, True])
+        fused = model.cross_inputs(q_feat, q_mask, shots, keep)
+        unfused = plain.cross_inputs(q_feat, q_mask, [{"keys": shots[0]["keys"]}], None)
+    values, memory = fused[1], fused[3]
+    assert torch.equal(values[0], unfused[1][0]) and torch.equal(memory[0], unfused[3][0])
+    assert not torch.allclose(values[1], unfused[1][1]) and not torch.allclose(memory[1], unfused[3][1])
+    assert torch.equal(fused[0].features, unfused[0].features)  # the keys are the exemplar's either way
+
+
+def test_light_fusion_trains_and_is_refused_with_double_cross(tiny_cfg):
+    model, criterion, _ = build_model(tiny_cfg("model.fusion_layers=1", "model.correlation_dropout=0.5"))
+    model.train()
+    query, support = batch()
+    losses = criterion(model(query, support), TARGETS)
+    losses["loss"].backward()
+    grads = [p.grad for n, p in model.named_parameters() if n.startswith("fusion_encoder.")]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+    with pytest.raises(ConfigError, match="model.fusion_layers"):
+        tiny_cfg("model.attention=double_cross", "model.fusion_layers=1")
+    with pytest.raises(ConfigError, match="model.fusion_layers"):
+        tiny_cfg("model.fusion_layers=-1")

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from detector.benchmark.candidates import chunked_attention
@@ -81,3 +82,20 @@ def test_the_cross_suite_times_each_cross_step_of_a_config_side_by_side(tmp_path
     bad = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "benchmark.py"), "--suite", "cross",
                           "--configs", str(tmp_path / "none.yaml")], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "config file not found" in bad.stderr
+
+
+def test_the_cross_suite_times_double_cross_without_a_configs_light_fusion_step(tmp_path):
+    """A config with ``model.fusion_layers`` times its indirect step with the fusion step and the
+    double-cross step with double cross's own fusion encoder (the config's would be refused)."""
+    from detector.benchmark.workers import _cross_step
+
+    config = tmp_path / "fusion.yaml"
+    config.write_text(f"_base_: {os.path.join(ROOT, 'configs', 'tiny.yaml')}\nmodel:\n  fusion_layers: 1\n")
+    from detector.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="fusion_layers"):  # what the suite must not run into
+        load_config(str(config), ["model.attention=double_cross"])
+    for attention in ("indirect", "double_cross"):
+        step, batch = _cross_step({"config": str(config), "attention": attention}, torch.device("cpu"))
+        step()
+        assert batch >= 1

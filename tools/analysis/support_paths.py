@@ -9,7 +9,8 @@ path fed the exemplar of an item of a **different category** while every other p
 item's own exemplar. The paths (``OneShotDETR.support_paths``):
 
 * ``keys``: the keys of the decoder's cross step (indirect / misaligned attention);
-* ``fusion``: the double cross-attention baseline's encoder (its keys and values come from it);
+* ``fusion``: the double cross-attention baseline's encoder (its keys and values come from it), or
+  the light fusion step of an indirect decoder (``model.fusion_layers``: its values and proposals);
 * ``object_queries``: the pooled support embedding added to the object queries' content;
 * ``logits``: the support-similarity term of every logit;
 * ``correlation``: the per-cell exemplar correlation added to the values;
