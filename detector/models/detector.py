@@ -190,10 +190,11 @@ class OneShotDETR(nn.Module):
     def support_paths(self) -> tuple[str, ...]:
         """The ways the support reaches the detections in this model (a subset of
         :data:`SUPPORT_PATHS`): ``keys`` (the cross step's keys), ``fusion`` (the double
-        cross-attention encoder, or the indirect decoder's light fusion step), ``object_queries`` (pooled support embedding added to their
-        content), ``logits`` (the support-similarity logit), ``correlation`` (exemplar correlation in
-        the values), ``proposals`` (support-conditioned proposals), ``similarity`` (parameter-free
-        similarity maps in the values and the proposals)."""
+        cross-attention encoder, or the indirect decoder's light fusion step), ``object_queries``
+        (pooled support embedding added to their content), ``logits`` (the support-similarity
+        logit), ``correlation`` (exemplar correlation in the values), ``proposals``
+        (support-conditioned proposals), ``similarity`` (parameter-free similarity maps in the
+        values and the proposals)."""
         present = {"keys": self.attention != "double_cross", "fusion": self.fusion_encoder is not None,
                    "object_queries": self.support_to_query is not None, "logits": self.similarity is not None,
                    "correlation": self.correlation is not None,
