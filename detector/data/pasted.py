@@ -36,7 +36,7 @@ from .folders import partial_folder, publish_folder
 from .image_io import read_image
 from .photo_packages import UNLABELLED_PHOTOS, find_package_file
 
-VERSION = 3  # 3: counting scenes; 2: copies are windows of a region with their own outlines; 1: one crop copied
+VERSION = 4  # 4: crowds of touching look-alikes; 3: counting scenes; 2: copies are windows of a region with their own outlines; 1: one crop copied
 SPLIT_CODES = {"train": 0, "val": 1}
 PATCH_STREAM = 7  # the random stream of the patches, apart from the images'
 SIDE_RANGE = (20.0, 80.0)  # pasted object side in pixels at an image side of 256 (log-uniform)
@@ -220,26 +220,94 @@ def assign_patches(rng: np.random.Generator, num_images: int) -> list[list[int]]
     return per_image
 
 
-DENSE_SHARE = 0.35  # images that are a counting scene: one patch 8-16 times, often on its own material
-DENSE_COUNT = (8, 17)
+CROWD_SHARE = 0.35  # images that are a crowd: one patch 12-32 times, packed so that the copies touch
+CROWD_COUNT = (12, 33)  # below the object queries of the shipped configs (40)
+CROWD_FILL = 0.8  # the most of the image a crowd's cells may cover together
+
+
+def crowd_centres(rng: np.random.Generator, size: int, spacing: float, count: int) -> np.ndarray:
+    """``[count, 2]`` float (x, y): the ``count`` points of a jittered hexagonal grid of step
+    ``spacing`` over the ``size`` square that lie nearest a random point, so that a crowd is one
+    compact group whose members touch (as trees in a stand, cells, fruit or coins do), not a
+    sprinkle over the whole image."""
+    rows = np.arange(spacing / 2, size, spacing * np.sqrt(3) / 2)
+    points = [(x + (spacing / 2 if r % 2 else 0.0), y) for r, y in enumerate(rows)
+              for x in np.arange(spacing / 2, size, spacing)]
+    points = np.asarray(points, np.float64) + rng.uniform(-0.15, 0.15, (len(points), 2)) * spacing
+    centre = rng.uniform(0.25, 0.75, 2) * size
+    nearest = np.argsort(((points - centre) ** 2).sum(1))[:count]
+    return points[nearest]
+
+
+def _dome(mask: np.ndarray) -> np.ndarray:
+    """``[s, s]`` float32 in [0, 1]: 1 deep inside ``mask``, falling to 0 at its rim (the shading
+    of a rounded object lit from above, which separates touching look-alikes without a seam)."""
+    inside = (mask > 0.5).astype(np.uint8)
+    depth = cv2.distanceTransform(inside, cv2.DIST_L2, 3)
+    return np.sqrt(depth / max(float(depth.max()), 1e-6)).astype(np.float32)
+
+
+def paste_crowd(rng: np.random.Generator, canvas: np.ndarray, patch: Patch, count: int,
+                taken: list[np.ndarray]) -> list[np.ndarray]:
+    """Paste a crowd of ``count`` look-alikes of ``patch`` into ``canvas`` ``[S, S, 3]`` float32 (in
+    place): centres from :func:`crowd_centres` (step 0.85-1.05 object sides, so neighbours touch or
+    overlap a little), each copy shaded as a dome half of the time (per crowd), later copies over
+    earlier ones. The object side is the patch's, shrunk where ``count`` copies would not fit in
+    :data:`CROWD_FILL` of the image. Returns the boxes (xyxy pixels) of the *visible* part of each
+    copy (its pixels not covered by a later copy), dropping copies less than half in view (hidden
+    by later copies or cut by the border);
+    ``taken`` is extended with them."""
+    size = canvas.shape[0]
+    step = rng.uniform(0.85, 1.05)
+    side = min(patch.side, np.sqrt(CROWD_FILL * size * size / (0.87 * count)) / step)
+    member = Patch(patch.pixels, patch.mask, float(side), patch.photo)
+    shaded = rng.random() < 0.5
+    owner = np.full((size, size), -1, np.int32)
+    full_area = []
+    for k, (cx, cy) in enumerate(crowd_centres(rng, size, step * side, count)):
+        pixels, mask = _copy(rng, member)
+        if shaded:
+            pixels = pixels * (0.55 + 0.45 * _dome(mask))[..., None]
+        s = mask.shape[0]
+        x0, y0 = int(round(cx - s / 2)), int(round(cy - s / 2))
+        cx0, cy0, cx1, cy1 = max(0, x0), max(0, y0), min(size, x0 + s), min(size, y0 + s)
+        if cx1 <= cx0 or cy1 <= cy0:
+            full_area.append(1)
+            continue
+        a = mask[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]
+        canvas[cy0:cy1, cx0:cx1] = a[..., None] * pixels[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0] \
+            + (1 - a[..., None]) * canvas[cy0:cy1, cx0:cx1]
+        owner[cy0:cy1, cx0:cx1][a > 0.5] = k
+        full_area.append(max(1, int((mask > 0.5).sum())))
+    boxes = []
+    for k, area in enumerate(full_area):
+        ys, xs = np.nonzero(owner == k)
+        if len(xs) >= 0.5 * area:
+            boxes.append(np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float64))
+    taken.extend(boxes)
+    return boxes
 
 
 def render_image(rng: np.random.Generator, photos: dict[str, np.ndarray], names: Sequence[str], size: int,
                  patches: dict[int, Patch]) -> tuple[np.ndarray, list[dict]]:
     """One image ``[size, size, 3]`` uint8: a crop of one of ``names``' photos with the
-    ``patches`` pasted 1-6 times each; or, for a share :data:`DENSE_SHARE` of the images, a
-    counting scene: the first patch 8-16 times (crowded, as trees, cells or coins are), half the
-    time on a crop of its own photo, so that its look-alikes stand out from similar material.
-    Its annotations ``{"patch", "bbox" (xywh)}``."""
+    ``patches`` pasted 1-6 times each; or, for a share :data:`CROWD_SHARE` of the images, a
+    crowd: the first patch 12-32 times, packed so that its look-alikes touch
+    (:func:`paste_crowd`), half the time on a crop of its own photo, so that they stand out
+    neither by a seam nor from similar material, only one from the next. Its annotations
+    ``{"patch", "bbox" (xywh)}``."""
     first = patches[min(patches)] if patches else None
-    dense = first is not None and rng.random() < DENSE_SHARE
-    source = first.photo if dense and first.photo in photos and rng.random() < 0.5 else names[int(rng.integers(len(names)))]
+    crowd = first is not None and rng.random() < CROWD_SHARE
+    source = first.photo if crowd and first.photo in photos and rng.random() < 0.5 else names[int(rng.integers(len(names)))]
     canvas = _random_crop(rng, photos[source], size, 0.3, 1.0).astype(np.float32)
     taken: list[np.ndarray] = []
     annotations = []
     for k, (patch_id, patch) in enumerate(patches.items()):
-        count = int(rng.integers(*DENSE_COUNT)) if dense and k == 0 else int(rng.integers(1, 7))
-        for box in paste(rng, canvas, patch, count, taken):
+        if crowd and k == 0:
+            boxes = paste_crowd(rng, canvas, patch, int(rng.integers(*CROWD_COUNT)), taken)
+        else:
+            boxes = paste(rng, canvas, patch, int(rng.integers(1, 7)), taken)
+        for box in boxes:
             annotations.append({"patch": patch_id, "bbox": [float(box[0]), float(box[1]),
                                                              float(box[2] - box[0]), float(box[3] - box[1])]})
     return np.clip(canvas, 0, 255).round().astype(np.uint8), annotations

@@ -186,3 +186,45 @@ def test_a_folder_of_other_data_is_never_deleted(tmp_path, monkeypatch):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "--force deletes only a pasted-patch set" in r.stderr
     assert (other / "notes.txt").read_text() == "keep me"
+
+
+def test_crowd_centres_are_one_compact_group_of_touching_neighbours():
+    rng = np.random.default_rng(0)
+    spacing, count = 30.0, 25
+    centres = pasted_mod.crowd_centres(rng, 256, spacing, count)
+    assert centres.shape == (count, 2)
+    d = np.sqrt(((centres[:, None] - centres[None]) ** 2).sum(-1)) + np.eye(count) * 1e9
+    nearest = d.min(1)
+    assert nearest.min() >= 0.6 * spacing and nearest.max() <= 1.4 * spacing  # a packed grid, no strays
+    spread = np.sqrt(((centres - centres.mean(0)) ** 2).sum(1)).max()
+    assert spread < 0.7 * spacing * np.sqrt(count)  # compact: a disc of about count cells, not the whole image
+
+
+def test_a_crowd_is_many_touching_copies_boxed_by_their_visible_pixels():
+    rng = np.random.default_rng(3)
+    photo = np.random.default_rng(4).integers(0, 256, (300, 300, 3)).astype(np.uint8)
+    patch = pasted_mod.make_patch(rng, {"p": photo}, ["p"], 256)
+    canvas = np.zeros((256, 256, 3), np.float32)
+    taken = []
+    boxes = pasted_mod.paste_crowd(rng, canvas, patch, 24, taken)
+    assert 12 <= len(boxes) <= 24 and taken == boxes  # at most a few copies hidden by their neighbours
+    b = np.stack(boxes)
+    assert (b[:, :2] >= 0).all() and (b[:, 2:] <= 256).all() and (b[:, 2:] > b[:, :2]).all()
+    centres = (b[:, :2] + b[:, 2:]) / 2
+    sides = np.sqrt((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]))
+    d = np.sqrt(((centres[:, None] - centres[None]) ** 2).sum(-1)) + np.eye(len(b)) * 1e9
+    assert np.median(d.min(1) / sides) < 1.3  # neighbours about one object apart: they touch
+    covered = canvas.sum(-1) > 0
+    assert covered.mean() < pasted_mod.CROWD_FILL + 0.1
+
+
+def test_crowd_images_hold_a_crowd_of_their_first_patch(monkeypatch):
+    monkeypatch.setattr(pasted_mod, "CROWD_SHARE", 1.0)
+    photo = np.random.default_rng(1).integers(0, 256, (300, 300, 3)).astype(np.uint8)
+    photos = {"p": photo, "q": photo[::-1].copy()}
+    patches = {g: pasted_mod.make_patch(np.random.default_rng([9, g]), photos, ["p", "q"], 256) for g in (0, 1)}
+    image, anns = pasted_mod.render_image(np.random.default_rng(5), photos, ["p", "q"], 256, patches)
+    assert image.shape == (256, 256, 3) and image.dtype == np.uint8
+    first = [a for a in anns if a["patch"] == 0]
+    assert len(first) >= pasted_mod.CROWD_COUNT[0] // 2
+    assert len(first) > len([a for a in anns if a["patch"] == 1])
