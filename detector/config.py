@@ -26,6 +26,7 @@ QUERY_CONTENTS = ("learned", "proposal")  # model.query_content
 ATTENTION_IMPLS = ("reference", "fused", "auto")  # model.attention_impl: detector/models/indirect_attention.py
 SHOT_KEYS = ("mean", "joint")  # model.shot_keys: detector/models/kshot.py
 SHOT_CORRELATIONS = ("mean", "max")  # model.shot_correlation: detector/models/kshot.py
+PASTED_SCENES = ("counting", "crowd")  # data.pasted_scenes: detector/data/pasted.py
 
 
 @dataclass
@@ -103,6 +104,7 @@ class DataConfig:
     split_file: str = ""  # custom seen/unseen split file (names or ids), for dataset "custom"
     synthetic_size: str = "small"  # synthetic benchmark size: "tiny" | "small" | "full"
     pasted_size: str = "small"  # pasted-patch set size (dataset "pasted", detector/data/pasted.py): "tiny" | "small"
+    pasted_scenes: str = "counting"  # its crowded images: "counting" (8-16 copies apart) | "crowd" (12-32 touching copies)
     query_min_size: tuple = (400, 544)  # training: shorter side drawn from this range ...
     query_max_size: int = 512  # ... and the longer side capped at this
     eval_size: int = 512  # evaluation: longer side resized to this
@@ -325,6 +327,7 @@ def validate(cfg: Config) -> None:
         "train.stage": (cfg.train.stage, ("oneshot", "pretrain")),
         "eval.split": (cfg.eval.split, ("val", "test")),
         "data.dataset": (cfg.data.dataset, ("synthetic", "pasted", "coco", "voc", "custom")),
+        "data.pasted_scenes": (cfg.data.pasted_scenes, PASTED_SCENES),
         "infer.rescale": (cfg.infer.rescale, RESCALE_MODES),
     }
     for key, (value, allowed) in choices.items():

@@ -27,6 +27,7 @@ def test_overrides_are_typed_and_nested():
     ("model.d_model=100", "divisible"),
     ("model.proposal_nms=1.5", r"model\.proposal_nms=1\.5 must be an IoU threshold"),
     ("eval.nms_iou=-0.1", r"eval\.nms_iou=-0\.1 must be an IoU threshold"),
+    ("data.pasted_scenes=dense", r"data\.pasted_scenes='dense' is not one of \('counting', 'crowd'\)"),
 ])
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):

@@ -45,7 +45,7 @@ def prepare_generated(cfg) -> None:
     if d.dataset == "synthetic":
         build_synthetic(d.root, d.synthetic_size, d.synthetic_seed, workers=max(1, min(2, os.cpu_count() or 1)))
     elif d.dataset == "pasted":
-        build_pasted(d.root, d.pasted_size, d.synthetic_seed)
+        build_pasted(d.root, d.pasted_size, d.synthetic_seed, scenes=d.pasted_scenes)
 
 
 def build_datasets(cfg) -> tuple[OneShotDataset, OneShotEvalDataset, dict]:

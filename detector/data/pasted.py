@@ -36,7 +36,7 @@ from .folders import partial_folder, publish_folder
 from .image_io import read_image
 from .photo_packages import UNLABELLED_PHOTOS, find_package_file
 
-VERSION = 4  # 4: crowds of touching look-alikes; 3: counting scenes; 2: copies are windows of a region with their own outlines; 1: one crop copied
+VERSION = 3  # 3: counting scenes (and, as an option, crowds: meta.json "scenes"); 2: copies are windows of a region with their own outlines; 1: one crop copied
 SPLIT_CODES = {"train": 0, "val": 1}
 PATCH_STREAM = 7  # the random stream of the patches, apart from the images'
 SIDE_RANGE = (20.0, 80.0)  # pasted object side in pixels at an image side of 256 (log-uniform)
@@ -220,9 +220,11 @@ def assign_patches(rng: np.random.Generator, num_images: int) -> list[list[int]]
     return per_image
 
 
-CROWD_SHARE = 0.35  # images that are a crowd: one patch 12-32 times, packed so that the copies touch
-CROWD_COUNT = (12, 33)  # below the object queries of the shipped configs (40)
+CROWDED_SHARE = 0.35  # images that are a counting scene or a crowd (data.pasted_scenes): one patch many times
+COUNTING_COUNT = (8, 17)  # a counting scene: one patch 8-16 times, placed apart, often on its own material
+CROWD_COUNT = (12, 33)  # a crowd: one patch 12-32 times, packed so that the copies touch; below the shipped object queries (40)
 CROWD_FILL = 0.8  # the most of the image a crowd's cells may cover together
+SCENES = ("counting", "crowd")
 
 
 def crowd_centres(rng: np.random.Generator, size: int, spacing: float, count: int) -> np.ndarray:
@@ -289,24 +291,26 @@ def paste_crowd(rng: np.random.Generator, canvas: np.ndarray, patch: Patch, coun
 
 
 def render_image(rng: np.random.Generator, photos: dict[str, np.ndarray], names: Sequence[str], size: int,
-                 patches: dict[int, Patch]) -> tuple[np.ndarray, list[dict]]:
+                 patches: dict[int, Patch], scenes: str = "counting") -> tuple[np.ndarray, list[dict]]:
     """One image ``[size, size, 3]`` uint8: a crop of one of ``names``' photos with the
-    ``patches`` pasted 1-6 times each; or, for a share :data:`CROWD_SHARE` of the images, a
-    crowd: the first patch 12-32 times, packed so that its look-alikes touch
-    (:func:`paste_crowd`), half the time on a crop of its own photo, so that they stand out
-    neither by a seam nor from similar material, only one from the next. Its annotations
-    ``{"patch", "bbox" (xywh)}``."""
+    ``patches`` pasted 1-6 times each; or, for a share :data:`CROWDED_SHARE` of the images, the
+    first patch many times, half the time on a crop of its own photo, so that its look-alikes stand
+    out from similar material: with ``scenes="counting"`` a counting scene (8-16 copies, each
+    hiding little of the others, :func:`paste`), with ``"crowd"`` a crowd (12-32 copies packed so
+    that they touch, :func:`paste_crowd`: they stand out neither by a seam nor from the material,
+    only one from the next). Its annotations ``{"patch", "bbox" (xywh)}``."""
     first = patches[min(patches)] if patches else None
-    crowd = first is not None and rng.random() < CROWD_SHARE
-    source = first.photo if crowd and first.photo in photos and rng.random() < 0.5 else names[int(rng.integers(len(names)))]
+    crowded = first is not None and rng.random() < CROWDED_SHARE
+    source = first.photo if crowded and first.photo in photos and rng.random() < 0.5 else names[int(rng.integers(len(names)))]
     canvas = _random_crop(rng, photos[source], size, 0.3, 1.0).astype(np.float32)
     taken: list[np.ndarray] = []
     annotations = []
     for k, (patch_id, patch) in enumerate(patches.items()):
-        if crowd and k == 0:
+        if crowded and k == 0 and scenes == "crowd":
             boxes = paste_crowd(rng, canvas, patch, int(rng.integers(*CROWD_COUNT)), taken)
         else:
-            boxes = paste(rng, canvas, patch, int(rng.integers(1, 7)), taken)
+            count = int(rng.integers(*COUNTING_COUNT)) if crowded and k == 0 else int(rng.integers(1, 7))
+            boxes = paste(rng, canvas, patch, count, taken)
         for box in boxes:
             annotations.append({"patch": patch_id, "bbox": [float(box[0]), float(box[1]),
                                                              float(box[2] - box[0]), float(box[3] - box[1])]})
@@ -314,7 +318,7 @@ def render_image(rng: np.random.Generator, photos: dict[str, np.ndarray], names:
 
 
 def _write_split(root: str, split: str, count: int, size: int, seed: int, photos: dict[str, np.ndarray],
-                 names: Sequence[str], first_category: int) -> tuple[list[dict], list[dict], int]:
+                 names: Sequence[str], first_category: int, scenes: str) -> tuple[list[dict], list[dict], int]:
     """Render and write the images of ``split``; ``(images, annotations, number of patches)``
     (category id = ``first_category`` + patch id, named ``<split>-patch-<id>``)."""
     code = SPLIT_CODES[split]
@@ -327,7 +331,7 @@ def _write_split(root: str, split: str, count: int, size: int, seed: int, photos
     images, annotations = [], []
     for i in range(count):
         image, anns = render_image(np.random.default_rng([seed, code, i]), photos, names, size,
-                                   {g: patches[g] for g in per_image[i]})
+                                   {g: patches[g] for g in per_image[i]}, scenes)
         name = f"{i + 1:06d}.jpg"
         Image.fromarray(image).save(os.path.join(folder, name), quality=95)
         images.append({"id": i + 1, "file_name": name, "width": size, "height": size})
@@ -347,7 +351,7 @@ def _photo_digest(photos: dict[str, np.ndarray]) -> str:
 
 
 def generate_pasted(root: str, size: str = "small", seed: int = 0, photo_paths: Optional[Sequence[str]] = None,
-                    verbose: bool = True) -> str:
+                    verbose: bool = True, scenes: str = "counting") -> str:
     """Write the pasted-patch set of ``size`` (:data:`SIZES`) into ``root``, which must be missing
     or empty: ``images/{train,val}/*.jpg``, ``annotations/{train,val}.json`` (every category in
     both), ``meta.json``. Written into ``<root>.partial-<pid>`` and renamed into place, so that a
@@ -357,13 +361,16 @@ def generate_pasted(root: str, size: str = "small", seed: int = 0, photo_paths: 
         raise InputError(f"{root} exists and is not empty; the pasted-patch set is written only into a new folder")
     if size not in SIZES:
         raise InputError(f"pasted set size must be one of {', '.join(SIZES)}, got {size!r}")
+    if scenes not in SCENES:
+        raise InputError(f"pasted scenes must be one of {', '.join(SCENES)}, got {scenes!r}")
     spec, start = SIZES[size], time.time()
     photos = load_photos(photo_paths)
     by_split = split_photos(list(photos))
     tmp = partial_folder(root)
     written, first = {}, 1
     for split, count in (("train", spec.num_train), ("val", spec.num_val)):
-        images, anns, n = _write_split(tmp, split, count, spec.image_size, seed, photos, by_split[split], first)
+        images, anns, n = _write_split(tmp, split, count, spec.image_size, seed, photos, by_split[split], first,
+                                       scenes)
         written[split] = (images, anns, first, n)
         first += n
     categories = [{"id": c, "name": f"{split}-patch-{c:05d}", "supercategory": "patch"}
@@ -372,7 +379,7 @@ def generate_pasted(root: str, size: str = "small", seed: int = 0, photo_paths: 
     for split, (images, anns, _, _) in written.items():
         with open(os.path.join(tmp, "annotations", f"{split}.json"), "w") as f:
             json.dump({"images": images, "annotations": anns, "categories": categories}, f)
-    meta = {"kind": "pasted", "size": size, "seed": seed, "version": VERSION, "image_size": spec.image_size,
+    meta = {"kind": "pasted", "size": size, "seed": seed, "version": VERSION, "scenes": scenes, "image_size": spec.image_size,
             "num_train": spec.num_train, "num_val": spec.num_val, "photos": by_split, "photo_digest": _photo_digest(photos),
             "seconds": round(time.time() - start, 2)}
     with open(os.path.join(tmp, "meta.json"), "w") as f:
@@ -384,7 +391,7 @@ def generate_pasted(root: str, size: str = "small", seed: int = 0, photo_paths: 
     return root
 
 
-def build_pasted(root: str, size: str = "small", seed: int = 0, verbose: bool = True) -> str:
+def build_pasted(root: str, size: str = "small", seed: int = 0, verbose: bool = True, scenes: str = "counting") -> str:
     """The pasted-patch set in ``root``: generated when missing; an existing one of another size,
     seed or version, or a folder holding anything else, is refused (:class:`InputError`) rather
     than reused or deleted."""
@@ -392,11 +399,11 @@ def build_pasted(root: str, size: str = "small", seed: int = 0, verbose: bool = 
     if not os.path.exists(meta_path):
         if os.path.isdir(root) and os.listdir(root):
             raise InputError(f"{root} exists and is not a pasted-patch set (no meta.json); choose another data.root")
-        return generate_pasted(root, size, seed, verbose=verbose)
+        return generate_pasted(root, size, seed, verbose=verbose, scenes=scenes)
     with open(meta_path) as f:
         meta = json.load(f)
-    want = {"kind": "pasted", "size": size, "seed": seed, "version": VERSION}
-    have = {k: meta.get(k) for k in want}
+    want = {"kind": "pasted", "size": size, "seed": seed, "version": VERSION, "scenes": scenes}
+    have = {k: meta.get(k, "counting" if k == "scenes" else None) for k in want}  # sets written before crowds: counting
     if have != want:
         raise InputError(f"{root}: holds a pasted-patch set {have}, not {want}; delete the folder or "
                          f"point data.root elsewhere")

