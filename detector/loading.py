@@ -36,8 +36,7 @@ def load_model(path: str, overrides: Sequence[str] = (), config_path: str = "") 
         except ConfigError as e:
             raise CheckpointError(f"{path}: its stored config does not fit this code: {e}") from None
         cfg = apply_overrides(cfg, overrides)
-    cfg.model.backbone.pretrained = "none"  # the weights come from the checkpoint
-    model, _, postprocessor = build_model(cfg)
+    model, _, postprocessor = build_model(cfg, load_weights=False)  # the weights come from the checkpoint
     load_weights(model, state["model"], path)
     return cfg, model.eval(), postprocessor
 

@@ -179,10 +179,14 @@ class Backbone(nn.Module):
         pretrained: ``"none"`` | ``"offline"`` | ``"timm"`` | path to a state dict.
         sha256: expected hash of a local weights file.
         freeze: freeze every backbone weight (the projection stays trainable).
+        load_weights: read the ``pretrained`` weights; ``False`` where they come from a checkpoint
+            next. The input normalisation is ``pretrained``'s either way (the offline
+            EfficientNet-Lite files expect mean and std 0.5, not timm's ImageNet values), so that
+            a model loaded from its checkpoint sees the pixels as it saw them in training.
     """
 
     def __init__(self, name: str, d_model: int, output_stride: int = 16, pretrained: str = "none",
-                 sha256: str = "", freeze: bool = False):
+                 sha256: str = "", freeze: bool = False, load_weights: bool = True):
         super().__init__()
         try:
             probe = timm.create_model(name, features_only=True, pretrained=False)
@@ -195,14 +199,16 @@ class Backbone(nn.Module):
         index = reductions.index(output_stride)
         del probe
         self.body = timm.create_model(name, features_only=True, out_indices=(index,),
-                                      pretrained=(pretrained == "timm"))
+                                      pretrained=(pretrained == "timm" and load_weights))
         mean = self.body.pretrained_cfg.get("mean", (0.485, 0.456, 0.406))
         std = self.body.pretrained_cfg.get("std", (0.229, 0.224, 0.225))
         if pretrained == "offline":
-            path = offline_weights_path(name)
+            if name not in OFFLINE_WEIGHTS:
+                offline_weights_path(name)  # the error that lists the names known
             _, _, expected, mean, std = OFFLINE_WEIGHTS[name]
-            self._load_file(path, expected)
-        elif pretrained not in ("none", "timm"):
+            if load_weights:
+                self._load_file(offline_weights_path(name), expected)
+        elif pretrained not in ("none", "timm") and load_weights:
             self._load_file(pretrained, sha256)
         _drop_unused_stages(self.body)
         timm.layers.freeze_batch_norm_2d(self.body)

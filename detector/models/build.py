@@ -12,11 +12,12 @@ from .support_correlation import SupportCorrelation
 from .transformer import Decoder, SupportFusionEncoder
 
 
-def build_backbone(cfg: ModelConfig) -> Backbone:
-    """Backbone from ``cfg.backbone``, projected to ``cfg.d_model``."""
+def build_backbone(cfg: ModelConfig, load_weights: bool = True) -> Backbone:
+    """Backbone from ``cfg.backbone``, projected to ``cfg.d_model``; ``load_weights=False`` builds it
+    with its pretrained input normalisation but without reading the weights (a checkpoint's follow)."""
     b = cfg.backbone
     return Backbone(b.name, cfg.d_model, output_stride=b.output_stride, pretrained=b.pretrained,
-                    sha256=b.sha256, freeze=b.freeze)
+                    sha256=b.sha256, freeze=b.freeze, load_weights=load_weights)
 
 
 def build_decoder(cfg: ModelConfig) -> Decoder:
@@ -36,8 +37,9 @@ def build_criterion(cfg: LossConfig) -> SetCriterion:
                         one2many_weight=cfg.one2many_weight)
 
 
-def build_model(cfg: Config) -> tuple[OneShotDETR, SetCriterion, PostProcess]:
-    """The one composition root: ``(model, criterion, postprocessor)`` from a full config."""
+def build_model(cfg: Config, load_weights: bool = True) -> tuple[OneShotDETR, SetCriterion, PostProcess]:
+    """The one composition root: ``(model, criterion, postprocessor)`` from a full config;
+    ``load_weights=False`` leaves the backbone's pretrained weights unread (a checkpoint's follow)."""
     m = cfg.model
     fusion = None
     if m.attention == "double_cross":
@@ -45,7 +47,7 @@ def build_model(cfg: Config) -> tuple[OneShotDETR, SetCriterion, PostProcess]:
     elif m.fusion_layers:
         fusion = SupportFusionEncoder(m.d_model, m.num_heads, m.fusion_layers, m.dim_feedforward, m.dropout,
                                       final_norm=False)
-    model = OneShotDETR(build_backbone(m), build_decoder(m), attention=m.attention, support_layout=m.support_layout,
+    model = OneShotDETR(build_backbone(m, load_weights), build_decoder(m), attention=m.attention, support_layout=m.support_layout,
                         num_queries=m.num_queries, num_queries_one2many=m.num_queries_one2many,
                         two_stage=m.two_stage, proposal_sizes=m.proposal_sizes,
                         proposal_nms=m.proposal_nms,

