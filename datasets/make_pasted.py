@@ -23,7 +23,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from detector.cli import ArgumentParser, guarded  # noqa: E402
-from detector.data.pasted import SCENES, SIZES, build_pasted  # noqa: E402
+from detector.config import PASTED_SCENES  # noqa: E402
+from detector.data.pasted import SIZES, build_pasted  # noqa: E402
 from detector.errors import InputError  # noqa: E402
 
 
@@ -32,7 +33,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--size", choices=sorted(SIZES), default="small")
     p.add_argument("--out", default=None, help="output folder (default: datasets/pasted_<size>)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--scenes", choices=SCENES, default="counting",
+    p.add_argument("--scenes", choices=PASTED_SCENES, default="counting",
                    help="its crowded images: counting scenes (8-16 copies apart) or crowds (12-32 touching copies)")
     p.add_argument("--force", action="store_true", help="delete and regenerate an existing folder")
     return p.parse(argv)

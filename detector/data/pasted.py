@@ -31,12 +31,15 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from ..config import PASTED_SCENES
 from ..errors import InputError
 from .folders import partial_folder, publish_folder
 from .image_io import read_image
 from .photo_packages import UNLABELLED_PHOTOS, find_package_file
 
-VERSION = 3  # 3: counting scenes (and, as an option, crowds: meta.json "scenes"); 2: copies are windows of a region with their own outlines; 1: one crop copied
+# 3: counting scenes (crowds instead, as an option: meta.json "scenes"); 2: copies are windows of a
+# region with their own outlines; 1: one crop copied
+VERSION = 3
 SPLIT_CODES = {"train": 0, "val": 1}
 PATCH_STREAM = 7  # the random stream of the patches, apart from the images'
 SIDE_RANGE = (20.0, 80.0)  # pasted object side in pixels at an image side of 256 (log-uniform)
@@ -224,7 +227,6 @@ CROWDED_SHARE = 0.35  # images that are a counting scene or a crowd (data.pasted
 COUNTING_COUNT = (8, 17)  # a counting scene: one patch 8-16 times, placed apart, often on its own material
 CROWD_COUNT = (12, 33)  # a crowd: one patch 12-32 times, packed so that the copies touch; below the shipped object queries (40)
 CROWD_FILL = 0.8  # the most of the image a crowd's cells may cover together
-SCENES = ("counting", "crowd")
 
 
 def crowd_centres(rng: np.random.Generator, size: int, spacing: float, count: int) -> np.ndarray:
@@ -257,8 +259,7 @@ def paste_crowd(rng: np.random.Generator, canvas: np.ndarray, patch: Patch, coun
     earlier ones. The object side is the patch's, shrunk where ``count`` copies would not fit in
     :data:`CROWD_FILL` of the image. Returns the boxes (xyxy pixels) of the *visible* part of each
     copy (its pixels not covered by a later copy), dropping copies less than half in view (hidden
-    by later copies or cut by the border);
-    ``taken`` is extended with them."""
+    by later copies or cut by the border); ``taken`` is extended with them."""
     size = canvas.shape[0]
     step = rng.uniform(0.85, 1.05)
     side = min(patch.side, np.sqrt(CROWD_FILL * size * size / (0.87 * count)) / step)
@@ -361,8 +362,8 @@ def generate_pasted(root: str, size: str = "small", seed: int = 0, photo_paths: 
         raise InputError(f"{root} exists and is not empty; the pasted-patch set is written only into a new folder")
     if size not in SIZES:
         raise InputError(f"pasted set size must be one of {', '.join(SIZES)}, got {size!r}")
-    if scenes not in SCENES:
-        raise InputError(f"pasted scenes must be one of {', '.join(SCENES)}, got {scenes!r}")
+    if scenes not in PASTED_SCENES:
+        raise InputError(f"pasted scenes must be one of {', '.join(PASTED_SCENES)}, got {scenes!r}")
     spec, start = SIZES[size], time.time()
     photos = load_photos(photo_paths)
     by_split = split_photos(list(photos))
@@ -379,8 +380,8 @@ def generate_pasted(root: str, size: str = "small", seed: int = 0, photo_paths: 
     for split, (images, anns, _, _) in written.items():
         with open(os.path.join(tmp, "annotations", f"{split}.json"), "w") as f:
             json.dump({"images": images, "annotations": anns, "categories": categories}, f)
-    meta = {"kind": "pasted", "size": size, "seed": seed, "version": VERSION, "scenes": scenes, "image_size": spec.image_size,
-            "num_train": spec.num_train, "num_val": spec.num_val, "photos": by_split, "photo_digest": _photo_digest(photos),
+    meta = {"kind": "pasted", "size": size, "seed": seed, "version": VERSION, "scenes": scenes,
+            "image_size": spec.image_size, "num_train": spec.num_train, "num_val": spec.num_val, "photos": by_split, "photo_digest": _photo_digest(photos),
             "seconds": round(time.time() - start, 2)}
     with open(os.path.join(tmp, "meta.json"), "w") as f:
         json.dump(meta, f, indent=1)

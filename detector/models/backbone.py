@@ -45,12 +45,18 @@ OFFLINE_WEIGHTS = {
 }
 
 
-def offline_weights_path(name: str) -> str:
-    """Path of the packaged ImageNet weights for timm model ``name``; a clear error if missing."""
+def offline_entry(name: str) -> tuple:
+    """``(package, file, sha256, mean, std)`` of the packaged ImageNet weights for timm model
+    ``name``; a clear error for a name without them."""
     if name not in OFFLINE_WEIGHTS:
         raise ValueError(f"no offline ImageNet weights are known for backbone '{name}'; "
                          f"available: {', '.join(OFFLINE_WEIGHTS)} (or use pretrained=timm / a .pth path)")
-    package, rel, _, _, _ = OFFLINE_WEIGHTS[name]
+    return OFFLINE_WEIGHTS[name]
+
+
+def offline_weights_path(name: str) -> str:
+    """Path of the packaged ImageNet weights for timm model ``name``; a clear error if missing."""
+    package, rel, _, _, _ = offline_entry(name)
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(f"offline weights for '{name}' need the package '{package}': "
@@ -203,9 +209,7 @@ class Backbone(nn.Module):
         mean = self.body.pretrained_cfg.get("mean", (0.485, 0.456, 0.406))
         std = self.body.pretrained_cfg.get("std", (0.229, 0.224, 0.225))
         if pretrained == "offline":
-            if name not in OFFLINE_WEIGHTS:
-                offline_weights_path(name)  # the error that lists the names known
-            _, _, expected, mean, std = OFFLINE_WEIGHTS[name]
+            _, _, expected, mean, std = offline_entry(name)
             if load_weights:
                 self._load_file(offline_weights_path(name), expected)
         elif pretrained not in ("none", "timm") and load_weights:

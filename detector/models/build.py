@@ -47,7 +47,8 @@ def build_model(cfg: Config, load_weights: bool = True) -> tuple[OneShotDETR, Se
     elif m.fusion_layers:
         fusion = SupportFusionEncoder(m.d_model, m.num_heads, m.fusion_layers, m.dim_feedforward, m.dropout,
                                       final_norm=False)
-    model = OneShotDETR(build_backbone(m, load_weights), build_decoder(m), attention=m.attention, support_layout=m.support_layout,
+    model = OneShotDETR(build_backbone(m, load_weights), build_decoder(m), attention=m.attention,
+                        support_layout=m.support_layout,
                         num_queries=m.num_queries, num_queries_one2many=m.num_queries_one2many,
                         two_stage=m.two_stage, proposal_sizes=m.proposal_sizes,
                         proposal_nms=m.proposal_nms,
