@@ -69,6 +69,7 @@ class ModelConfig:
     correlation_dropout: float = 0.25  # training: share of images whose side paths (correlation, similarity, light fusion) are left out, so the keys must learn too
     fusion_layers: int = 0  # indirect / misaligned: layers of a light fusion step (query features attend to the exemplar before the decoder; the keys stay the exemplar's); 0: off
     exemplar_similarity: bool = False  # parameter-free cosine maps of frozen features (query vs exemplar) read into the values and proposals
+    pixel_similarity: bool = False  # parameter-free normalised cross-correlation of pixels (exemplar as a template, 4 scales) read into the values and proposals
     shot_keys: str = "mean"  # several exemplars: keys of their mean ("mean") or of all k in one softmax ("joint"); docs/RESULTS.md section 5
     shot_correlation: str = "mean"  # several exemplars: correlation = mean of each one's best match ("mean") or the best over all k ("max")
     look_forward_twice: bool = True  # box loss of layer l also trains layer l-1's refinement (DINO)

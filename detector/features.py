@@ -43,16 +43,19 @@ class FeatureCache:
             one image): faster (measured with MobileNetV2 on 2 CPU threads: 4 images of 256x256 or
             16 of 128x128 per batch encode 20-60% faster per image), but a map then differs in float
             rounding with the batch it was computed in.
+        keep_pixels: the :class:`FeatureBatch` it returns carries the images' pixels as well (a
+            model with ``model.pixel_similarity`` compares them); they are not cached, only passed on.
     """
 
     def __init__(self, backbone: Backbone, max_items: int = 200_000, dtype: torch.dtype = torch.float32,
-                 batch_pixels: int = 0, max_bytes: Optional[int] = None):
+                 batch_pixels: int = 0, max_bytes: Optional[int] = None, keep_pixels: bool = False):
         if any(p.requires_grad for p in backbone.body.parameters()):
             raise ValueError("feature caching needs a frozen backbone body (model.backbone.freeze=true)")
         self.backbone = backbone
         self.max_items = max_items
         self.dtype = dtype
         self.batch_pixels = int(batch_pixels)
+        self.keep_pixels = bool(keep_pixels)
         self.store: dict[bytes, torch.Tensor] = {}
         self.nbytes = 0
         if max_bytes is None:  # the maps live where the backbone runs: on a GPU, a quarter of its memory
@@ -134,10 +137,11 @@ class FeatureCache:
 
     def __call__(self, images: ImageBatch, size_divisibility: int = 32) -> FeatureBatch:
         """An ``ImageBatch`` -> the :class:`FeatureBatch` of its images' body features (on the backbone's device),
-        each image padded on its own to a multiple of ``size_divisibility``."""
+        each image padded on its own to a multiple of ``size_divisibility``; with ``keep_pixels``,
+        the images' pixels too."""
         sizes = images.image_sizes.tolist()
         feats = self.encode_many([images.tensors[i, :, :h, :w] for i, (h, w) in enumerate(sizes)], size_divisibility)
-        return FeatureBatch.from_features(feats, sizes)
+        return FeatureBatch.from_features(feats, sizes, images.tensors if self.keep_pixels else None)
 
     def __len__(self) -> int:
         return len(self.store)

@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> tuple[list[dict], str]:
     out = args.output_dir or os.path.dirname(os.path.abspath(args.checkpoint))
     os.makedirs(out, exist_ok=True)
     combos = args.combinations or [(cfg.model.shot_keys, cfg.model.shot_correlation)]
-    cache, device = FeatureCache(model.backbone), torch.device("cpu")
+    cache, device = FeatureCache(model.backbone, keep_pixels=model.uses_pixels), torch.device("cpu")
     rows = []
     for k in args.shots:
         for keys, corr in (combos if k > 1 else [("-", "-")]):

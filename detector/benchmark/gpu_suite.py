@@ -219,7 +219,7 @@ def demo_training(device, scale: dict, config: str, compiled: bool = False) -> d
         model, criterion, _ = build_model(cfg)
         model.to(device).train()
         train_model = torch.compile(model) if compiled else model
-        cache = FeatureCache(model.backbone)
+        cache = FeatureCache(model.backbone, keep_pixels=model.uses_pixels)
         optimizer = build_optimizer(model, cfg.train)
         scaler = torch.amp.GradScaler("cuda", enabled=False)
         amp = amp_dtype(device, cfg.train.amp)

@@ -103,7 +103,7 @@ def _cross_step(spec: dict, device):
     torch.manual_seed(0)
     model, criterion, _ = build_model(cfg)
     model.to(device).train()
-    cache = FeatureCache(model.backbone) if cfg.train.cache_features else None
+    cache = FeatureCache(model.backbone, keep_pixels=model.uses_pixels) if cfg.train.cache_features else None
     b = cfg.train.batch_size
     query, support, targets = _random_batch(b, cfg.data.query_max_size, cfg.model.support_size, device, cache)
     optimizer = build_optimizer(model, cfg.train)

@@ -147,6 +147,7 @@ def _feature_cache(cfg: Config, model, feature_cache: Optional[FeatureCache]) ->
     cache = FeatureCache(model.backbone) if feature_cache is None else feature_cache
     if not cache.encodes_like(model.backbone):
         raise ValueError("feature_cache: its backbone's weights differ from this model's")
+    cache.keep_pixels = cache.keep_pixels or model.uses_pixels  # a shared cache serves a model that compares pixels
     return cache
 
 

@@ -97,14 +97,19 @@ class FeatureBatch:
     Attributes:
         tensors: ``[B, C, h, w]`` body features, zero in the padding.
         image_sizes: ``[B, 2]`` long, ``(height, width)`` in pixels of each unpadded image.
+        pixels: optional ``[B, 3, H, W]`` images the features were computed from (in ``[0, 1]``, zero
+            padding), for a model that also compares pixels (``model.pixel_similarity``).
     """
 
     tensors: Tensor
     image_sizes: Tensor
+    pixels: Optional[Tensor] = None
 
     @classmethod
-    def from_features(cls, features: Sequence[Tensor], image_sizes: Sequence[Sequence[int]]) -> "FeatureBatch":
-        """Pad ``[C, h_i, w_i]`` feature maps to a common size, top-left aligned."""
+    def from_features(cls, features: Sequence[Tensor], image_sizes: Sequence[Sequence[int]],
+                      pixels: Optional[Tensor] = None) -> "FeatureBatch":
+        """Pad ``[C, h_i, w_i]`` feature maps to a common size, top-left aligned (``pixels``: the
+        images' padded batch, kept as it is)."""
         if len(features) == 0:
             raise ValueError("FeatureBatch.from_features needs at least one feature map")
         c = int(features[0].shape[0])
@@ -114,12 +119,13 @@ class FeatureBatch:
         for i, f in enumerate(features):
             out[i, :, :f.shape[1], :f.shape[2]].copy_(f)
         sizes = upload(torch.as_tensor([[int(s[0]), int(s[1])] for s in image_sizes], dtype=torch.long), out.device)
-        return cls(tensors=out, image_sizes=sizes)
+        return cls(tensors=out, image_sizes=sizes, pixels=pixels)
 
     def to(self, device: Union[torch.device, str], non_blocking: bool = False) -> "FeatureBatch":
         """Move every tensor to ``device``."""
         return FeatureBatch(self.tensors.to(device, non_blocking=non_blocking),
-                            self.image_sizes.to(device, non_blocking=non_blocking))
+                            self.image_sizes.to(device, non_blocking=non_blocking),
+                            None if self.pixels is None else self.pixels.to(device, non_blocking=non_blocking))
 
     def __len__(self) -> int:
         return int(self.tensors.shape[0])

@@ -1,6 +1,8 @@
 """The composition root: config -> (model, criterion, postprocessor)."""
 from __future__ import annotations
 
+from typing import Optional
+
 from ..config import Config, LossConfig, ModelConfig
 from .backbone import Backbone
 from .criterion import SetCriterion
@@ -37,6 +39,16 @@ def build_criterion(cfg: LossConfig) -> SetCriterion:
                         one2many_weight=cfg.one2many_weight)
 
 
+def build_similarity(cfg: Config) -> Optional[ExemplarSimilarity]:
+    """The parameter-free similarity maps the model reads (``model.exemplar_similarity``: frozen
+    features, ``model.pixel_similarity``: pixels), or ``None`` when it reads neither."""
+    m = cfg.model
+    if not (m.exemplar_similarity or m.pixel_similarity):
+        return None
+    return ExemplarSimilarity(m.d_model, features=m.exemplar_similarity, pixels=m.pixel_similarity,
+                              margin=cfg.data.support_margin)
+
+
 def build_model(cfg: Config, load_weights: bool = True) -> tuple[OneShotDETR, SetCriterion, PostProcess]:
     """The one composition root: ``(model, criterion, postprocessor)`` from a full config;
     ``load_weights=False`` leaves the backbone's pretrained weights unread (a checkpoint's follow)."""
@@ -58,5 +70,5 @@ def build_model(cfg: Config, load_weights: bool = True) -> tuple[OneShotDETR, Se
                         support_margin=cfg.data.support_margin, query_content=m.query_content,
                         correlation_dropout=m.correlation_dropout, shot_keys=m.shot_keys,
                         shot_correlation=m.shot_correlation,
-                        similarity=ExemplarSimilarity(m.d_model) if m.exemplar_similarity else None)
+                        similarity=build_similarity(cfg))
     return model, build_criterion(cfg.loss), PostProcess(cfg.eval.max_detections, cfg.eval.nms_iou)

@@ -26,6 +26,11 @@ from .transformer import MLP, Decoder, SupportFusionEncoder
 SUPPORT_PATHS = ("keys", "fusion", "object_queries", "logits", "correlation", "proposals", "similarity")
 
 
+def pixels_of(batch: ImageBatch | FeatureBatch) -> Optional[Tensor]:
+    """The ``[B, 3, H, W]`` pixels of a batch: an image batch's, or those a feature batch carries (or ``None``)."""
+    return batch.pixels if isinstance(batch, FeatureBatch) else batch.tensors
+
+
 def masked_mean(feats: Tensor, mask: Tensor) -> Tensor:
     """``feats [B, d, H, W]``, ``mask [B, H, W]`` (True = padding) -> mean over valid cells ``[B, d]``."""
     valid = (~mask).to(feats.dtype)[:, None]
@@ -115,8 +120,9 @@ class OneShotDETR(nn.Module):
             them alone and must also learn to find the exemplar through the keys. Evaluation always
             uses them.
         similarity: optional :class:`ExemplarSimilarity`: parameter-free cosine maps of the frozen
-            body features of the query with the exemplar, read into the values and into the
-            proposals' memory (object queries start on look-alikes). The keys stay the support's.
+            body features of the query with the exemplar, and/or the normalised cross-correlation
+            of their pixels, read into the values and into the proposals' memory (object queries
+            start on look-alikes). The keys stay the support's.
         shot_keys, shot_correlation: with several exemplars per query image (k-shot), how the keys
             and the correlation combine them (:mod:`detector.models.kshot`); unused with one.
     """
@@ -202,6 +208,12 @@ class OneShotDETR(nn.Module):
                    "similarity": self.exemplar_similarity is not None}
         return tuple(p for p in SUPPORT_PATHS if present[p])
 
+    @property
+    def uses_pixels(self) -> bool:
+        """Whether the model compares pixels (``model.pixel_similarity``): cached features must then
+        carry their images' pixels (:class:`~detector.features.FeatureCache` ``keep_pixels``)."""
+        return self.exemplar_similarity is not None and self.exemplar_similarity.pixels
+
     # -- proposals ------------------------------------------------------------------------------
     def _proposals(self, memory: Tensor, mask: Tensor, grid_hw, valid_hw: Tensor, support_embedding: Optional[Tensor]):
         """Per-cell, per-anchor proposals (conditioned on the support with ``proposal_conditioning``).
@@ -238,8 +250,8 @@ class OneShotDETR(nn.Module):
 
     def _encode_supports(self, support, path_supports: Optional[dict]) -> dict:
         """``{path: (features [B, d, h, w], mask [B, h, w])}`` for every path of this model (for
-        ``similarity`` the body features ``[B, C, h, w]``, before the projection); each distinct
-        support batch goes through the backbone once."""
+        ``similarity`` ``(body features [B, C, h, w] before the projection, mask, pixels or None,
+        image_sizes)``); each distinct support batch goes through the backbone once."""
         path_supports = dict(path_supports or {})
         unknown = set(path_supports) - set(self.support_paths)
         if unknown:
@@ -254,7 +266,7 @@ class OneShotDETR(nn.Module):
             if id(source) not in encoded:
                 encoded[id(source)] = self.backbone.encode(source)
             body, feats, mask = encoded[id(source)]
-            out[path] = (body if path == "similarity" else feats, mask)
+            out[path] = (body, mask, pixels_of(source), source.image_sizes) if path == "similarity" else (feats, mask)
         return out
 
     def _side_path_keep(self, batch: int, device) -> Optional[Tensor]:
@@ -344,7 +356,8 @@ class OneShotDETR(nn.Module):
         keys, values, key_padding_mask, memory, q_feat, q_mask = self.cross_inputs(q_feat, q_mask, encoded, keep)
         grid_hw, valid_hw = tuple(q_feat.shape[-2:]), valid_extent(q_mask)
         if self.exemplar_similarity is not None:  # several exemplars: the mean of their maps
-            maps = torch.stack([ExemplarSimilarity.maps(q_body, query_mask, *e["similarity"]) for e in encoded]).mean(0)
+            q = (q_body, query_mask, pixels_of(query), query.image_sizes)
+            maps = torch.stack([self.exemplar_similarity.all_maps(q, e["similarity"], self.backbone.stride) for e in encoded]).mean(0)
             keys, values, memory = self._add_similarity(keys, values, memory, maps, query_hw, grid_hw, keep)
 
         # The batch size as a tensor dimension, not len(): an ONNX trace keeps it dynamic.

@@ -17,6 +17,10 @@ trainable projection) of each query cell with the exemplar, by cosine, in :data:
   trained object size (45.7 px, 2.9 cells at stride 16);
 * ``window2``: the same with the window dilated by 2 (5 x 5 cells: larger objects).
 
+With ``pixels=True`` the readers also take the normalised cross-correlation of the pixels, one
+map per template scale (:mod:`detector.models.pixel_correlation`); ``features=False`` leaves the
+cosine maps out.
+
 Nothing in :meth:`maps` is learned. Two linear readers are: one adds the maps to the decoder's
 values (what a box reads says how much its cells look like the exemplar), one to the memory the
 proposals are scored from (object queries start on look-alikes). The keys are unchanged.
@@ -27,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import roi_align
+
+from .pixel_correlation import SCALES, pixel_ncc_maps
 
 MAPS = ("mean", "best", "window", "window2")
 WINDOW = 3  # the exemplar is pooled to WINDOW x WINDOW cells for the window maps
@@ -50,12 +56,41 @@ class ExemplarSimilarity(nn.Module):
 
     Args:
         d_model: width of the decoder's values and of the proposals' memory.
+        features: read the cosine maps of the frozen features (:data:`MAPS`).
+        pixels: read the pixel correlation maps (one per :data:`~detector.models.pixel_correlation.SCALES`);
+            the model then needs the images' pixels, also when it is given cached features.
+        margin: the support crops' context margin (``data.support_margin``): the pixel template
+            is the crop without it.
     """
 
-    def __init__(self, d_model: int):
+    def __init__(self, d_model: int, features: bool = True, pixels: bool = False, margin: float = 0.1):
         super().__init__()
-        self.to_values = nn.Linear(len(MAPS), d_model)
-        self.to_proposals = nn.Linear(len(MAPS), d_model)
+        if not (features or pixels):
+            raise ValueError("ExemplarSimilarity needs the feature maps, the pixel maps or both")
+        self.features, self.pixels, self.margin = bool(features), bool(pixels), float(margin)
+        num_maps = len(MAPS) * self.features + len(SCALES) * self.pixels
+        self.to_values = nn.Linear(num_maps, d_model)
+        self.to_proposals = nn.Linear(num_maps, d_model)
+
+    def all_maps(self, query: tuple, support: tuple, feature_stride: int) -> Tensor:
+        """Every map this module reads -> ``[B, H * W, num_maps]`` on the query's feature grid.
+
+        ``query`` is ``(body [B, C, H, W], mask [B, H, W], pixels [B, 3, H', W'] or None,
+        image_sizes [B, 2])``, ``support`` the same for the exemplar crops (pixels are needed only
+        with ``pixels``); ``feature_stride`` the backbone's (``H' = H * feature_stride``)."""
+        q_body, q_mask, q_pixels, q_sizes = query
+        s_body, s_mask, s_pixels, s_sizes = support
+        out = []
+        if self.features:
+            out.append(self.maps(q_body, q_mask, s_body, s_mask))
+        if self.pixels:
+            if q_pixels is None or s_pixels is None:
+                raise ValueError("this model reads pixel correlation maps: give it images, or cached features "
+                                 "that carry their pixels (FeatureCache(keep_pixels=True))")
+            with torch.no_grad():  # data, not parameters: nothing to differentiate
+                pixel_maps = pixel_ncc_maps(q_pixels, q_sizes, s_pixels, s_sizes, feature_stride, self.margin)
+            out.append(pixel_maps.to(q_body.dtype).masked_fill(q_mask.flatten(1)[..., None], 0.0))
+        return torch.cat(out, -1) if len(out) > 1 else out[0]
 
     @staticmethod
     def maps(query_body: Tensor, query_mask: Tensor, support_body: Tensor, support_mask: Tensor) -> Tensor:
@@ -83,6 +118,6 @@ class ExemplarSimilarity(nn.Module):
         return out.flatten(1, 2)
 
     def forward(self, maps: Tensor) -> tuple[Tensor, Tensor]:
-        """``maps [B, N, len(MAPS)]`` -> (to add to the values, to add to the proposal memory), each
+        """``maps [B, N, num_maps]`` -> (to add to the values, to add to the proposal memory), each
         ``[B, N, d_model]``."""
         return self.to_values(maps), self.to_proposals(maps)
