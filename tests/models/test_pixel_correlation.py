@@ -24,6 +24,14 @@ def test_ncc_is_opencvs_normalised_correlation_coefficient():
         assert np.abs(inner - ref).max() < 2e-3  # the flat-window regulariser's only difference
 
 
+def test_the_exports_unfolded_windows_give_the_grouped_convolutions_numbers(monkeypatch):
+    g = torch.Generator().manual_seed(3)
+    image, template = torch.rand(3, 3, 20, 24, generator=g), torch.rand(3, 3, 6, 6, generator=g)
+    grouped = ncc(image, template)
+    monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
+    assert torch.allclose(ncc(image, template), grouped, atol=1e-5)
+
+
 def test_a_template_cut_from_the_image_scores_one_at_its_place_and_nowhere_else():
     g = torch.Generator().manual_seed(1)
     image = torch.rand(1, 3, 32, 32, generator=g)
