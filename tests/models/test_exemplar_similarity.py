@@ -110,7 +110,8 @@ def test_dropout_leaves_out_the_similarity_with_the_correlation(tiny_cfg, monkey
     assert torch.allclose(dropped["pred_logits"], dropped_other["pred_logits"])  # both side paths out
 
 
-def test_a_model_with_the_similarity_path_exports_to_onnx_for_any_batch_size(tmp_path):
+@pytest.mark.parametrize("maps", ["model.exemplar_similarity=true", "model.pixel_similarity=true"])
+def test_a_model_with_the_similarity_path_exports_to_onnx_for_any_batch_size(tmp_path, maps):
     pytest.importorskip("onnxruntime")
     import numpy as np
 
@@ -119,8 +120,8 @@ def test_a_model_with_the_similarity_path_exports_to_onnx_for_any_batch_size(tmp
     from tests.conftest import TINY_MODEL
 
     torch.manual_seed(0)
-    cfg = load_config(None, TINY_MODEL + ["model.exemplar_similarity=true", "model.support_layout=box",
-                                          "model.attention_impl=reference", "model.support_size=32"])
+    cfg = load_config(None, TINY_MODEL + [maps, "model.support_layout=box", "model.attention_impl=reference",
+                                          "model.support_size=32"])
     model, _, post = build_model(cfg)
     with torch.no_grad():
         for p in model.parameters():

@@ -1,6 +1,6 @@
 """detector.models.pixel_correlation: OpenCV's TM_CCOEFF_NORMED values, the exemplar found where
 its copy lies, padding, and the pixel path in the detector (cached features carry their pixels, the
-probe, ONNX for any batch size)."""
+probe; ONNX export: tests/models/test_exemplar_similarity.py)."""
 import cv2
 import numpy as np
 import pytest
@@ -120,24 +120,4 @@ def test_cached_features_carry_their_pixels_and_give_the_image_paths_output(tiny
         assert torch.equal(cache(query).to("cpu").pixels, query.tensors)
         with pytest.raises(ValueError, match="pixel correlation maps"):
             model(FeatureCache(model.backbone)(query), cache(support, 32))  # features without pixels
-
-
-def test_a_model_that_compares_pixels_exports_to_onnx_for_any_batch_size(tmp_path):
-    pytest.importorskip("onnxruntime")
-    from detector.config import load_config
-    from detector.export import check_onnx, export_onnx, random_inputs
-    from tests.conftest import TINY_MODEL
-
-    torch.manual_seed(0)
-    cfg = load_config(None, TINY_MODEL + ["model.pixel_similarity=true", "model.support_layout=box",
-                                          "model.attention_impl=reference", "model.support_size=32"])
-    model, _, post = build_model(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    rng = np.random.default_rng(0)
-    path = str(tmp_path / "pixels.onnx")
-    assert export_onnx(model.eval(), post, path, 64, 32, [random_inputs(2, 64, 32, rng)])["ok"]
-    again = check_onnx(path, model, post, [random_inputs(b, 64, 32, rng) for b in (1, 3)])
-    assert again["ok"] and again["count_mismatches"] == 0
 
