@@ -63,7 +63,8 @@ def load_for_evaluation(checkpoint: str, overrides: Sequence[str] = (), config: 
     for p in model.parameters():
         p.requires_grad_(False)
     dataset, split_info = build_eval_dataset(cfg, cfg.eval.split)
-    return cfg, model, postprocessor, dev, dataset, split_info, FeatureCache(model.backbone, keep_pixels=model.uses_pixels)
+    cache = FeatureCache(model.backbone, keep_pixels=model.uses_pixels)
+    return cfg, model, postprocessor, dev, dataset, split_info, cache
 
 
 __all__ = ["load_for_evaluation", "load_model", "use_config_threads"]

@@ -357,7 +357,8 @@ class OneShotDETR(nn.Module):
         grid_hw, valid_hw = tuple(q_feat.shape[-2:]), valid_extent(q_mask)
         if self.exemplar_similarity is not None:  # several exemplars: the mean of their maps
             q = (q_body, query_mask, pixels_of(query), query.image_sizes)
-            maps = torch.stack([self.exemplar_similarity.all_maps(q, e["similarity"], self.backbone.stride) for e in encoded]).mean(0)
+            maps = torch.stack([self.exemplar_similarity.all_maps(q, e["similarity"], self.backbone.stride)
+                                for e in encoded]).mean(0)
             keys, values, memory = self._add_similarity(keys, values, memory, maps, query_hw, grid_hw, keep)
 
         # The batch size as a tensor dimension, not len(): an ONNX trace keeps it dynamic.

@@ -10,6 +10,7 @@ from detector.features import FeatureCache
 from detector.models import build_model
 from detector.models.pixel_correlation import SCALES, ncc, pixel_ncc_maps, template_boxes
 from detector.structures import ImageBatch
+from tests.models.test_exemplar_similarity import _batch
 
 
 def test_ncc_is_opencvs_normalised_correlation_coefficient():
@@ -74,14 +75,6 @@ def test_the_maps_peak_on_the_exemplars_copy_at_its_scale_and_are_zero_in_the_pa
 def test_template_boxes_leave_out_the_crops_context_margin():
     boxes = template_boxes(torch.tensor([[120, 60]]), 0.1)
     assert boxes[0].tolist() == pytest.approx([0, 5, 10, 55, 110])
-
-
-def _batch(seed=0):
-    g = torch.Generator().manual_seed(seed)
-    query = ImageBatch.from_tensors([torch.rand(3, 96, 128, generator=g), torch.rand(3, 128, 80, generator=g)])
-    support = ImageBatch.from_tensors([torch.rand(3, 32, 32, generator=g), torch.rand(3, 16, 32, generator=g)],
-                                      size_divisibility=32)
-    return query, support
 
 
 def test_the_pixel_path_reaches_the_detections_and_its_readers_train(tiny_cfg):
