@@ -64,8 +64,9 @@ def _batch(seed=0):
 
 @pytest.mark.parametrize("attention, layout", [("indirect", "box"), ("indirect", "pad"), ("misaligned", "resize"),
                                                ("double_cross", "resize")])
-def test_the_similarity_path_reaches_the_detections_and_trains(tiny_cfg, attention, layout):
-    cfg = tiny_cfg("model.exemplar_similarity=true", f"model.attention={attention}", f"model.support_layout={layout}",
+@pytest.mark.parametrize("maps", ["model.exemplar_similarity=true", "model.pixel_similarity=true"])
+def test_the_similarity_path_reaches_the_detections_and_trains(tiny_cfg, attention, layout, maps):
+    cfg = tiny_cfg(maps, f"model.attention={attention}", f"model.support_layout={layout}",
                    "model.correlation_dropout=0")  # the path trains on every image
     model, _, _ = build_model(cfg)
     assert "similarity" in model.support_paths

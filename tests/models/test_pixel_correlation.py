@@ -1,6 +1,6 @@
 """detector.models.pixel_correlation: OpenCV's TM_CCOEFF_NORMED values, the exemplar found where
-its copy lies, padding, and the pixel path in the detector (cached features carry their pixels, the
-probe; ONNX export: tests/models/test_exemplar_similarity.py)."""
+its copy lies, padding, and cached features that carry their pixels (the path in the detector, the
+probe and the ONNX export: tests/models/test_exemplar_similarity.py, for both kinds of maps)."""
 import cv2
 import numpy as np
 import pytest
@@ -10,7 +10,6 @@ from detector.features import FeatureCache
 from detector.models import build_model
 from detector.models.pixel_correlation import SCALES, ncc, pixel_ncc_maps, template_boxes
 from detector.structures import ImageBatch
-from tests.models.test_exemplar_similarity import _batch
 
 
 def test_ncc_is_opencvs_normalised_correlation_coefficient():
@@ -77,30 +76,13 @@ def test_template_boxes_leave_out_the_crops_context_margin():
     assert boxes[0].tolist() == pytest.approx([0, 5, 10, 55, 110])
 
 
-def test_the_pixel_path_reaches_the_detections_and_its_readers_train(tiny_cfg):
-    model, _, _ = build_model(tiny_cfg("model.pixel_similarity=true", "model.support_layout=box",
-                                       "model.correlation_dropout=0", "model.support_size=32"))
-    assert model.uses_pixels and "similarity" in model.support_paths
-    assert model.exemplar_similarity.to_values.in_features == len(SCALES)  # pixels only
-    query, support = _batch()
-    _, other = _batch(1)
-    model.eval()
-    with torch.no_grad():
-        base = model(query, support)
-        probed = model(query, support, path_supports={"similarity": other})
-    assert not torch.allclose(base["pred_logits"], probed["pred_logits"])
-    model.train()
-    out = model(query, support)
-    (out["pred_logits"].sum() + out["enc_outputs"]["pred_logits"].sum()).backward()
-    assert model.exemplar_similarity.to_values.weight.grad.abs().sum() > 0
-    assert model.exemplar_similarity.to_proposals.weight.grad.abs().sum() > 0
-
-
 def test_cached_features_carry_their_pixels_and_give_the_image_paths_output(tiny_cfg):
     cfg = tiny_cfg("model.pixel_similarity=true", "model.exemplar_similarity=true", "model.support_layout=box",
                    "model.support_size=32", "model.backbone.freeze=true")
     model, _, _ = build_model(cfg)
-    assert model.exemplar_similarity.to_values.in_features == 4 + len(SCALES)  # both kinds of maps
+    assert model.uses_pixels and model.exemplar_similarity.to_values.in_features == 4 + len(SCALES)  # both maps
+    pixels_only, _, _ = build_model(tiny_cfg("model.pixel_similarity=true"))
+    assert pixels_only.uses_pixels and pixels_only.exemplar_similarity.to_values.in_features == len(SCALES)
     g = torch.Generator().manual_seed(2)
     query = ImageBatch.from_tensors([torch.rand(3, 96, 128, generator=g)])
     support = ImageBatch.from_tensors([torch.rand(3, 32, 24, generator=g)], size_divisibility=32)
