@@ -89,7 +89,7 @@ class ExemplarSimilarity(nn.Module):
                                  "that carry their pixels (FeatureCache(keep_pixels=True))")
             with torch.no_grad():  # data, not parameters: nothing to differentiate
                 pixel_maps = pixel_ncc_maps(q_pixels, q_sizes, s_pixels, s_sizes, feature_stride, self.margin)
-            out.append(pixel_maps.to(q_body.dtype).masked_fill(q_mask.flatten(1)[..., None], 0.0))
+            out.append(pixel_maps.to(q_body.dtype))  # 0 at padded cells, as the cosine maps
         return torch.cat(out, -1) if len(out) > 1 else out[0]
 
     @staticmethod

@@ -103,11 +103,13 @@ def pixel_ncc_maps(query_pixels: Tensor, query_sizes: Tensor, support_pixels: Te
     mean = (q * valid[:, None]).sum((2, 3), keepdim=True) / valid.sum((1, 2)).clamp(min=1)[:, None, None, None]
     q = torch.where(valid[:, None], q, mean)  # padding as the image's mean colour: no false edges
     boxes = template_boxes(support_sizes, margin)
+    pool = feature_stride // STRIDE
+    cell_valid = F.max_pool2d(valid[:, None].float(), pool)[:, 0] > 0  # [B, gh, gw]: any valid pixel
     maps = []
     for side in SCALES:
         k = max(3, round(side / STRIDE))
         template = roi_align(support_pixels.float(), boxes, (k, k), spatial_scale=1.0, sampling_ratio=2, aligned=True)
-        score = ncc(q, template).masked_fill(~valid, -1.0)
-        maps.append(F.max_pool2d(score[:, None], feature_stride // STRIDE)[:, 0])
-    out = torch.stack(maps, -1)  # [B, gh, gw, len(SCALES)]; a cell with no valid pixel is -1
-    return out.clamp(min=-1.0).masked_fill(out == -1.0, 0.0).flatten(1, 2)
+        score = ncc(q, template).masked_fill(~valid, -1.0)  # the cell's maximum over its valid pixels only
+        maps.append(F.max_pool2d(score[:, None], pool)[:, 0])
+    out = torch.stack(maps, -1).masked_fill(~cell_valid[..., None], 0.0)  # [B, gh, gw, len(SCALES)]
+    return out.flatten(1, 2)
