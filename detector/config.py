@@ -117,6 +117,8 @@ class DataConfig:
     num_workers: int = 2  # data loader workers
     train_cache_mb: float = 0.0  # decoded training images kept in memory between epochs (per process; 0: none)
     synthetic_seed: int = 0  # generation seed of the synthetic benchmark (part of its identity in meta.json)
+    synthetic_train_colours: str = "instance"  # "instance" | "image": a training image's instances of a category share colours
+    same_image_share: float = 0.0  # share of training items whose exemplar is an instance in the query image itself
     train_shots: int = 1  # exemplars per training item (k-shot training; 1: one-shot)
     train_single_share: float = 0.5  # with train_shots > 1: share of items given one exemplar train_shots times
     replay_config: str = ""  # a config whose training set is replayed during this training (e.g. stage 1's)
@@ -329,6 +331,7 @@ def validate(cfg: Config) -> None:
         "eval.split": (cfg.eval.split, ("val", "test")),
         "data.dataset": (cfg.data.dataset, ("synthetic", "pasted", "coco", "voc", "custom")),
         "data.pasted_scenes": (cfg.data.pasted_scenes, PASTED_SCENES),
+        "data.synthetic_train_colours": (cfg.data.synthetic_train_colours, ("instance", "image")),
         "infer.rescale": (cfg.infer.rescale, RESCALE_MODES),
     }
     for key, (value, allowed) in choices.items():
@@ -347,6 +350,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.replay_share={cfg.data.replay_share!r} must be in [0, 1]")
     if cfg.data.replay_share > 0 and not cfg.data.replay_config:
         raise ConfigError("data.replay_share > 0 needs data.replay_config (the config of the replayed training set)")
+    if not 0.0 <= cfg.data.same_image_share <= 1.0:
+        raise ConfigError(f"data.same_image_share={cfg.data.same_image_share!r} must be in [0, 1]")
     if not 0.0 <= cfg.data.train_single_share <= 1.0:
         raise ConfigError(f"data.train_single_share={cfg.data.train_single_share!r} must be in [0, 1]")
     if not 0.0 <= m.correlation_dropout < 1.0:

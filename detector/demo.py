@@ -33,7 +33,8 @@ def ensure_benchmark(cfg) -> None:
         print(f"[1/6] benchmark: {d.root} (already there)")
         return
     t = time.time()
-    build_synthetic(d.root, d.synthetic_size, d.synthetic_seed, workers=max(1, min(2, os.cpu_count() or 1)))
+    build_synthetic(d.root, d.synthetic_size, d.synthetic_seed, workers=max(1, min(2, os.cpu_count() or 1)),
+                    train_colours=d.synthetic_train_colours)
     print(f"[1/6] benchmark: wrote {d.root} ({time.time() - t:.0f} s)")
 
 

@@ -43,7 +43,8 @@ def prepare_generated(cfg) -> None:
     if d.dataset in ("synthetic", "pasted") and not os.path.isdir(d.root):
         check_output_path(d.root, "data.root")
     if d.dataset == "synthetic":
-        build_synthetic(d.root, d.synthetic_size, d.synthetic_seed, workers=max(1, min(2, os.cpu_count() or 1)))
+        build_synthetic(d.root, d.synthetic_size, d.synthetic_seed, workers=max(1, min(2, os.cpu_count() or 1)),
+                        train_colours=d.synthetic_train_colours)
     elif d.dataset == "pasted":
         build_pasted(d.root, d.pasted_size, d.synthetic_seed, scenes=d.pasted_scenes)
 
@@ -99,7 +100,8 @@ def _train_dataset(cfg) -> tuple[OneShotDataset, CocoIndex, Split]:
                            query_transform=query_transform, support_margin=d.support_margin,
                            min_exemplar_area=d.min_exemplar_area, augment_support=d.augment,
                            class_balanced=d.class_balanced, seed=cfg.train.seed, stage=cfg.train.stage,
-                           cache_mb=d.train_cache_mb, shots=d.train_shots, single_share=d.train_single_share)
+                           cache_mb=d.train_cache_mb, shots=d.train_shots, single_share=d.train_single_share,
+                           same_image_share=d.same_image_share)
     return train, train_index, split
 
 

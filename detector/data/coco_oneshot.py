@@ -134,17 +134,21 @@ class OneShotDataset(_OneShotBase):
             ``k`` times, which the k-shot model treats as one exemplar (:mod:`detector.models.kshot`):
             one model then learns both cases.
         single_share: see ``shots``.
+        same_image_share: share of the items (drawn per sample) whose exemplar is an instance of
+            the query image itself, when it holds one large enough (it is then also a target): a
+            user's case, a box in the photo searched. The others take it from another image.
     """
 
     def __init__(self, annotations: Union[str, CocoIndex], image_dir: str, category_ids: Iterable[int], *,
                  support_size: int, query_transform: QueryTransform, support_margin: float = 0.1,
                  min_exemplar_area: float = 1024.0, augment_support: bool = True, class_balanced: bool = False,
                  seed: int = 0, stage: str = "oneshot", cache_mb: float = 0.0, shots: int = 1,
-                 single_share: float = 0.5):
+                 single_share: float = 0.5, same_image_share: float = 0.0):
         super().__init__(_as_index(annotations, image_dir), image_dir, support_size, support_margin, cache_mb)
-        if shots < 1 or not 0.0 <= single_share <= 1.0:
-            raise ValueError(f"shots must be >= 1 and single_share in [0, 1], got {shots}, {single_share}")
-        self.shots, self.single_share = int(shots), float(single_share)
+        if shots < 1 or not 0.0 <= single_share <= 1.0 or not 0.0 <= same_image_share <= 1.0:
+            raise ValueError(f"shots must be >= 1 and single_share, same_image_share in [0, 1], "
+                             f"got {shots}, {single_share}, {same_image_share}")
+        self.shots, self.single_share, self.same_image_share = int(shots), float(single_share), float(same_image_share)
         if seed < 0:
             raise ValueError(f"seed must be non-negative, got {seed}")
         if stage not in ("oneshot", "pretrain"):
@@ -181,10 +185,15 @@ class OneShotDataset(_OneShotBase):
         return np.random.default_rng([self.seed, self.epoch, int(index)])
 
     def choose(self, index: int, rng: np.random.Generator) -> tuple[int, Exemplar]:
-        """(queried category, exemplar) of sample ``index``, drawn with ``rng``."""
+        """(queried category, exemplar) of sample ``index``, drawn with ``rng`` (with
+        ``same_image_share = 0`` the draws are those of the one-shot protocol alone)."""
         image_id, cats = self.image_ids[index], self.choices[index]
         weights = np.array([self.class_weight[c] for c in cats], dtype=np.float64)
         category_id = cats[int(rng.choice(len(cats), p=weights / weights.sum()))]
+        if self.same_image_share > 0 and rng.random() < self.same_image_share:
+            inside = self.pool.sample_in_image(category_id, image_id, rng)
+            if inside is not None:
+                return category_id, inside
         return category_id, self.pool.sample(category_id, image_id, rng)
 
     def __getitem__(self, index: int) -> dict:

@@ -99,6 +99,12 @@ class ExemplarPool:
         allowed = np.flatnonzero(self._image_ids[category_id] != exclude_image)
         return lst[int(allowed[rng.integers(len(allowed))])] if len(allowed) else None
 
+    def sample_in_image(self, category_id: int, image_id: int, rng: np.random.Generator) -> Optional[Exemplar]:
+        """A uniformly drawn candidate of ``image_id`` itself (``None`` if it holds none): the
+        exemplar as a user gives it, a box in the photo searched."""
+        inside = np.flatnonzero(self._image_ids.get(category_id, np.zeros(0, np.int64)) == image_id)
+        return self.by_category[category_id][int(inside[rng.integers(len(inside))])] if len(inside) else None
+
     def eval_choice(self, category_id: int, image_id: int, run: int, shot: int = 0) -> Optional[Exemplar]:
         """The exemplar of run ``run`` for the item (``image_id``, ``category_id``): candidates
         outside the image, shuffled with ``numpy.random.default_rng(image_id)``, position

@@ -17,6 +17,12 @@ datasets). Design:
 * Deterministic: image ``i`` of split ``s`` (train 0, val 1, test 2) uses
   ``default_rng([seed, s, i])``, whatever the number of worker processes; adding the test split
   left the train and val images as they were.
+* Option ``train_colours="image"`` (a benchmark of its own, recorded in ``meta.json``): in a
+  *training* image, all instances of one category share their two colours (drawn per image and
+  category from ``default_rng([seed, 0, i, COLOUR_STREAM])``, each instance within +-12 of them),
+  as the instances of one kind in one photo do; across images the colours still differ. The
+  images are otherwise those of the default (the main stream draws the same numbers), and ``val``
+  and ``test`` are the default's, byte for byte.
 """
 from __future__ import annotations
 
@@ -55,6 +61,9 @@ SIZES = {
 }
 OBJECT_SIZE_RANGE = (24.0, 120.0)  # object diameter in pixels at an image side of 256
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}  # each split's own random stream
+TRAIN_COLOURS = ("instance", "image")  # the training images' colour rule (module docstring)
+COLOUR_STREAM = 11  # the random stream of the per-image category colours, apart from the image's
+COLOUR_JITTER = 12.0  # an instance's colours within +- this of its image's category colours
 EVAL_SPLITS = ("val", "test")  # both hold all categories and as many images
 
 
@@ -131,9 +140,11 @@ def _colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
 
 
 def render_object(shape_polys: tuple[list, list], pattern: str, diameter: float, angle: float,
-                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+                  rng: np.random.Generator, colours: Optional[tuple[np.ndarray, np.ndarray]] = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """One object on a ``D x D`` canvas (``D = ceil(diameter) + 2``): ``(mask [D, D] bool,
-    colours [D, D, 3] float32)``, rotated by ``angle`` (radians), random colours and shading."""
+    colours [D, D, 3] float32)``, rotated by ``angle`` (radians), random shading, and random
+    colours unless ``colours`` (two float RGB) are given (``rng`` draws the same numbers either way)."""
     side = int(np.ceil(diameter)) + 2
     half, radius = side / 2.0, diameter / 2.0
     rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
@@ -148,6 +159,8 @@ def render_object(shape_polys: tuple[list, list], pattern: str, diameter: float,
     u = np.cos(angle) * x + np.sin(angle) * y  # inverse rotation: the pattern turns with the shape
     v = -np.sin(angle) * x + np.cos(angle) * y
     c1, c2 = _colours(rng)
+    if colours is not None:
+        c1, c2 = colours
     select = pattern_selector(pattern, u, v)
     colours = np.where(select[..., None], c2.astype(np.float32), c1.astype(np.float32))
     light = rng.normal(size=2) * 0.12
@@ -181,9 +194,11 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return canvas.astype(np.float32)
 
 
-def render_image(rng: np.random.Generator, size: int, category_ids: list[int]) -> tuple[np.ndarray, list[dict]]:
+def render_image(rng: np.random.Generator, size: int, category_ids: list[int],
+                 colour_rng: Optional[np.random.Generator] = None) -> tuple[np.ndarray, list[dict]]:
     """One image: ``(uint8 [size, size, 3], annotations)`` with annotation dicts
-    ``{"category_id", "bbox": [x, y, w, h], "area"}`` (visible pixels)."""
+    ``{"category_id", "bbox": [x, y, w, h], "area"}`` (visible pixels). With ``colour_rng`` the
+    instances of a category share its colours, drawn from ``colour_rng`` (module docstring)."""
     canvas = _background(rng, size)
     lo, hi = (s * size / 256.0 for s in OBJECT_SIZE_RANGE)
     for _ in range(int(rng.integers(2, 6))):  # distractors: random polygons with the categories' patterns
@@ -203,11 +218,15 @@ def render_image(rng: np.random.Generator, size: int, category_ids: list[int]) -
     placed: list[tuple[int, int, int, int, int]] = []  # (category, y0, x0, side, full area)
     visible = np.zeros(len(todo), np.int64)
     n_pat = len(SYNTHETIC_PATTERNS)
+    shared = {} if colour_rng is None else {c: _colours(colour_rng) for c in sorted(set(todo))}
     for cat in todo:
         shape, pattern = SYNTHETIC_SHAPES[(cat - 1) // n_pat], SYNTHETIC_PATTERNS[(cat - 1) % n_pat]
         for _ in range(12):  # bounded placement retries; an instance that never fits is skipped
             d = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
-            mask, colours = render_object(SHAPE_POLYGONS[shape], pattern, d, float(rng.uniform(0, 2 * np.pi)), rng)
+            own = None
+            if cat in shared:
+                own = tuple(np.clip(c + colour_rng.uniform(-COLOUR_JITTER, COLOUR_JITTER, 3), 0, 255) for c in shared[cat])
+            mask, colours = render_object(SHAPE_POLYGONS[shape], pattern, d, float(rng.uniform(0, 2 * np.pi)), rng, own)
             side = mask.shape[0]
             y0, x0 = (int(v) for v in rng.integers(0, size - side + 1, 2))
             covered = owner[y0:y0 + side, x0:x0 + side][mask]
@@ -238,17 +257,19 @@ def render_image(rng: np.random.Generator, size: int, category_ids: list[int]) -
 
 
 def _render_and_write(job: tuple) -> list[dict]:
-    seed, split_code, index, size, category_ids, path = job
-    image, annotations = render_image(np.random.default_rng([seed, split_code, index]), size, category_ids)
+    seed, split_code, index, size, category_ids, path, colours = job
+    colour_rng = np.random.default_rng([seed, split_code, index, COLOUR_STREAM]) if colours == "image" else None
+    image, annotations = render_image(np.random.default_rng([seed, split_code, index]), size, category_ids, colour_rng)
     Image.fromarray(image).save(path, quality=95)
     return annotations
 
 
 def _write_split(root: str, split: str, split_code: int, count: int, size: int, category_ids: list[int],
-                 seed: int, workers: int) -> None:
+                 seed: int, workers: int, colours: str = "instance") -> None:
     image_dir = os.path.join(root, "images", split)
     os.makedirs(image_dir, exist_ok=True)
-    jobs = [(seed, split_code, i, size, category_ids, os.path.join(image_dir, f"{i + 1:06d}.jpg")) for i in range(count)]
+    jobs = [(seed, split_code, i, size, category_ids, os.path.join(image_dir, f"{i + 1:06d}.jpg"), colours)
+            for i in range(count)]
     if workers > 1 and count > 64:
         # forkserver, not fork: a forked child inherits the parent's OpenCV thread pool mid-state
         # and can hang in its first cv2 call once the parent has used cv2 (the pasted-patch set does).
@@ -270,7 +291,7 @@ def _write_split(root: str, split: str, split_code: int, count: int, size: int, 
 
 def generate_synthetic(root: str, size: str = "small", seed: int = 0, workers: int = 2,
                        num_train: Optional[int] = None, num_val: Optional[int] = None,
-                       image_size: Optional[int] = None) -> dict:
+                       image_size: Optional[int] = None, train_colours: str = "instance") -> dict:
     """Write the benchmark to ``root`` (``images/{train,val,test}/*.jpg``,
     ``annotations/{train,val,test}.json``, ``meta.json``), overwriting what is there.
 
@@ -280,23 +301,27 @@ def generate_synthetic(root: str, size: str = "small", seed: int = 0, workers: i
             ``image_size`` override its numbers.
         seed: generation seed.
         workers: processes used to render (the output does not depend on it).
+        train_colours: ``"instance"`` (each instance its own colours) or ``"image"`` (a training
+            image's instances of one category share theirs; module docstring).
 
     Returns:
-        The ``meta.json`` content (size, seed, counts, version, seconds taken).
+        The ``meta.json`` content (size, seed, counts, version, training colours, seconds taken).
     """
     if size not in SIZES:
         raise InputError(f"unknown synthetic size {size!r}; expected one of {list(SIZES)}")
+    if train_colours not in TRAIN_COLOURS:
+        raise InputError(f"unknown synthetic training colours {train_colours!r}; expected one of {list(TRAIN_COLOURS)}")
     spec = SIZES[size]
     n_train = spec.num_train if num_train is None else num_train
     n_val = spec.num_val if num_val is None else num_val
     side = spec.image_size if image_size is None else image_size
     start = time.time()
     split = synthetic_split()
-    _write_split(root, "train", SPLIT_CODES["train"], n_train, side, list(split.seen_ids), seed, workers)
+    _write_split(root, "train", SPLIT_CODES["train"], n_train, side, list(split.seen_ids), seed, workers, train_colours)
     for name in EVAL_SPLITS:
         _write_split(root, name, SPLIT_CODES[name], n_val, side, list(split.seen_ids + split.unseen_ids), seed, workers)
     meta = {"size": size, "seed": seed, "version": VERSION, "num_train": n_train, "num_val": n_val,
-            "num_test": n_val, "image_size": side, "seconds": round(time.time() - start, 2)}
+            "num_test": n_val, "image_size": side, "train_colours": train_colours, "seconds": round(time.time() - start, 2)}
     with open(os.path.join(root, "meta.json"), "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=1)
     return meta
@@ -325,21 +350,25 @@ def _add_test_split(root: str, meta: dict, workers: int, verbose: bool) -> None:
         json.dump(meta, f, indent=1)
 
 
-def build_synthetic(root: str, size: str = "small", seed: int = 0, workers: int = 2, verbose: bool = True) -> str:
-    """Make sure ``root`` holds the synthetic benchmark of this ``size`` and ``seed``; generate it
-    if missing (into a temporary folder renamed into place, so concurrent callers are safe).
+def build_synthetic(root: str, size: str = "small", seed: int = 0, workers: int = 2, verbose: bool = True,
+                    train_colours: str = "instance") -> str:
+    """Make sure ``root`` holds the synthetic benchmark of this ``size``, ``seed`` and
+    ``train_colours``; generate it if missing (into a temporary folder renamed into place, so
+    concurrent callers are safe).
 
     Raises:
-        InputError (a ValueError): ``root`` exists but holds something else (another size / seed, or other data).
+        InputError (a ValueError): ``root`` exists but holds something else (another size / seed /
+        training colours, or other data).
     """
     meta_path = os.path.join(root, "meta.json")
     if os.path.isfile(meta_path):
         with open(meta_path, "r", encoding="utf-8") as f:
             meta = json.load(f)
-        if (meta.get("size"), meta.get("seed"), meta.get("version")) != (size, seed, VERSION):
-            raise InputError(f"{root} holds the synthetic benchmark size={meta.get('size')} seed={meta.get('seed')} "
-                             f"version={meta.get('version')}, not size={size} seed={seed} version={VERSION}; "
-                             f"delete the folder or choose another data.root")
+        found = (meta.get("size"), meta.get("seed"), meta.get("version"), meta.get("train_colours", "instance"))
+        if found != (size, seed, VERSION, train_colours):
+            raise InputError(f"{root} holds the synthetic benchmark size={found[0]} seed={found[1]} version={found[2]} "
+                             f"train_colours={found[3]}, not size={size} seed={seed} version={VERSION} "
+                             f"train_colours={train_colours}; delete the folder or choose another data.root")
         if "num_test" not in meta:
             _add_test_split(root, meta, workers, verbose)
         return root
@@ -347,8 +376,9 @@ def build_synthetic(root: str, size: str = "small", seed: int = 0, workers: int 
         raise InputError(f"{root} exists and is not a synthetic benchmark (no meta.json); choose another data.root")
     tmp = partial_folder(root)
     if verbose:
-        print(f"generating the synthetic benchmark ({size}, seed {seed}) into {root} ...", flush=True)
-    meta = generate_synthetic(tmp, size, seed, workers)
+        print(f"generating the synthetic benchmark ({size}, seed {seed}, training colours per {train_colours}) "
+              f"into {root} ...", flush=True)
+    meta = generate_synthetic(tmp, size, seed, workers, train_colours=train_colours)
     publish_folder(tmp, root)
     if verbose:
         print(f"done in {meta['seconds']} s", flush=True)

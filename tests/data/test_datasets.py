@@ -54,6 +54,31 @@ def test_train_exemplar_never_from_the_query_image(tiny_root):
             assert exemplar.ann_id not in ann_ids
 
 
+def test_same_image_share_takes_the_exemplar_from_the_query_image(tiny_root):
+    plain, none, every, half = (_train(tiny_root), _train(tiny_root, same_image_share=0.0),
+                                _train(tiny_root, same_image_share=1.0), _train(tiny_root, same_image_share=0.5))
+    inside = {"every": 0, "half": 0}
+    for i in range(len(plain)):
+        assert none.choose(i, none.sample_rng(i)) == plain.choose(i, plain.sample_rng(i))  # share 0: draws unchanged
+        image_id = every.image_ids[i]
+        category_id, exemplar = every.choose(i, every.sample_rng(i))
+        assert exemplar.category_id == category_id
+        own = [a for a in every.index.by_image[image_id] if a.category_id == category_id and a.area >= 100]
+        if own:  # the image holds a candidate: it is the exemplar, and one of the item's targets
+            assert exemplar.image_id == image_id and exemplar.ann_id in {a.id for a in own}
+            inside["every"] += 1
+        else:
+            assert exemplar.image_id != image_id
+        inside["half"] += int(half.choose(i, half.sample_rng(i))[1].image_id == image_id)
+    assert inside["every"] > len(plain) // 2
+    assert 0.25 * inside["every"] < inside["half"] < 0.75 * inside["every"]
+    item = every[0]
+    if every.choose(0, every.sample_rng(0))[1].image_id == every.image_ids[0]:
+        assert len(item["target"]["boxes"]) >= 1
+    with pytest.raises(ValueError, match="same_image_share"):
+        _train(tiny_root, same_image_share=1.5)
+
+
 def test_train_samples_are_reproducible_and_change_with_epoch(tiny_root):
     a, b = _train(tiny_root, seed=3), _train(tiny_root, seed=3)
     for ds in (a, b):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from detector.data import CocoIndex, OneShotEvalDataset, build_synthetic, generate_synthetic, synthetic_split
-from detector.data.synthetic import VERSION, render_image
+from detector.data.synthetic import COLOUR_STREAM, VERSION, render_image
 from detector.evaluation import evaluate_oneshot, oracle_predict
 
 SPLIT = synthetic_split()
@@ -65,6 +65,39 @@ def test_identity_is_not_a_colour():
             colours.append(image[y + h // 2, x + w // 2].astype(float))
     assert len(colours) >= 20
     assert np.std(np.stack(colours), axis=0).min() > 30  # the same category in many colours
+
+
+def test_image_colours_share_a_category_look_within_a_training_image_only(tmp_path):
+    rng_args = [3, 0, 7]
+    plain, plain_anns = render_image(np.random.default_rng(rng_args), 128, [1, 2, 3])
+    shared, shared_anns = render_image(np.random.default_rng(rng_args), 128, [1, 2, 3],
+                                       colour_rng=np.random.default_rng(rng_args + [COLOUR_STREAM]))
+    assert shared_anns == plain_anns  # the same scene: only the colours differ
+    assert not np.array_equal(shared, plain)
+    spread = {}
+    for seed in range(40):  # the centre pixel of each unhidden solid circle (category 1) of many images
+        image, anns = render_image(np.random.default_rng([seed]), 128, [1, 9],
+                                   colour_rng=np.random.default_rng([seed, COLOUR_STREAM]))
+        centres = [image[a["bbox"][1] + a["bbox"][3] // 2, a["bbox"][0] + a["bbox"][2] // 2].astype(float)
+                   for a in anns if a["category_id"] == 1 and a["area"] > 0.7 * a["bbox"][2] * a["bbox"][3]]  # unhidden
+        spread[seed] = np.stack(centres) if centres else None
+    within = [np.abs(c - c.mean(0)).max() for c in spread.values() if c is not None and len(c) > 1]
+    across = np.std(np.stack([c[0] for c in spread.values() if c is not None]), axis=0).min()
+    assert within and max(within) < 45  # jitter, shading and noise only
+    assert across > 30  # across images the category still comes in many colours
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    generate_synthetic(a, "tiny", seed=1, workers=1, num_train=3, num_val=3, image_size=64)
+    generate_synthetic(b, "tiny", seed=1, workers=1, num_train=3, num_val=3, image_size=64, train_colours="image")
+    for split in ("val", "test"):  # the benchmark's evaluation images are the default's, byte for byte
+        for name in sorted(os.listdir(os.path.join(a, "images", split))):
+            with open(os.path.join(a, "images", split, name), "rb") as f1, open(os.path.join(b, "images", split, name), "rb") as f2:
+                assert f1.read() == f2.read()
+    assert _load(a, "train")["annotations"] == _load(b, "train")["annotations"]
+    assert build_synthetic(b, "tiny", 1, verbose=False, train_colours="image") == b
+    with pytest.raises(ValueError, match="train_colours=image, not .*train_colours=instance"):
+        build_synthetic(b, "tiny", 1, verbose=False)
+    with pytest.raises(ValueError, match="training colours 'frame'"):
+        generate_synthetic(str(tmp_path / "c"), "tiny", train_colours="frame")
 
 
 def test_build_synthetic_checks_what_is_there(tmp_path):
