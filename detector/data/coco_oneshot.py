@@ -16,7 +16,8 @@ Item dict (training and evaluation alike)::
 
 Training (:class:`OneShotDataset`): one item per image holding a target category with an
 exemplar elsewhere; the category is drawn per sample (optionally weighted by inverse instance
-frequency, as CoAE), the exemplar is a pool instance of that category from another image. All
+frequency, as CoAE), the exemplar is a pool instance of that category from another image (for a
+share ``same_image_share`` of the items, one in the query image itself, the user's case). All
 randomness comes from ``numpy.random.default_rng([seed, epoch, index])``.
 
 Evaluation (:class:`OneShotEvalDataset`): one item per (image, evaluated category with a
