@@ -20,6 +20,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from detector.config import SYNTHETIC_TRAIN_COLOURS  # noqa: E402
 from detector.data.synthetic import SIZES, build_synthetic  # noqa: E402
 
 
@@ -29,7 +30,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="output folder (default: datasets/synthetic_<size>)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2, help="rendering processes (the output does not depend on it)")
-    p.add_argument("--train-colours", choices=["instance", "image"], default="instance",
+    p.add_argument("--train-colours", choices=SYNTHETIC_TRAIN_COLOURS, default="instance",
                    help="training images: each instance its own colours, or a category's instances in one image alike")
     p.add_argument("--force", action="store_true", help="delete and regenerate an existing folder")
     args = p.parse_args(argv)

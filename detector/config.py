@@ -27,6 +27,7 @@ ATTENTION_IMPLS = ("reference", "fused", "auto")  # model.attention_impl: detect
 SHOT_KEYS = ("mean", "joint")  # model.shot_keys: detector/models/kshot.py
 SHOT_CORRELATIONS = ("mean", "max")  # model.shot_correlation: detector/models/kshot.py
 PASTED_SCENES = ("counting", "crowd")  # data.pasted_scenes: detector/data/pasted.py
+SYNTHETIC_TRAIN_COLOURS = ("instance", "image")  # data.synthetic_train_colours: detector/data/synthetic.py
 
 
 @dataclass
@@ -331,7 +332,7 @@ def validate(cfg: Config) -> None:
         "eval.split": (cfg.eval.split, ("val", "test")),
         "data.dataset": (cfg.data.dataset, ("synthetic", "pasted", "coco", "voc", "custom")),
         "data.pasted_scenes": (cfg.data.pasted_scenes, PASTED_SCENES),
-        "data.synthetic_train_colours": (cfg.data.synthetic_train_colours, ("instance", "image")),
+        "data.synthetic_train_colours": (cfg.data.synthetic_train_colours, SYNTHETIC_TRAIN_COLOURS),
         "infer.rescale": (cfg.infer.rescale, RESCALE_MODES),
     }
     for key, (value, allowed) in choices.items():

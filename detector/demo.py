@@ -25,16 +25,15 @@ from typing import Optional
 
 
 def ensure_benchmark(cfg) -> None:
-    """Write the synthetic benchmark of ``cfg.data`` unless its annotation files exist."""
-    from .data import build_synthetic, under_root
+    """Write the generated benchmark of ``cfg.data`` unless its annotation files exist."""
+    from .data import prepare_generated, under_root
 
     d = cfg.data
     if os.path.isfile(under_root(d.root, d.train_annotations)) and os.path.isfile(under_root(d.root, d.val_annotations)):
         print(f"[1/6] benchmark: {d.root} (already there)")
         return
     t = time.time()
-    build_synthetic(d.root, d.synthetic_size, d.synthetic_seed, workers=max(1, min(2, os.cpu_count() or 1)),
-                    train_colours=d.synthetic_train_colours)
+    prepare_generated(cfg)
     print(f"[1/6] benchmark: wrote {d.root} ({time.time() - t:.0f} s)")
 
 

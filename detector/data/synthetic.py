@@ -38,6 +38,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from ..config import SYNTHETIC_TRAIN_COLOURS
 from ..errors import InputError
 from .folders import partial_folder, publish_folder
 from .splits import SYNTHETIC_PATTERNS, SYNTHETIC_SHAPES, synthetic_categories, synthetic_split
@@ -61,7 +62,6 @@ SIZES = {
 }
 OBJECT_SIZE_RANGE = (24.0, 120.0)  # object diameter in pixels at an image side of 256
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}  # each split's own random stream
-TRAIN_COLOURS = ("instance", "image")  # the training images' colour rule (module docstring)
 COLOUR_STREAM = 11  # the random stream of the per-image category colours, apart from the image's
 COLOUR_JITTER = 12.0  # an instance's colours within +- this of its image's category colours
 EVAL_SPLITS = ("val", "test")  # both hold all categories and as many images
@@ -140,11 +140,11 @@ def _colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
 
 
 def render_object(shape_polys: tuple[list, list], pattern: str, diameter: float, angle: float,
-                  rng: np.random.Generator, colours: Optional[tuple[np.ndarray, np.ndarray]] = None
+                  rng: np.random.Generator, fixed_colours: Optional[tuple[np.ndarray, np.ndarray]] = None
                   ) -> tuple[np.ndarray, np.ndarray]:
     """One object on a ``D x D`` canvas (``D = ceil(diameter) + 2``): ``(mask [D, D] bool,
     colours [D, D, 3] float32)``, rotated by ``angle`` (radians), random shading, and random
-    colours unless ``colours`` (two float RGB) are given (``rng`` draws the same numbers either way)."""
+    colours unless ``fixed_colours`` (two float RGB) are given (``rng`` draws the same numbers either way)."""
     side = int(np.ceil(diameter)) + 2
     half, radius = side / 2.0, diameter / 2.0
     rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
@@ -159,8 +159,8 @@ def render_object(shape_polys: tuple[list, list], pattern: str, diameter: float,
     u = np.cos(angle) * x + np.sin(angle) * y  # inverse rotation: the pattern turns with the shape
     v = -np.sin(angle) * x + np.cos(angle) * y
     c1, c2 = _colours(rng)
-    if colours is not None:
-        c1, c2 = colours
+    if fixed_colours is not None:
+        c1, c2 = fixed_colours
     select = pattern_selector(pattern, u, v)
     colours = np.where(select[..., None], c2.astype(np.float32), c1.astype(np.float32))
     light = rng.normal(size=2) * 0.12
@@ -309,8 +309,8 @@ def generate_synthetic(root: str, size: str = "small", seed: int = 0, workers: i
     """
     if size not in SIZES:
         raise InputError(f"unknown synthetic size {size!r}; expected one of {list(SIZES)}")
-    if train_colours not in TRAIN_COLOURS:
-        raise InputError(f"unknown synthetic training colours {train_colours!r}; expected one of {list(TRAIN_COLOURS)}")
+    if train_colours not in SYNTHETIC_TRAIN_COLOURS:
+        raise InputError(f"unknown synthetic training colours {train_colours!r}; expected one of {list(SYNTHETIC_TRAIN_COLOURS)}")
     spec = SIZES[size]
     n_train = spec.num_train if num_train is None else num_train
     n_val = spec.num_val if num_val is None else num_val
