@@ -71,24 +71,76 @@ def test_realphoto_mistakes_exit_2_with_one_line(setup):
         assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
 
 
+def run_probe(setup, out, *args):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "tools", "analysis", "realphoto_probe.py"), "--checkpoint",
+                           setup["ckpt"], "--output-dir", str(out), "--realphoto", setup["bench"], "infer.object_size=16",
+                           *args], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+
 def test_the_exemplar_probe_searches_each_tile_with_a_tree_and_with_no_tree(setup):
     """tools/analysis/realphoto_probe.py: the same pairs, the tree exemplar and a treeless box of
-    its size; both rows scored, the boxes written."""
+    its size; both rows scored, the boxes written; then each support path fed the treeless box
+    alone."""
     out = setup["dir"] / "probe"
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "analysis", "realphoto_probe.py"), "--checkpoint",
-                        setup["ckpt"], "--output-dir", str(out), "--realphoto", setup["bench"], "infer.object_size=16"],
-                       capture_output=True, text=True, timeout=300, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    r = run_probe(setup, out)
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads((out / "realphoto_probe.json").read_text())
-    assert set(result["rows"]) == {"tree", "no_tree"} and result["inference_options"]["rescale"] == "exemplar"
+    assert result["paths"] == ["keys", "correlation"]  # every support path of the tiny model, by default
+    assert set(result["rows"]) == {"tree", "no_tree", "no_tree in keys", "no_tree in correlation"}
+    assert result["inference_options"]["rescale"] == "exemplar"
     bench = json.loads((setup["dir"] / "realphoto" / "pairs.json").read_text())
     same = [p for p in (bench["pairs"] if isinstance(bench, dict) else bench) if p["mode"] == "same_image"]
     assert result["rows"]["tree"]["boxes"] == [p["support_box"] for p in same]
     for tree, empty in zip(result["rows"]["tree"]["boxes"], result["rows"]["no_tree"]["boxes"]):
         assert empty[2:] == tree[2:] and empty != tree  # same size (so the same query scale), elsewhere
+    for path in result["paths"]:
+        row = result["rows"][f"no_tree in {path}"]
+        assert row["fed"] == [path] and row["boxes"] == result["rows"]["no_tree"]["boxes"]
     for row in result["rows"].values():
         assert len(row["per_tile_recall50"]) == 4 and 0.0 <= row["recall50"] <= 1.0
-    assert "| no_tree |" in (out / "realphoto_probe.md").read_text()
+    table = (out / "realphoto_probe.md").read_text()
+    assert "| no_tree |" in table and "| no_tree in correlation |" in table
+
+
+def test_the_exemplar_probe_refuses_an_unknown_path(setup):
+    r = run_probe(setup, setup["dir"] / "bad", "--paths", "keys,fusion")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr[-2000:]
+    assert "fusion" in r.stderr and "keys, correlation" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_path_fed_its_own_exemplar_changes_nothing_and_another_changes_that_path():
+    """exemplar_in_paths: the same exemplar in a path is the plain forward, bit for bit; another
+    exemplar in one path changes the output, in each path the tiny model has."""
+    import importlib.util
+
+    from detector.structures import ImageBatch
+
+    spec = importlib.util.spec_from_file_location("realphoto_probe", os.path.join(ROOT, "tools", "analysis", "realphoto_probe.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    torch.manual_seed(0)
+    cfg = load_config(TINY)
+    model = build_model(cfg)[0].eval()
+    size = cfg.model.support_size
+    query = ImageBatch.from_tensors([torch.rand(3, 64, 64), torch.rand(3, 64, 48)])
+    tree, other = torch.rand(3, size, size), torch.rand(3, size, size)
+    support = ImageBatch.from_tensors([tree, tree], size_divisibility=size)
+    with torch.no_grad():
+        plain = model(query, support)["pred_logits"]
+        with module.exemplar_in_paths(model, list(model.support_paths), tree, size):
+            same = model(query, support)["pred_logits"]
+        changed = {}
+        for path in model.support_paths:
+            with module.exemplar_in_paths(model, [path], other, size):
+                changed[path] = (model(query, support)["pred_logits"] - plain).abs().max().item()
+        with module.exemplar_in_paths(model, list(model.support_paths), other, size):
+            everywhere = model(query, support)["pred_logits"]
+        swapped = model(query, ImageBatch.from_tensors([other, other], size_divisibility=size))["pred_logits"]
+        after = model(query, support)["pred_logits"]
+    assert torch.allclose(everywhere, swapped, atol=1e-6)  # every path fed it: the other exemplar's output
+    assert torch.equal(same, plain) and torch.equal(after, plain)  # the hook is gone after the block
+    assert all(v > 1e-6 for v in changed.values()), changed
 
 
 def test_treeless_box_keeps_away_from_every_tree():
