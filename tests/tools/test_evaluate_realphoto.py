@@ -112,13 +112,9 @@ def test_the_exemplar_probe_refuses_an_unknown_path(setup):
 def test_a_path_fed_its_own_exemplar_changes_nothing_and_another_changes_that_path():
     """exemplar_in_paths: the same exemplar in a path is the plain forward, bit for bit; another
     exemplar in one path changes the output, in each path the tiny model has."""
-    import importlib.util
-
     from detector.structures import ImageBatch
+    from tools.analysis.realphoto_probe import exemplar_in_paths
 
-    spec = importlib.util.spec_from_file_location("realphoto_probe", os.path.join(ROOT, "tools", "analysis", "realphoto_probe.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     torch.manual_seed(0)
     cfg = load_config(TINY)
     model = build_model(cfg)[0].eval()
@@ -128,13 +124,13 @@ def test_a_path_fed_its_own_exemplar_changes_nothing_and_another_changes_that_pa
     support = ImageBatch.from_tensors([tree, tree], size_divisibility=size)
     with torch.no_grad():
         plain = model(query, support)["pred_logits"]
-        with module.exemplar_in_paths(model, list(model.support_paths), tree, size):
+        with exemplar_in_paths(model, list(model.support_paths), tree, size):
             same = model(query, support)["pred_logits"]
         changed = {}
         for path in model.support_paths:
-            with module.exemplar_in_paths(model, [path], other, size):
+            with exemplar_in_paths(model, [path], other, size):
                 changed[path] = (model(query, support)["pred_logits"] - plain).abs().max().item()
-        with module.exemplar_in_paths(model, list(model.support_paths), other, size):
+        with exemplar_in_paths(model, list(model.support_paths), other, size):
             everywhere = model(query, support)["pred_logits"]
         swapped = model(query, ImageBatch.from_tensors([other, other], size_divisibility=size))["pred_logits"]
         after = model(query, support)["pred_logits"]
