@@ -11,6 +11,9 @@ Suites (``--suite``, comma-separated), each one process per measurement
 * ``backbone``: the frozen MobileNetV2 body with its BatchNorms as they are and folded;
 * ``candidates``: one cross-attention step for each kernel considered
   (:mod:`detector.benchmark.candidates`) and the bias MLPs with stored vs recomputed activations;
+* ``kernels``: the product's training-step kernels at the demo's scale, each beside its
+  straightforward form (:mod:`detector.benchmark.step_kernels`: the exemplar correlation, the
+  box-bias MLPs, the AdamW update);
 * ``cross``: one training step of each ``--configs`` file (default the product's
   ``configs/synthetic.yaml`` and the paper-faithful ``configs/synthetic_paper.yaml``) with each
   cross step (``model.attention``: indirect, misaligned, double_cross), as training runs it
@@ -22,6 +25,7 @@ Usage::
 
     python tools/benchmark.py                          # decoder + model, reference vs fused
     python tools/benchmark.py --suite candidates
+    python tools/benchmark.py --suite kernels --threads 2 --iters 20 --warmup 3 --repeats 3
     python tools/benchmark.py --suite cross --threads 1 --iters 10 --warmup 2 --repeats 2
     python tools/benchmark.py --suite backbone --iters 30 --warmup 3 --repeats 2
     python tools/benchmark.py --suite decoder --points train32,eval32 --iters 3 --warmup 1

@@ -64,7 +64,11 @@ def _bias_mlp_compute(name: str, device, g, b: int, h: int, nq: int, side: int):
 
     import torch
 
+    from .step_kernels import use_row_major_mlps
+
     rpb = rb.BoxRelativePositionBias(h, 512, recompute_hidden=name == "mlp_recomputed").to(device)
+    if name == "mlp_stored":  # the plain layers with their activations stored, as autograd keeps them
+        use_row_major_mlps(rpb)
     boxes = (torch.rand(b, nq, 4, generator=g) * 0.5 + 0.2).to(device)
     valid = torch.tensor([[side, side]] * b, device=device)
 

@@ -19,7 +19,7 @@ from typing import Callable
 
 from .decoder import POINTS
 
-SUITES = ("decoder", "model", "backbone", "candidates", "cross")
+SUITES = ("decoder", "model", "backbone", "candidates", "kernels", "cross")
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -202,6 +202,25 @@ def _candidates_section(o: SuiteOptions, go: Callable) -> str:
             "one layer's box-bias MLPs (both axes, hidden 512)\n\n" + attention + "\n\n" + mlp)
 
 
+def _kernels_section(o: SuiteOptions, go: Callable) -> str:
+    from .step_kernels import KERNELS
+
+    results = [go({"kind": "kernel", "part": part, "impl": impl, "mode": "fwdbwd"})
+               for _ in range(o.repeats) for part, pair in KERNELS.items() for impl in pair]
+    results = merge(results, ("part", "impl"))
+    by = {(r["part"], r["impl"]): r for r in results}
+    lines = ["| part | straightforward form | ms | the model's form | ms | ratio |", "|---|---|---|---|---|---|"]
+    for part, (old, new) in KERNELS.items():
+        a, b = by.get((part, old), {}), by.get((part, new), {})
+        ta, tb = (1e3 * r["median_s"] if "median_s" in r else None for r in (a, b))
+        ratio = tb / ta if ta and tb else None
+        errors = "; ".join(r["error"] for r in (a, b) if r.get("error"))
+        lines.append(f"| {part} | {old} | {_fmt(ta, 1)} | {new} | {_fmt(tb, 1)} | {_fmt(ratio, 2)} |"
+                     + (f" error: {errors}" if errors else ""))
+    return ("## The product's training-step kernels at the demo's scale (forward + backward; AdamW: one update)\n\n"
+            + "\n".join(lines))
+
+
 def run_suites(o: SuiteOptions, emit: Callable[[str], None], progress: Callable[[str], None]) -> None:
     """Measure the matmul peak, then every suite of ``o.suites``; each table goes to ``emit`` as
     soon as it is done, one line per worker to ``progress``; ``o.results`` collects every result."""
@@ -219,6 +238,7 @@ def run_suites(o: SuiteOptions, emit: Callable[[str], None], progress: Callable[
     emit(f"matmul peak ({peak.get('dtype')}): {peak_gflops:.0f} GFLOP/s\n")
     sections = {"decoder": lambda: _decoder_section(o, go, peak_gflops), "model": lambda: _model_section(o, go),
                 "backbone": lambda: _backbone_section(o, go), "candidates": lambda: _candidates_section(o, go),
+                "kernels": lambda: _kernels_section(o, go),
                 "cross": lambda: _cross_section(o, go)}
     for name in SUITES:
         if name in o.suites:

@@ -15,6 +15,7 @@ import sys
 
 from .candidates import candidate_step
 from .decoder import BENCH_MODEL, autocast, decoder_step
+from .step_kernels import kernel_step
 from .timing import measure, tensor_peak_mb
 
 
@@ -158,8 +159,12 @@ def run_candidate(spec: dict, device) -> dict:
     return result
 
 
+def run_kernel(spec: dict, device) -> dict:
+    return measure(kernel_step(spec["part"], spec["impl"], device), device, spec["warmup"], spec["iters"])
+
+
 KINDS = {"decoder": run_decoder, "model": run_model, "matmul": run_matmul, "candidate": run_candidate,
-         "backbone": run_backbone, "cross": run_cross}
+         "backbone": run_backbone, "cross": run_cross, "kernel": run_kernel}
 
 
 def worker(spec: dict) -> dict:

@@ -15,8 +15,9 @@ laid into each object query's box, :mod:`detector.models.box_frame`). Two kernel
 thing:
 
 * ``reference``: materialises ``bias`` as ``[B, heads, Q, H*W]`` and adds it to the logits: the
-  straightforward form, kept as the ground truth. Its box-bias MLPs keep their ``[B, Q, W, hidden]``
-  activations for the backward pass, as autograd does by default.
+  straightforward form, kept as the ground truth. Its box-bias MLPs keep their hidden activations
+  for the backward pass, as autograd does by default (``FeatureMajorMLP``: the rows along the
+  columns, the layout the CPU's matmuls are fast in at these widths).
 * ``fused``: appends the two tables to the queries and one-hot row/column codes to the keys, so
   that one ``scaled_dot_product_attention`` call computes ``q.k/sqrt(d) + bias`` exactly. The values
   are zero-padded to the same head width so that the kernel is the fused (flash) one on the CPU too;

@@ -15,7 +15,8 @@ from detector.config import load_config
 from detector.models.build import build_decoder, build_model
 from detector.models.indirect_attention import (IndirectAttention, indirect_attention_fused, indirect_attention_reference,
                                                resolve_impl)
-from detector.models.relative_bias import BoxRelativePositionBias, FactoredBias, RecomputedMLP, SequenceRelativeBias
+from detector.models.relative_bias import (BoxRelativePositionBias, FactoredBias, FeatureMajorMLP, RecomputedMLP,
+                                          SequenceRelativeBias)
 from detector.structures import ImageBatch
 
 TOL = dict(atol=2e-5, rtol=2e-5)
@@ -148,6 +149,44 @@ def test_recomputed_mlp_matches_plain_layers(block_rows):
     torch.testing.assert_close(outs[1], outs[0], **TOL)
     inputs = [x, *mlp.parameters()]
     assert_all_close(grads([outs[1]], inputs), grads([outs[0]], inputs), ["x", "w1", "b1", "w2", "b2"])
+
+
+def test_feature_major_mlp_known_values():
+    # relu(x0) + relu(x1) + relu(-x0) + 0.5 = |x0| + relu(x1) + 0.5, with the rows along the columns
+    w1 = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]], requires_grad=True)
+    b1 = torch.zeros(3, requires_grad=True)
+    w2 = torch.ones(1, 3, requires_grad=True)
+    b2 = torch.full((1,), 0.5, requires_grad=True)
+    x = torch.randn(2, 50, requires_grad=True)
+    out = FeatureMajorMLP.apply(x, w1, b1, w2, b2)
+    assert out.shape == (1, 50)
+    torch.testing.assert_close(out[0], x[0].abs() + x[1].relu() + 0.5)
+    out.sum().backward()
+    torch.testing.assert_close(x.grad[0], torch.sign(x[0]).detach())
+    torch.testing.assert_close(x.grad[1], (x[1] > 0).float())
+    torch.testing.assert_close(b2.grad, torch.tensor([50.0]))
+    torch.testing.assert_close(w2.grad[0], torch.stack([x[0].relu(), x[1].relu(), (-x[0]).relu()]).sum(1).detach())
+
+
+def test_feature_major_mlp_matches_plain_layers():
+    mlp = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    x = torch.randn(37, 2, requires_grad=True)
+    first, last = mlp[0], mlp[2]
+    outs = [mlp(x), FeatureMajorMLP.apply(x.t(), first.weight, first.bias, last.weight, last.bias).t()]
+    torch.testing.assert_close(outs[1], outs[0], **TOL)
+    inputs = [x, *mlp.parameters()]
+    assert_all_close(grads([outs[1]], inputs), grads([outs[0]], inputs), ["x", "w1", "b1", "w2", "b2"])
+
+
+def test_feature_major_mlp_under_autocast_computes_in_its_dtype_and_returns_the_parameters_dtypes():
+    mlp = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    x = torch.randn(2, 37, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = FeatureMajorMLP.apply(x, mlp[0].weight, mlp[0].bias, mlp[2].weight, mlp[2].bias)
+    assert out.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert x.grad.dtype == torch.float32 and all(p.grad.dtype == torch.float32 for p in mlp.parameters())
+    torch.testing.assert_close(out.float(), mlp(x.t()).t(), atol=0.05, rtol=0.05)
 
 
 def test_box_bias_recompute_matches_plain_and_keeps_no_hidden_activations():

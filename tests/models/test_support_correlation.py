@@ -70,3 +70,56 @@ def test_in_the_detector_it_changes_what_is_read_but_not_the_proposals(tiny_cfg,
     assert torch.equal(a["enc_outputs"]["pred_logits"], b["enc_outputs"]["pred_logits"])
     assert (a["pred_logits"] - b["pred_logits"]).abs().max() > 1e-4
     assert (b["pred_logits"] - c["pred_logits"]).abs().max() > 1e-4  # the correlation reaches the output
+
+
+def correlation_inputs(seed=0):
+    """A correlation and inputs whose supports have padding: none, some, and (image 2) all of it."""
+    torch.manual_seed(seed)
+    corr = SupportCorrelation(16, channels=4, channel_dim=8)
+    query, support = torch.randn(3, 20, 16, requires_grad=True), torch.randn(3, 9, 16, requires_grad=True)
+    mask = torch.zeros(3, 9, dtype=torch.bool)
+    mask[1, 5:] = True
+    mask[2] = True
+    return corr, query, support, mask
+
+
+def value_and_gradients(fn, corr, query, support, mask):
+    out = fn(query, support, mask)
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    inputs = [query, support, *corr.parameters()]
+    return out.detach(), torch.autograd.grad((out * weights).sum(), inputs, allow_unused=True)
+
+
+def test_training_differentiates_the_best_match_alone_with_the_reference_values_and_gradients():
+    corr, query, support, mask = correlation_inputs()
+    ref_out, ref_grads = value_and_gradients(corr.similarity_reference, corr, query, support, mask)
+    out, got = value_and_gradients(corr.similarity, corr, query, support, mask)
+    torch.testing.assert_close(out, ref_out)
+    assert (out[2] <= -2.0).all() and (out[:2] >= -1 - 1e-6).all()  # padding loses; all-padding stays low
+    names = ["query", "support"] + [n for n, _ in corr.named_parameters()]
+    for name, g, r in zip(names, got, ref_grads):
+        if r is None:
+            assert g is None or not g.any(), name
+        else:
+            torch.testing.assert_close(g, r, msg=lambda m: f"{name}: {m}")
+    assert got[1][1, 5:].abs().max() == 0  # no gradient into padded support cells
+    assert got[0].abs().max() > 0 and got[1][0].abs().max() > 0
+
+
+def test_the_backward_pass_never_touches_a_full_similarity_map():
+    from torch.profiler import profile
+
+    corr, query, support, mask = correlation_inputs()
+    full = [3 * 4, 20, 9]  # [B * channels, N, M]
+    for fn, touches_map in ((corr.similarity_reference, True), (corr.similarity, False)):
+        out = fn(query, support, mask)
+        with profile(record_shapes=True) as prof:
+            out.sum().backward()
+        shapes = [list(shape) for e in prof.events() for shape in e.input_shapes if isinstance(shape, list)]
+        assert (full in shapes) == touches_map
+
+
+def test_without_a_gradient_it_is_the_reference_bit_for_bit():
+    corr, query, support, mask = correlation_inputs()
+    with torch.no_grad():
+        assert torch.equal(corr.similarity(query, support, mask), corr.similarity_reference(query, support, mask))
