@@ -81,3 +81,27 @@ def test_a_loaded_state_keeps_the_optimisers_own_implementation():
         assert torch.equal(loaded.state[params[0]]["exp_avg"], saved_by.state[params[0]]["exp_avg"])
         loaded.step()  # runs with the loaded state
     assert state["param_groups"][0]["foreach"] is False  # the saved dict is not changed
+
+
+def test_the_cpu_update_is_fused_and_gives_the_plain_loops_values(tiny_cfg):
+    import copy
+
+    cfg = tiny_cfg()
+    model = build_model(cfg)[0]
+    twin = copy.deepcopy(model)
+    fused = build_optimizer(model, cfg.train)
+    assert all(g["fused"] is True for g in fused.param_groups)
+    plain = torch.optim.AdamW(param_groups(twin, cfg.train), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
+                              foreach=False)
+    pairs = [(p, q) for p, q in zip(model.parameters(), twin.parameters()) if p.requires_grad]
+    start = [p.detach().clone() for p, _ in pairs]
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        for p, q in pairs:
+            p.grad = torch.randn(p.shape, generator=g)
+            q.grad = p.grad.clone()
+        fused.step()
+        plain.step()
+    for (p, q), s in zip(pairs, start):
+        torch.testing.assert_close(p.detach(), q.detach(), atol=1e-6, rtol=1e-6)
+    assert all(not torch.equal(p.detach(), s) for (p, _), s in zip(pairs, start))
