@@ -124,14 +124,24 @@ def test_sequence_bias_through_fused_matches_reference():
                                indirect_attention_reference(q, k, v, bias, None), **TOL)
 
 
-def test_recomputed_mlp_known_values_over_several_blocks():
+MLPS = {
+    # each as a function of row-major inputs [rows, c] -> [rows, out]
+    "recomputed, 8 blocks, the last one short": lambda x, *w: RecomputedMLP.apply(x, *w, 7),
+    "recomputed, one block": lambda x, *w: RecomputedMLP.apply(x, *w, 1000),
+    "feature-major": lambda x, *w: FeatureMajorMLP.apply(x.t(), *w).t(),
+}
+
+
+@pytest.mark.parametrize("mlp", MLPS)
+def test_hand_written_mlp_known_values(mlp):
     # relu(x0) + relu(x1) + relu(-x0) + 0.5 = |x0| + relu(x1) + 0.5
     w1 = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]], requires_grad=True)
     b1 = torch.zeros(3, requires_grad=True)
     w2 = torch.ones(1, 3, requires_grad=True)
     b2 = torch.full((1,), 0.5, requires_grad=True)
     x = torch.randn(50, 2, requires_grad=True)
-    out = RecomputedMLP.apply(x, w1, b1, w2, b2, 7)  # 8 blocks, the last one short
+    out = MLPS[mlp](x, w1, b1, w2, b2)
+    assert out.shape == (50, 1)
     torch.testing.assert_close(out[:, 0], x[:, 0].abs() + x[:, 1].relu() + 0.5)
     out.sum().backward()
     torch.testing.assert_close(x.grad[:, 0], torch.sign(x[:, 0]).detach())
@@ -140,41 +150,14 @@ def test_recomputed_mlp_known_values_over_several_blocks():
     torch.testing.assert_close(w2.grad[0], torch.stack([x[:, 0].relu(), x[:, 1].relu(), (-x[:, 0]).relu()]).sum(1).detach())
 
 
-@pytest.mark.parametrize("block_rows", [5, 1000])
-def test_recomputed_mlp_matches_plain_layers(block_rows):
-    mlp = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+@pytest.mark.parametrize("mlp", MLPS)
+def test_hand_written_mlp_matches_plain_layers(mlp):
+    plain = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
     x = torch.randn(37, 2, requires_grad=True)
-    first, last = mlp[0], mlp[2]
-    outs = [mlp(x), RecomputedMLP.apply(x, first.weight, first.bias, last.weight, last.bias, block_rows)]
+    first, last = plain[0], plain[2]
+    outs = [plain(x), MLPS[mlp](x, first.weight, first.bias, last.weight, last.bias)]
     torch.testing.assert_close(outs[1], outs[0], **TOL)
-    inputs = [x, *mlp.parameters()]
-    assert_all_close(grads([outs[1]], inputs), grads([outs[0]], inputs), ["x", "w1", "b1", "w2", "b2"])
-
-
-def test_feature_major_mlp_known_values():
-    # relu(x0) + relu(x1) + relu(-x0) + 0.5 = |x0| + relu(x1) + 0.5, with the rows along the columns
-    w1 = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]], requires_grad=True)
-    b1 = torch.zeros(3, requires_grad=True)
-    w2 = torch.ones(1, 3, requires_grad=True)
-    b2 = torch.full((1,), 0.5, requires_grad=True)
-    x = torch.randn(2, 50, requires_grad=True)
-    out = FeatureMajorMLP.apply(x, w1, b1, w2, b2)
-    assert out.shape == (1, 50)
-    torch.testing.assert_close(out[0], x[0].abs() + x[1].relu() + 0.5)
-    out.sum().backward()
-    torch.testing.assert_close(x.grad[0], torch.sign(x[0]).detach())
-    torch.testing.assert_close(x.grad[1], (x[1] > 0).float())
-    torch.testing.assert_close(b2.grad, torch.tensor([50.0]))
-    torch.testing.assert_close(w2.grad[0], torch.stack([x[0].relu(), x[1].relu(), (-x[0]).relu()]).sum(1).detach())
-
-
-def test_feature_major_mlp_matches_plain_layers():
-    mlp = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
-    x = torch.randn(37, 2, requires_grad=True)
-    first, last = mlp[0], mlp[2]
-    outs = [mlp(x), FeatureMajorMLP.apply(x.t(), first.weight, first.bias, last.weight, last.bias).t()]
-    torch.testing.assert_close(outs[1], outs[0], **TOL)
-    inputs = [x, *mlp.parameters()]
+    inputs = [x, *plain.parameters()]
     assert_all_close(grads([outs[1]], inputs), grads([outs[0]], inputs), ["x", "w1", "b1", "w2", "b2"])
 
 
