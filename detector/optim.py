@@ -56,8 +56,8 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
         raise ValueError("the model has no trainable parameters")
     # The fused implementation on CUDA and the CPU: the whole update in a few kernels. On CUDA the
     # default (foreach) launches several per parameter group and dtype; on the CPU the default is
-    # the plain loop, several ops per parameter: the demo's 149 parameters took 4.4x as long an
-    # update that way as fused (tools/benchmark.py --suite candidates).
+    # the plain loop, several ops per parameter: the demo's 149 parameters took 5.8x as long an
+    # update that way as fused (tools/benchmark.py --suite kernels; docs/PERFORMANCE.md).
     params = [p for g in groups for p in g["params"]]
     devices = {p.device.type for p in params}
     fused = True if len(devices) == 1 and devices <= {"cuda", "cpu"} else None

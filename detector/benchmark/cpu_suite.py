@@ -205,7 +205,8 @@ def _candidates_section(o: SuiteOptions, go: Callable) -> str:
 def _kernels_section(o: SuiteOptions, go: Callable) -> str:
     from .step_kernels import KERNELS
 
-    results = [go({"kind": "kernel", "part": part, "impl": impl, "mode": "fwdbwd"})
+    demo = os.path.join(_PACKAGE_PARENT, "configs", "synthetic.yaml")
+    results = [go({"kind": "kernel", "part": part, "impl": impl, "mode": "fwdbwd", "config": demo})
                for _ in range(o.repeats) for part, pair in KERNELS.items() for impl in pair]
     results = merge(results, ("part", "impl"))
     by = {(r["part"], r["impl"]): r for r in results}

@@ -21,7 +21,7 @@ KERNELS = {"correlation": ("full_map", "best_match"), "bias MLPs": ("row_major",
 B, N, M, D, HEADS, QUERIES, SIDE, HIDDEN = 8, 256, 64, 128, 8, 40, 16, 128
 
 
-def _correlation(impl: str, device, g) -> Callable[[], None]:
+def _correlation(impl: str, device, g, config: str) -> Callable[[], None]:
     import torch
 
     from ..models.support_correlation import SupportCorrelation
@@ -44,7 +44,7 @@ def use_row_major_mlps(rpb) -> None:
     rpb._mlp = lambda mlp, offsets, recompute: mlp(offsets).permute(0, 3, 1, 2)
 
 
-def _bias_mlps(impl: str, device, g) -> Callable[[], None]:
+def _bias_mlps(impl: str, device, g, config: str) -> Callable[[], None]:
     import torch
 
     from ..models.relative_bias import BoxRelativePositionBias
@@ -63,16 +63,13 @@ def _bias_mlps(impl: str, device, g) -> Callable[[], None]:
     return step
 
 
-def _adamw(impl: str, device, g) -> Callable[[], None]:
-    import os
-
+def _adamw(impl: str, device, g, config: str) -> Callable[[], None]:
     import torch
 
     from ..config import load_config
     from ..models import build_model
 
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    cfg = load_config(os.path.join(root, "configs", "synthetic.yaml"), ["model.backbone.pretrained=none"])
+    cfg = load_config(config, ["model.backbone.pretrained=none"])
     params = [p for p in build_model(cfg)[0].to(device).parameters() if p.requires_grad]
     for p in params:
         p.grad = torch.randn(p.shape, generator=g).to(device)
@@ -81,11 +78,12 @@ def _adamw(impl: str, device, g) -> Callable[[], None]:
     return optimizer.step
 
 
-def kernel_step(part: str, impl: str, device) -> Callable[[], None]:
-    """``step()``: one forward and backward (one update for ``AdamW``) of ``impl`` of ``part``."""
+def kernel_step(part: str, impl: str, device, config: str) -> Callable[[], None]:
+    """``step()``: one forward and backward (one update for ``AdamW``: the trainable parameters of
+    the model of ``config``, the demo's ``configs/synthetic.yaml``) of ``impl`` of ``part``."""
     import torch
 
     if part not in KERNELS or impl not in KERNELS[part]:
         raise ValueError(f"unknown kernel {part!r}/{impl!r}; choose from {KERNELS}")
     g = torch.Generator().manual_seed(0)
-    return {"correlation": _correlation, "bias MLPs": _bias_mlps, "AdamW": _adamw}[part](impl, device, g)
+    return {"correlation": _correlation, "bias MLPs": _bias_mlps, "AdamW": _adamw}[part](impl, device, g, config)

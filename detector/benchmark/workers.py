@@ -160,7 +160,8 @@ def run_candidate(spec: dict, device) -> dict:
 
 
 def run_kernel(spec: dict, device) -> dict:
-    return measure(kernel_step(spec["part"], spec["impl"], device), device, spec["warmup"], spec["iters"])
+    step = kernel_step(spec["part"], spec["impl"], device, spec["config"])
+    return measure(step, device, spec["warmup"], spec["iters"])
 
 
 KINDS = {"decoder": run_decoder, "model": run_model, "matmul": run_matmul, "candidate": run_candidate,
